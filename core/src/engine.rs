@@ -1,0 +1,1256 @@
+//! The engine: one peer, one UDP socket, one runtime (DESIGN §3).
+//!
+//! [`Engine::start`] validates the configuration, binds everything that can fail
+//! (the tunnel socket, every mapping's listener) and returns; connecting runs in the
+//! background on the engine's own tokio runtime, so callers never need tokio.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Mapping, Mode, Proto};
+use crate::error::{Error, Result};
+use crate::forward::{self, Ctx};
+use crate::punch::{self, Punch, Selected};
+use crate::signal::client::SignalClient;
+use crate::signal::proto::{Offer, OfferError, Role, RoomKey};
+use crate::socket::{DemuxSocket, StunDatagram};
+use crate::stats::{Counters, MappingStats, Meter, Stats, Timings};
+use crate::stun::client::{self as stun_client, Discovery, Response, StunAgent};
+use crate::stun::message::{self, Parsed};
+use crate::tunnel::{self, Fingerprint, Identity, PinnedPeer};
+
+/// Identifies a mapping within one engine.
+pub type MappingId = u64;
+
+/// How the tunnel reaches the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    /// Through both NATs, to a public (server-reflexive or peer-reflexive) address.
+    Direct,
+    /// To one of the peer's own interface addresses (same LAN or same host).
+    Lan,
+    /// Through a TURN relay.
+    Relay,
+}
+
+impl PathKind {
+    /// `direct`, `lan` or `relay`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Lan => "lan",
+            PathKind::Relay => "relay",
+        }
+    }
+}
+
+/// Where the engine is in its life.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    /// Just started.
+    Starting,
+    /// Asking STUN servers for our public address.
+    Discovering,
+    /// Posting our offer and waiting for the peer's.
+    Signaling,
+    /// Running connectivity checks and the QUIC handshake.
+    Punching,
+    /// The tunnel is up.
+    Connected {
+        /// The path in use.
+        path: PathKind,
+        /// The peer's address on it.
+        peer: SocketAddr,
+    },
+    /// Not connected; retrying after a failure or after the tunnel was lost.
+    Reconnecting {
+        /// Consecutive failed attempts (0 right after a tunnel was lost).
+        attempt: u32,
+        /// Why: what failed last.
+        reason: String,
+    },
+    /// Stopped by [`Engine::stop`] (or drop).
+    Stopped,
+    /// Gave up for good.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl State {
+    /// A short lowercase name (`connected`, `signaling`...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Discovering => "discovering",
+            State::Signaling => "signaling",
+            State::Punching => "punching",
+            State::Connected { .. } => "connected",
+            State::Reconnecting { .. } => "reconnecting",
+            State::Stopped => "stopped",
+            State::Failed { .. } => "failed",
+        }
+    }
+
+    /// True when the tunnel is up.
+    pub fn is_connected(&self) -> bool {
+        matches!(self, State::Connected { .. })
+    }
+
+    /// True when the engine will not connect any more.
+    pub fn is_final(&self) -> bool {
+        matches!(self, State::Stopped | State::Failed { .. })
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            State::Connected { path, peer } => write!(f, "connected ({} to {peer})", path.as_str()),
+            State::Reconnecting { attempt, reason } => {
+                write!(f, "reconnecting (attempt {attempt}: {reason})")
+            }
+            State::Failed { reason } => write!(f, "failed: {reason}"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Something that happened, delivered to [`Engine::subscribe`] callbacks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The state changed.
+    State {
+        /// The new state.
+        state: State,
+    },
+    /// A mapping started listening.
+    MappingAdded {
+        /// Its id.
+        id: MappingId,
+        /// Canonical spec.
+        spec: String,
+        /// The address it listens on.
+        listen: SocketAddr,
+    },
+    /// A mapping was removed; its listener and connections are closed.
+    MappingRemoved {
+        /// Its id.
+        id: MappingId,
+    },
+    /// A peer offer was rejected (bad MAC, malformed).
+    PeerRejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A mapping as registered in the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingInfo {
+    /// Its id.
+    pub id: MappingId,
+    /// The mapping.
+    pub mapping: Mapping,
+    /// The address actually bound (port 0 resolved).
+    pub listen: SocketAddr,
+}
+
+type Callback = Arc<dyn Fn(&Event) + Send + Sync>;
+
+struct MappingEntry {
+    info: MappingInfo,
+    token: CancellationToken,
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct PeerInfo {
+    path: Option<PathKind>,
+    addr: Option<SocketAddr>,
+    nat: Option<String>,
+    offer_id: Option<String>,
+}
+
+struct StateCell {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Everything the engine's tasks share.
+struct Shared {
+    config: Config,
+    role: Role,
+    key: RoomKey,
+    password: String,
+    our_id: String,
+    identity: Identity,
+    pinned: Arc<PinnedPeer>,
+    state: StateCell,
+    events_tx: Mutex<Option<std_mpsc::Sender<Event>>>,
+    subscribers: Arc<Mutex<Vec<Callback>>>,
+    totals: Arc<Counters>,
+    ctx: Arc<Ctx>,
+    conn_tx: watch::Sender<Option<quinn::Connection>>,
+    mappings: Mutex<BTreeMap<MappingId, MappingEntry>>,
+    next_mapping: AtomicU64,
+    root: CancellationToken,
+    endpoint: quinn::Endpoint,
+    agent: Arc<StunAgent>,
+    local_addr: SocketAddr,
+    host_candidates: Vec<SocketAddr>,
+    discovery: Mutex<Option<Discovery>>,
+    signal: SignalClient,
+    stun_discoveries: AtomicU64,
+    signaling_requests: Arc<AtomicU64>,
+    reconnects: AtomicU64,
+    offers_rejected: AtomicU64,
+    checks_unauthenticated: AtomicU64,
+    timings: Mutex<Timings>,
+    peer: Mutex<PeerInfo>,
+    last_error: Mutex<Option<String>>,
+    prflx: Mutex<Option<(String, mpsc::Sender<SocketAddr>)>>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<quinn::Connection>>,
+}
+
+impl Shared {
+    fn set_state(&self, new: State) {
+        {
+            let mut s = lock(&self.state.state);
+            if *s == new || s.is_final() {
+                return;
+            }
+            *s = new.clone();
+        }
+        self.state.cv.notify_all();
+        tracing::info!(room = %self.config.room, state = %new, "state");
+        self.emit(Event::State { state: new });
+    }
+
+    fn state(&self) -> State {
+        lock(&self.state.state).clone()
+    }
+
+    fn emit(&self, event: Event) {
+        if let Some(tx) = lock(&self.events_tx).as_ref() {
+            let _ = tx.send(event);
+        }
+    }
+
+    fn fail_reason(&self, reason: String) {
+        *lock(&self.last_error) = Some(reason);
+    }
+
+    fn mode_str(&self) -> &'static str {
+        self.config.mode.as_str()
+    }
+}
+
+/// A running stunfwd peer. All methods are thread-safe; dropping it stops it.
+pub struct Engine {
+    shared: Arc<Shared>,
+    rt: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    event_thread: Mutex<Option<JoinHandle<()>>>,
+    event_thread_id: ThreadId,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("mode", &self.shared.mode_str())
+            .field("room", &self.shared.config.room)
+            .field("local_addr", &self.shared.local_addr)
+            .field("state", &self.shared.state())
+            .finish()
+    }
+}
+
+/// Runs `fut` on `handle` and blocks the calling thread for its result. Works from any
+/// thread, including inside another runtime (unlike `block_on`).
+fn run_blocking<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std_mpsc::channel();
+    handle.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().ok()
+}
+
+impl Engine {
+    /// Validates `config`, binds the tunnel socket and every mapping, and starts
+    /// connecting in the background. Returns at once; errors are returned only for
+    /// things that cannot work (bad config, address in use), and then nothing is left
+    /// running.
+    pub fn start(config: Config) -> Result<Engine> {
+        config.validate()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.performance.workers)
+            .thread_name("stunfwd-worker")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("cannot start the engine runtime", &e))?;
+        let handle = rt.handle().clone();
+        let setup = {
+            let config = config.clone();
+            run_blocking(&handle, async move { setup(config).await })
+        };
+        let shared = match setup {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                rt.shutdown_timeout(Duration::from_secs(1));
+                return Err(e);
+            }
+            None => {
+                rt.shutdown_timeout(Duration::from_secs(1));
+                return Err(Error::Tunnel("engine setup task died".into()));
+            }
+        };
+        // Events are delivered on one dedicated thread, so callbacks never run on the
+        // runtime and may call back into the engine (even stop it).
+        let (events_tx, events_rx) = std_mpsc::channel::<Event>();
+        *lock(&shared.events_tx) = Some(events_tx);
+        let subscribers = shared.subscribers.clone();
+        let event_thread = std::thread::Builder::new()
+            .name("stunfwd-events".into())
+            .spawn(move || {
+                while let Ok(event) = events_rx.recv() {
+                    let subs: Vec<Callback> = lock(&subscribers).clone();
+                    for cb in subs {
+                        if catch_unwind(AssertUnwindSafe(|| cb(&event))).is_err() {
+                            tracing::error!("an event callback panicked; it stays subscribed");
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::io("cannot start the event thread", &e))?;
+        let event_thread_id = event_thread.thread().id();
+        let engine = Engine {
+            shared: shared.clone(),
+            rt: Mutex::new(Some(rt)),
+            handle: handle.clone(),
+            event_thread: Mutex::new(Some(event_thread)),
+            event_thread_id,
+        };
+        // Mappings from the config; on failure the whole engine is torn down.
+        for mapping in config.mappings.clone() {
+            if let Err(e) = engine.add_mapping(mapping) {
+                engine.stop(Duration::from_secs(2));
+                return Err(e);
+            }
+        }
+        handle.spawn(drive(shared));
+        Ok(engine)
+    }
+
+    /// Adds a mapping (client role). Works before and after the tunnel is up. Binds its
+    /// local listener now, so a port in use is reported here.
+    pub fn add_mapping(&self, mapping: Mapping) -> Result<MappingId> {
+        if self.shared.config.mode != Mode::Client {
+            return Err(Error::config(
+                "mappings",
+                mapping.to_string(),
+                "mappings are opened on the client side; this engine runs in server mode",
+                "no mappings in server mode (the server side only dials what its allow rules permit)",
+            ));
+        }
+        if self.shared.root.is_cancelled() {
+            return Err(Error::Stopped);
+        }
+        let shared = self.shared.clone();
+        run_blocking(
+            &self.handle,
+            async move { add_mapping(shared, mapping).await },
+        )
+        .unwrap_or(Err(Error::Stopped))
+    }
+
+    /// Adds a mapping given as a spec string such as `tcp:8080:22`.
+    pub fn add_mapping_str(&self, spec: &str) -> Result<MappingId> {
+        self.add_mapping(Mapping::parse(spec)?)
+    }
+
+    /// Removes a mapping: closes its listener and its live connections.
+    pub fn remove_mapping(&self, id: MappingId) -> Result<()> {
+        let entry = lock(&self.shared.mappings)
+            .remove(&id)
+            .ok_or(Error::NoSuchMapping(id))?;
+        entry.token.cancel();
+        // The listener socket is closed by its task; wait (briefly) until the port is free.
+        let listen = entry.info.listen;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && port_busy(entry.info.mapping.proto, listen) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.shared.emit(Event::MappingRemoved { id });
+        Ok(())
+    }
+
+    /// The registered mappings.
+    pub fn mappings(&self) -> Vec<MappingInfo> {
+        lock(&self.shared.mappings)
+            .values()
+            .map(|e| e.info.clone())
+            .collect()
+    }
+
+    /// The address a mapping listens on.
+    pub fn mapping_addr(&self, id: MappingId) -> Option<SocketAddr> {
+        lock(&self.shared.mappings).get(&id).map(|e| e.info.listen)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.shared.state()
+    }
+
+    /// The tunnel socket's local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Calls `callback` for every event from now on, on the engine's event thread.
+    /// Callbacks may call any engine method, including `stop`.
+    pub fn subscribe(&self, callback: impl Fn(&Event) + Send + Sync + 'static) {
+        lock(&self.shared.subscribers).push(Arc::new(callback));
+    }
+
+    /// Blocks until the tunnel is up (returns the `Connected` state), the engine
+    /// stops or fails (error), or `timeout` passes (`Error::Timeout`).
+    pub fn wait_connected(&self, timeout: Duration) -> Result<State> {
+        let deadline = Instant::now() + timeout;
+        let mut s = lock(&self.shared.state.state);
+        loop {
+            if s.is_connected() {
+                return Ok(s.clone());
+            }
+            if *s == State::Stopped {
+                return Err(Error::Stopped);
+            }
+            if let State::Failed { reason } = &*s {
+                return Err(Error::Tunnel(reason.clone()));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let state = s.clone();
+                drop(s);
+                return Err(self.not_connected(timeout, &state));
+            }
+            s = self
+                .shared
+                .state
+                .cv
+                .wait_timeout(s, (deadline - now).min(Duration::from_millis(100)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    fn not_connected(&self, timeout: Duration, state: &State) -> Error {
+        let last = lock(&self.shared.last_error).clone();
+        match (state, last) {
+            (State::Reconnecting { reason, .. }, _) if reason.contains("authentication") => {
+                Error::PeerAuth(reason.clone())
+            }
+            (_, Some(last)) => Error::Timeout(format!(
+                "not connected after {timeout:?}; state: {state}; last error: {last}"
+            )),
+            _ => Error::Timeout(format!("not connected after {timeout:?}; state: {state}")),
+        }
+    }
+
+    /// A snapshot of the engine's figures.
+    pub fn stats(&self) -> Stats {
+        snapshot(&self.shared)
+    }
+
+    /// [`Engine::stats`] as JSON.
+    pub fn stats_json(&self) -> String {
+        serde_json::to_string(&self.stats()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// Stops gracefully within about `timeout`: closes listeners and connections, tells
+    /// the peer, leaves the room, and ends every task and thread of the engine.
+    /// Calling it again (or from an event callback) is harmless.
+    pub fn stop(&self, timeout: Duration) {
+        let Some(rt) = lock(&self.rt).take() else {
+            return;
+        };
+        let started = Instant::now();
+        let shared = self.shared.clone();
+        let (tx, rx) = std_mpsc::channel();
+        rt.spawn(async move {
+            shutdown(&shared, timeout).await;
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(timeout);
+        self.shared.set_state(State::Stopped);
+        let rest = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(100));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Inside some async context blocking is not allowed; threads end on their own.
+            rt.shutdown_background();
+        } else {
+            rt.shutdown_timeout(rest);
+        }
+        // Closing the channel ends the event thread once it has delivered `Stopped`.
+        lock(&self.shared.events_tx).take();
+        if std::thread::current().id() != self.event_thread_id {
+            if let Some(t) = lock(&self.event_thread).take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(2));
+    }
+}
+
+fn port_busy(proto: Proto, addr: SocketAddr) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    match proto {
+        Proto::Tcp => std::net::TcpListener::bind(addr).is_err(),
+        Proto::Udp => std::net::UdpSocket::bind(addr).is_err(),
+    }
+}
+
+async fn setup(config: Config) -> Result<Arc<Shared>> {
+    let role = match config.mode {
+        Mode::Client => Role::Client,
+        Mode::Server => Role::Server,
+    };
+    let key = RoomKey::derive(&config.room, config.secret.as_deref());
+    let password = key.stun_password();
+    let identity = Identity::generate()?;
+    let pinned = PinnedPeer::new();
+
+    let std_socket = bind_tunnel_socket(config.bind, config.performance.udp_buffer_size)?;
+    let local_addr = std_socket
+        .local_addr()
+        .map_err(|e| Error::io("tunnel socket: local address", &e))?;
+    let host_candidates = host_candidates(local_addr);
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let inner = runtime
+        .wrap_udp_socket(std_socket)
+        .map_err(|e| Error::io("tunnel socket", &e))?;
+    let (demux, stun_rx) = DemuxSocket::new(inner);
+    let server_config = match role {
+        Role::Server => Some(tunnel::server_config(
+            &identity,
+            pinned.clone(),
+            &config.performance,
+        )?),
+        Role::Client => None,
+    };
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        server_config,
+        demux.clone(),
+        runtime,
+    )
+    .map_err(|e| Error::io("quic endpoint", &e))?;
+    let agent = StunAgent::new(demux);
+
+    let signaling_requests = Arc::new(AtomicU64::new(0));
+    let signal = SignalClient::new(
+        &config.signal_url,
+        &config.room,
+        config.performance.signal_backoff,
+        signaling_requests.clone(),
+    )?;
+    let totals = Arc::new(Counters::default());
+    let (conn_tx, conn_rx) = watch::channel(None);
+    let ctx = Ctx::new(
+        conn_rx,
+        config.performance.clone(),
+        totals.clone(),
+        config.allow.clone(),
+    );
+    let (incoming_tx, incoming_rx) = mpsc::channel(4);
+    let shared = Arc::new(Shared {
+        role,
+        password,
+        key,
+        our_id: Offer::new_id(),
+        identity,
+        pinned,
+        state: StateCell {
+            state: Mutex::new(State::Starting),
+            cv: Condvar::new(),
+        },
+        events_tx: Mutex::new(None),
+        subscribers: Arc::new(Mutex::new(Vec::new())),
+        totals,
+        ctx,
+        conn_tx,
+        mappings: Mutex::new(BTreeMap::new()),
+        next_mapping: AtomicU64::new(1),
+        root: CancellationToken::new(),
+        endpoint: endpoint.clone(),
+        agent,
+        local_addr,
+        host_candidates,
+        discovery: Mutex::new(None),
+        signal,
+        stun_discoveries: AtomicU64::new(0),
+        signaling_requests,
+        reconnects: AtomicU64::new(0),
+        offers_rejected: AtomicU64::new(0),
+        checks_unauthenticated: AtomicU64::new(0),
+        timings: Mutex::new(Timings::default()),
+        peer: Mutex::new(PeerInfo::default()),
+        last_error: Mutex::new(None),
+        prflx: Mutex::new(None),
+        incoming: tokio::sync::Mutex::new(incoming_rx),
+        config,
+    });
+    tokio::spawn(stun_dispatch(shared.clone(), stun_rx));
+    if role == Role::Server {
+        tokio::spawn(accept_loop(endpoint, incoming_tx, shared.root.clone()));
+    }
+    Ok(shared)
+}
+
+fn bind_tunnel_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(|e| Error::io("tunnel socket", &e))?;
+    let _ = s.set_recv_buffer_size(buffer.max(2 << 20));
+    let _ = s.set_send_buffer_size(buffer.max(2 << 20));
+    s.bind(&addr.into())
+        .map_err(|e| Error::bind("tunnel socket (bind)", addr, &e))?;
+    s.set_nonblocking(true)
+        .map_err(|e| Error::io("tunnel socket", &e))?;
+    Ok(s.into())
+}
+
+/// Our host candidates: the bound address, or every interface address of the socket's
+/// family when bound to the unspecified address.
+fn host_candidates(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| ip.is_ipv4() == local.is_ipv4())
+        .filter(|ip| match ip {
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80, // no link-local
+            IpAddr::V4(_) => true,
+        })
+        .map(|ip| SocketAddr::new(ip, local.port()))
+        .collect();
+    // Non-loopback first: they are the useful ones across hosts.
+    out.sort_by_key(|a| a.ip().is_loopback());
+    out
+}
+
+async fn add_mapping(shared: Arc<Shared>, mapping: Mapping) -> Result<MappingId> {
+    let id = shared.next_mapping.fetch_add(1, Ordering::Relaxed);
+    let counters = Arc::new(Counters::default());
+    let meter = Meter::new(Some(counters.clone()), shared.totals.clone());
+    let token = shared.root.child_token();
+    let what = format!("mapping {mapping}");
+    let listen = match mapping.proto {
+        Proto::Tcp => {
+            let listener = TcpListener::bind(mapping.listen)
+                .await
+                .map_err(|e| Error::bind(what, mapping.listen, &e))?;
+            let listen = listener
+                .local_addr()
+                .map_err(|e| Error::io("mapping listener", &e))?;
+            tokio::spawn(forward::tcp::run_listener(
+                listener,
+                mapping.clone(),
+                meter,
+                shared.ctx.clone(),
+                token.clone(),
+            ));
+            listen
+        }
+        Proto::Udp => {
+            let socket =
+                forward::udp::bind_udp(mapping.listen, shared.config.performance.udp_buffer_size)
+                    .map_err(|e| Error::bind(what, mapping.listen, &e))?;
+            let listen = socket
+                .local_addr()
+                .map_err(|e| Error::io("mapping socket", &e))?;
+            tokio::spawn(forward::udp::run_listener(
+                Arc::new(socket),
+                mapping.clone(),
+                meter,
+                shared.ctx.clone(),
+                token.clone(),
+            ));
+            listen
+        }
+    };
+    let info = MappingInfo {
+        id,
+        mapping: mapping.clone(),
+        listen,
+    };
+    lock(&shared.mappings).insert(
+        id,
+        MappingEntry {
+            info,
+            token,
+            counters,
+        },
+    );
+    tracing::info!(room = %shared.config.room, mapping = %mapping, %listen, id, "mapping added");
+    shared.emit(Event::MappingAdded {
+        id,
+        spec: mapping.to_string(),
+        listen,
+    });
+    Ok(id)
+}
+
+/// Routes STUN datagrams: answers authentic checks, hands responses to transactions.
+async fn stun_dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<StunDatagram>) {
+    let token = shared.root.clone();
+    loop {
+        let d = tokio::select! {
+            _ = token.cancelled() => return,
+            d = rx.recv() => match d { Some(d) => d, None => return },
+        };
+        match message::parse(&d.data) {
+            Some(Parsed::Request {
+                tid,
+                username: Some(username),
+                has_integrity: true,
+            }) => {
+                let (to, from_id) = username.split_once(':').unwrap_or(("", ""));
+                if to != shared.our_id || !message::verify_integrity(&d.data, &shared.password) {
+                    shared
+                        .checks_unauthenticated
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let reply = message::binding_success(tid, d.from, Some(&shared.password));
+                let _ = shared.agent.socket().send_to(&reply, d.from).await;
+                let prflx = lock(&shared.prflx).clone();
+                if let Some((peer_id, tx)) = prflx {
+                    if peer_id == from_id {
+                        let _ = tx.try_send(d.from);
+                    }
+                }
+            }
+            Some(Parsed::Request { .. }) => {
+                shared
+                    .checks_unauthenticated
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Parsed::Success { tid, mapped, .. }) => {
+                shared.agent.on_response(Response {
+                    tid,
+                    from: d.from,
+                    mapped,
+                    success: true,
+                    raw: d.data,
+                });
+            }
+            Some(Parsed::ErrorResponse { tid }) => {
+                shared.agent.on_response(Response {
+                    tid,
+                    from: d.from,
+                    mapped: None,
+                    success: false,
+                    raw: d.data,
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Server role: completes incoming QUIC handshakes (the pinned verifier rejects
+/// everyone but the peer) and hands the connections to the driver.
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    tx: mpsc::Sender<quinn::Connection>,
+    token: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = token.cancelled() => return,
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), incoming).await {
+                Ok(Ok(conn)) => {
+                    let _ = tx.send(conn).await;
+                }
+                Ok(Err(e)) => tracing::info!(error = %e, "incoming tunnel handshake failed"),
+                Err(_) => tracing::info!("incoming tunnel handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Backoff before attempt `n` (1-based) after failures.
+fn retry_delay(n: u32, max_retries: u32) -> Duration {
+    if n > max_retries.max(1) {
+        return Duration::from_secs(30);
+    }
+    Duration::from_millis(500u64 << (n - 1).min(6))
+}
+
+/// The connect/reconnect loop (DESIGN §4).
+async fn drive(shared: Arc<Shared>) {
+    let token = shared.root.clone();
+    let mut failures = 0u32;
+    let mut connected_before = false;
+    loop {
+        let attempt = tokio::select! {
+            _ = token.cancelled() => return,
+            r = connect_once(&shared) => r,
+        };
+        match attempt {
+            Ok(Some((conn, path))) => {
+                failures = 0;
+                if connected_before {
+                    shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                connected_before = true;
+                let reason = tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = run_connected(&shared, conn, path) => r,
+                };
+                if token.is_cancelled() {
+                    return;
+                }
+                tracing::info!(room = %shared.config.room, %reason, "tunnel lost; reconnecting");
+                shared.fail_reason(reason.clone());
+                shared.set_state(State::Reconnecting { attempt: 0, reason });
+                // Give the peer a moment to notice too, then start over at once.
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            // Waiting for the peer's offer timed out: nothing failed, just ask again.
+            Ok(None) => {}
+            Err(reason) => {
+                failures += 1;
+                tracing::info!(room = %shared.config.room, attempt = failures, %reason, "connect attempt failed");
+                shared.fail_reason(reason.clone());
+                shared.set_state(State::Reconnecting {
+                    attempt: failures,
+                    reason,
+                });
+                let delay = retry_delay(failures, shared.config.performance.max_retries);
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+fn ms(d: Duration) -> Option<f64> {
+    Some(d.as_secs_f64() * 1000.0)
+}
+
+/// Our public address, from the cache when fresh.
+async fn discovery(shared: &Shared) -> Discovery {
+    let cached = lock(&shared.discovery).clone();
+    if let Some(d) = cached {
+        if d.at.elapsed() < shared.config.performance.stun_cache {
+            return d;
+        }
+    }
+    let mut servers = Vec::new();
+    for s in &shared.config.stun_servers {
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(s.as_str()))
+            .await
+        {
+            Ok(Ok(addrs)) => {
+                if let Some(a) = addrs
+                    .filter(|a| a.is_ipv4() == shared.local_addr.is_ipv4())
+                    .find(|a| !shared.local_addr.ip().is_loopback() || a.ip().is_loopback())
+                {
+                    servers.push(a);
+                }
+            }
+            _ => tracing::warn!(server = %s, "cannot resolve STUN server"),
+        }
+    }
+    let d = stun_client::discover(&shared.agent, &servers, &shared.host_candidates).await;
+    shared.stun_discoveries.fetch_add(1, Ordering::Relaxed);
+    for e in &d.errors {
+        tracing::warn!(error = %e, "stun");
+    }
+    tracing::info!(public = ?d.public_addr(), nat = d.nat.as_str(), took = ?d.took, "stun discovery");
+    *lock(&shared.discovery) = Some(d.clone());
+    d
+}
+
+fn candidate_kind(peer: &Offer, selected: SocketAddr) -> PathKind {
+    // The peer lists its interface addresses first; anything reachable at one of
+    // them that is not its STUN-mapped address is a LAN (or same-host) path.
+    let pos = peer.candidates.iter().position(|c| *c == selected);
+    match pos {
+        Some(i) if i < peer.host_count => PathKind::Lan,
+        _ => PathKind::Direct,
+    }
+}
+
+/// One attempt: discover, signal, punch, handshake. `Ok(None)` when the peer has not
+/// shown up yet (not a failure).
+async fn connect_once(
+    shared: &Arc<Shared>,
+) -> std::result::Result<Option<(quinn::Connection, PathKind)>, String> {
+    let t0 = Instant::now();
+    shared.set_state(State::Discovering);
+    let disc = discovery(shared).await;
+    let stun_ms = disc.took;
+
+    shared.set_state(State::Signaling);
+    let mut candidates = shared.host_candidates.clone();
+    let host_count = candidates.len();
+    for (_, m) in &disc.mapped {
+        if !candidates.contains(m) {
+            candidates.push(*m);
+        }
+    }
+    let offer = Offer {
+        id: shared.our_id.clone(),
+        candidates,
+        host_count,
+        fp: shared.identity.fingerprint().to_hex(),
+        nat: disc.nat.as_str().to_owned(),
+    };
+    let ts = Instant::now();
+    shared
+        .signal
+        .post(shared.role, &offer.encode(&shared.key))
+        .await
+        .map_err(|e| format!("cannot post our offer: {e}"))?;
+    let peer = shared
+        .signal
+        .wait_for(
+            shared.role.peer(),
+            Duration::from_secs(60),
+            |data| match Offer::decode(data, &shared.key) {
+                Ok(o) if o.id != shared.our_id => Some(o),
+                Ok(_) => None,
+                Err(e) => {
+                    shared.offers_rejected.fetch_add(1, Ordering::Relaxed);
+                    let reason = Error::from(e.clone()).to_string();
+                    tracing::warn!(room = %shared.config.room, %reason, "peer offer rejected");
+                    shared.fail_reason(reason.clone());
+                    if matches!(e, OfferError::BadMac) {
+                        shared.set_state(State::Reconnecting {
+                            attempt: 0,
+                            reason: reason.clone(),
+                        });
+                    }
+                    shared.emit(Event::PeerRejected { reason });
+                    None
+                }
+            },
+        )
+        .await;
+    let peer = match peer {
+        Ok(p) => p,
+        Err(Error::Timeout(_)) => return Ok(None),
+        Err(e) => return Err(format!("rendezvous: {e}")),
+    };
+    let signal_ms = ts.elapsed();
+    let Some(fp) = Fingerprint::from_hex(&peer.fp) else {
+        return Err("peer offer carries an invalid fingerprint".into());
+    };
+    {
+        let mut p = lock(&shared.peer);
+        p.nat = Some(peer.nat.clone());
+        p.offer_id = Some(peer.id.clone());
+    }
+    shared.pinned.set(Some(fp));
+    shared.set_state(State::Punching);
+    let tp = Instant::now();
+    let remote = punch::usable_candidates(shared.local_addr, &peer.candidates);
+    if remote.is_empty() {
+        return Err(format!(
+            "the peer offered no candidate reachable from {}",
+            shared.local_addr
+        ));
+    }
+    let (prflx_tx, prflx_rx) = mpsc::channel(16);
+    *lock(&shared.prflx) = Some((peer.id.clone(), prflx_tx));
+    let punch = Punch {
+        our_id: shared.our_id.clone(),
+        peer_id: peer.id.clone(),
+        password: shared.password.clone(),
+        remote,
+        timeout: shared.config.punch_timeout,
+        keep_going: shared.role == Role::Server,
+    };
+    let result = match shared.role {
+        Role::Client => {
+            let selected: Option<Selected> = punch.run(shared.agent.clone(), prflx_rx).await;
+            let Some(sel) = selected else {
+                return Err(format!(
+                    "no path: no connectivity check succeeded within {:?} (our NAT: {}, peer NAT: {})",
+                    shared.config.punch_timeout,
+                    disc.nat.as_str(),
+                    peer.nat
+                ));
+            };
+            let cfg = tunnel::client_config(
+                &shared.identity,
+                shared.pinned.clone(),
+                &shared.config.performance,
+            )
+            .map_err(|e| e.to_string())?;
+            let connecting = shared
+                .endpoint
+                .connect_with(cfg, sel.remote, tunnel::SERVER_NAME)
+                .map_err(|e| format!("cannot open the tunnel: {e}"))?;
+            let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+                .await
+                .map_err(|_| format!("tunnel handshake with {} timed out", sel.remote))?
+                .map_err(|e| format!("tunnel handshake with {} failed: {e}", sel.remote))?;
+            let path = candidate_kind(&peer, sel.remote);
+            (conn, path)
+        }
+        Role::Server => {
+            let agent = shared.agent.clone();
+            let punching = tokio::spawn(punch.run(agent, prflx_rx));
+            let wait = shared.config.punch_timeout + Duration::from_secs(5);
+            let got = {
+                let mut incoming = shared.incoming.lock().await;
+                // Drop handshakes completed for an earlier peer.
+                let want = shared.pinned.get();
+                tokio::time::timeout(wait, async {
+                    loop {
+                        match incoming.recv().await {
+                            Some(c) if peer_fp(&c) == want => return Some(c),
+                            Some(c) => c.close(0u32.into(), b"superseded"),
+                            None => return None,
+                        }
+                    }
+                })
+                .await
+            };
+            punching.abort();
+            let conn = match got {
+                Ok(Some(c)) => c,
+                _ => {
+                    return Err(format!(
+                        "no path: the peer's tunnel did not arrive within {wait:?} (our NAT: {}, peer NAT: {})",
+                        disc.nat.as_str(),
+                        peer.nat
+                    ))
+                }
+            };
+            let path = candidate_kind(&peer, conn.remote_address());
+            (conn, path)
+        }
+    };
+    *lock(&shared.prflx) = None;
+    *lock(&shared.timings) = Timings {
+        stun_discovery_ms: ms(stun_ms),
+        signaling_wait_ms: ms(signal_ms),
+        punching_ms: ms(tp.elapsed()),
+        time_to_connected_ms: ms(t0.elapsed()),
+    };
+    Ok(Some(result))
+}
+
+fn peer_fp(conn: &quinn::Connection) -> Option<Fingerprint> {
+    let identity = conn.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().map(|c| Fingerprint::of(c))
+}
+
+/// Serves one tunnel until it is lost; returns why.
+async fn run_connected(
+    shared: &Arc<Shared>,
+    mut conn: quinn::Connection,
+    path: PathKind,
+) -> String {
+    loop {
+        let peer = conn.remote_address();
+        {
+            let mut p = lock(&shared.peer);
+            p.path = Some(path);
+            p.addr = Some(peer);
+        }
+        shared.conn_tx.send_replace(Some(conn.clone()));
+        shared.set_state(State::Connected { path, peer });
+        let conn_token = shared.root.child_token();
+        let datagrams = tokio::spawn(forward::udp::dispatch_datagrams(
+            conn.clone(),
+            shared.ctx.flows.clone(),
+        ));
+        if shared.role == Role::Server {
+            let (c, ctx, t) = (conn.clone(), shared.ctx.clone(), conn_token.clone());
+            tokio::spawn(async move {
+                loop {
+                    let stream = tokio::select! {
+                        _ = t.cancelled() => return,
+                        s = c.accept_bi() => s,
+                    };
+                    match stream {
+                        Ok((send, recv)) => {
+                            tokio::spawn(forward::tcp::serve_stream(
+                                send,
+                                recv,
+                                c.clone(),
+                                ctx.clone(),
+                                t.clone(),
+                            ));
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        let replaced = async {
+            if shared.role != Role::Server {
+                return std::future::pending::<quinn::Connection>().await;
+            }
+            let mut incoming = shared.incoming.lock().await;
+            loop {
+                match incoming.recv().await {
+                    // A handshake that passed the pinned verifier: the peer came back
+                    // (its old connection is dead from its point of view).
+                    Some(c) if peer_fp(&c) == shared.pinned.get() => return c,
+                    Some(c) => c.close(0u32.into(), b"superseded"),
+                    None => return std::future::pending().await,
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            e = conn.closed() => Err(e),
+            c = replaced => Ok(c),
+        };
+        shared.conn_tx.send_replace(None);
+        conn_token.cancel();
+        datagrams.abort();
+        match outcome {
+            Err(e) => {
+                let reason = format!("tunnel to {peer} lost: {e}");
+                return reason;
+            }
+            Ok(new_conn) => {
+                tracing::info!(old = %peer, new = %new_conn.remote_address(), "peer reconnected; switching tunnel");
+                conn.close(0u32.into(), b"replaced");
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                conn = new_conn;
+            }
+        }
+    }
+}
+
+async fn shutdown(shared: &Arc<Shared>, timeout: Duration) {
+    shared.root.cancel();
+    let conn = shared.conn_tx.send_replace(None);
+    if let Some(c) = conn {
+        c.close(0u32.into(), b"stopped");
+    }
+    shared.endpoint.close(0u32.into(), b"stopped");
+    let budget = (timeout / 3).min(Duration::from_secs(1));
+    let _ = tokio::time::timeout(budget, shared.endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(budget, shared.signal.delete(shared.role)).await;
+}
+
+fn snapshot(shared: &Shared) -> Stats {
+    let state = shared.state();
+    let peer = lock(&shared.peer);
+    let disc = lock(&shared.discovery).clone();
+    let conn = shared.conn_tx.borrow().clone();
+    let connected = state.is_connected();
+    let mappings = lock(&shared.mappings)
+        .values()
+        .map(|e| MappingStats {
+            id: e.info.id,
+            spec: e.info.mapping.to_string(),
+            listen: e.info.listen,
+            traffic: e.counters.snapshot(),
+        })
+        .collect();
+    Stats {
+        mode: shared.mode_str().to_owned(),
+        room: shared.config.room.clone(),
+        path: if connected { peer.path } else { None },
+        peer_addr: if connected { peer.addr } else { None },
+        state,
+        local_addr: shared.local_addr,
+        public_addr: disc.as_ref().and_then(|d| d.public_addr()),
+        nat_type: disc
+            .as_ref()
+            .map(|d| d.nat.as_str())
+            .unwrap_or("unknown")
+            .to_owned(),
+        peer_nat_type: peer.nat.clone(),
+        rtt_ms: conn.map(|c| c.rtt().as_secs_f64() * 1000.0),
+        totals: shared.totals.snapshot(),
+        mappings,
+        timings: lock(&shared.timings).clone(),
+        reconnects: shared.reconnects.load(Ordering::Relaxed),
+        stun_discoveries: shared.stun_discoveries.load(Ordering::Relaxed),
+        signaling_requests: shared.signaling_requests.load(Ordering::Relaxed),
+        offers_rejected: shared.offers_rejected.load(Ordering::Relaxed),
+        checks_unauthenticated: shared.checks_unauthenticated.load(Ordering::Relaxed),
+        last_error: lock(&shared.last_error).clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_schedule_doubles_then_settles() {
+        assert_eq!(retry_delay(1, 3), Duration::from_millis(500));
+        assert_eq!(retry_delay(2, 3), Duration::from_millis(1000));
+        assert_eq!(retry_delay(3, 3), Duration::from_millis(2000));
+        assert_eq!(retry_delay(4, 3), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn state_display_names_reason() {
+        let s = State::Reconnecting {
+            attempt: 2,
+            reason: "x failed".into(),
+        };
+        assert_eq!(s.to_string(), "reconnecting (attempt 2: x failed)");
+        assert!(!s.is_connected());
+        assert!(State::Stopped.is_final());
+    }
+}

@@ -1,0 +1,296 @@
+//! TCP forwarding: one QUIC bidirectional stream per TCP connection, half-close and
+//! reset propagated both ways.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{RecvStream, SendStream};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::proto::{self, Header, Kind, Status};
+use super::{Ctx, RESET_CODE};
+use crate::config::{Mapping, Proto};
+use crate::stats::Meter;
+
+/// How long a new local connection waits for the tunnel before it is closed.
+pub(crate) const WAIT_FOR_TUNNEL: Duration = Duration::from_secs(10);
+
+/// Client role: accepts on `listener` until `token` is cancelled.
+pub(crate) async fn run_listener(
+    listener: TcpListener,
+    mapping: Mapping,
+    meter: Meter,
+    ctx: Arc<Ctx>,
+    token: CancellationToken,
+) {
+    let target = mapping.target();
+    loop {
+        let accepted = tokio::select! {
+            _ = token.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, from)) => {
+                tracing::debug!(%from, %target, "tcp connection accepted");
+                let (target, meter, ctx, token) =
+                    (target.clone(), meter.clone(), ctx.clone(), token.clone());
+                tokio::spawn(async move {
+                    client_connection(tcp, target, meter, ctx, token).await;
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn client_connection(
+    tcp: TcpStream,
+    target: String,
+    meter: Meter,
+    ctx: Arc<Ctx>,
+    token: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    let Some(conn) = ctx.connection(WAIT_FOR_TUNNEL).await else {
+        tracing::debug!(%target, "no tunnel; closing local connection");
+        meter.failed();
+        return;
+    };
+    let opened = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let header = proto::encode_header(&Header {
+            kind: Kind::Tcp,
+            target: target.clone(),
+            flow_id: None,
+        });
+        send.write_all(&header).await.map_err(|e| e.to_string())?;
+        let mut status = [0u8; 1];
+        recv.read_exact(&mut status)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((send, recv, Status::from_byte(status[0])))
+    };
+    let (send, recv) = match tokio::time::timeout(WAIT_FOR_TUNNEL, opened).await {
+        Ok(Ok((send, recv, Status::Ok))) => (send, recv),
+        Ok(Ok((_, _, status))) => {
+            tracing::info!(%target, "peer refused connection: {}", status.describe());
+            if status == Status::NotAllowed {
+                meter.refused();
+            }
+            meter.failed();
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%target, error = %e, "tunnel stream failed");
+            meter.failed();
+            return;
+        }
+        Err(_) => {
+            meter.failed();
+            return;
+        }
+    };
+    meter.opened();
+    pipe(tcp, send, recv, ctx.perf.tcp_buffer_size, &meter, &token).await;
+    meter.closed();
+}
+
+/// Server role: a TCP stream whose header has been read.
+pub(crate) async fn serve(
+    mut send: SendStream,
+    recv: RecvStream,
+    header: Header,
+    meter: Meter,
+    ctx: Arc<Ctx>,
+    token: CancellationToken,
+) {
+    let addr = match super::resolve_allowed(&ctx.allow, Proto::Tcp, &header.target).await {
+        Ok(a) => a,
+        Err(status) => {
+            tracing::info!(target = %header.target, "refused: {}", status.describe());
+            if status == Status::NotAllowed {
+                meter.refused();
+            }
+            meter.failed();
+            let _ = send.write_all(&[status as u8]).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let tcp = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await {
+        Ok(Ok(t)) => t,
+        other => {
+            let reason = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".to_owned(),
+            };
+            tracing::info!(%addr, %reason, "connect to target failed");
+            meter.failed();
+            let _ = send.write_all(&[Status::ConnectFailed as u8]).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    if send.write_all(&[Status::Ok as u8]).await.is_err() {
+        meter.failed();
+        return;
+    }
+    meter.opened();
+    pipe(tcp, send, recv, ctx.perf.tcp_buffer_size, &meter, &token).await;
+    meter.closed();
+}
+
+/// Copies both ways until both directions are finished. A FIN becomes a stream finish
+/// and back; a reset on either side becomes a reset on the other.
+async fn pipe(
+    tcp: TcpStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    buf_size: usize,
+    meter: &Meter,
+    token: &CancellationToken,
+) {
+    let (r, w) = tcp.into_split();
+    let both = async {
+        tokio::try_join!(
+            tcp_to_quic(&r, &mut send, buf_size, meter),
+            quic_to_tcp(&mut recv, &w, buf_size, meter)
+        )
+    };
+    let outcome = tokio::select! {
+        _ = token.cancelled() => Err(io::Error::other("mapping removed or engine stopped")),
+        r = both => r.map(|_| ()),
+    };
+    if let Err(e) = outcome {
+        tracing::debug!(error = %e, "forwarded connection reset");
+        let _ = send.reset(RESET_CODE.into());
+        let _ = recv.stop(RESET_CODE.into());
+        // Reunite first: dropping a write half alone would send FIN before the RST.
+        // Linger 0 then makes the close send RST.
+        if let Ok(tcp) = r.reunite(w) {
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+async fn tcp_to_quic(
+    r: &OwnedReadHalf,
+    send: &mut SendStream,
+    buf_size: usize,
+    meter: &Meter,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; buf_size];
+    loop {
+        let n = read_half(r, &mut buf).await?;
+        if n == 0 {
+            let _ = send.finish();
+            return Ok(());
+        }
+        send.write_all(&buf[..n])
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e))?;
+        meter.sent(n);
+    }
+}
+
+async fn read_half(r: &OwnedReadHalf, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        r.readable().await?;
+        match r.try_read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn quic_to_tcp(
+    recv: &mut RecvStream,
+    w: &OwnedWriteHalf,
+    buf_size: usize,
+    meter: &Meter,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; buf_size];
+    loop {
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => {
+                write_half(w, &buf[..n]).await?;
+                meter.received(n);
+            }
+            Ok(None) => {
+                // Half-close: FIN toward the local side, keep reading it.
+                let _ = socket2::SockRef::from(w.as_ref()).shutdown(std::net::Shutdown::Write);
+                return Ok(());
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::ConnectionReset, e)),
+        }
+    }
+}
+
+async fn write_half(w: &OwnedWriteHalf, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        w.writable().await?;
+        match w.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads a stream header (bounded by size and time).
+pub(crate) async fn read_header(recv: &mut RecvStream) -> Result<Header, Status> {
+    let read = async {
+        let mut buf = vec![0u8; 4];
+        recv.read_exact(&mut buf)
+            .await
+            .map_err(|_| Status::BadHeader)?;
+        loop {
+            match proto::decode_header(&buf) {
+                Ok((h, _)) => return Ok(h),
+                Err(proto::HeaderError::Need(n)) => {
+                    let have = buf.len();
+                    buf.resize(n, 0);
+                    recv.read_exact(&mut buf[have..])
+                        .await
+                        .map_err(|_| Status::BadHeader)?;
+                }
+                Err(proto::HeaderError::Bad(why)) => {
+                    tracing::debug!(why, "bad stream header");
+                    return Err(Status::BadHeader);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or(Err(Status::BadHeader))
+}
+
+/// Server role: handles one incoming stream of either kind.
+pub(crate) async fn serve_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    conn: quinn::Connection,
+    ctx: Arc<Ctx>,
+    token: CancellationToken,
+) {
+    let meter = Meter::new(None, ctx.totals.clone());
+    match read_header(&mut recv).await {
+        Ok(h) if h.kind == Kind::Tcp => serve(send, recv, h, meter, ctx, token).await,
+        Ok(h) => super::udp::serve_flow(send, recv, h, conn, meter, ctx, token).await,
+        Err(status) => {
+            let _ = send.write_all(&[status as u8]).await;
+            let _ = send.finish();
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! UDP forwarding. Each client source address is a flow: one QUIC bidirectional stream
+//! (header, status, then oversized datagrams as `[len u32][payload]`) plus QUIC DATAGRAM
+//! frames `[flow id varint][payload]` for everything that fits. Nothing is truncated.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::proto::{self, Header, Kind, Status, MAX_DATAGRAM};
+use super::tcp::WAIT_FOR_TUNNEL;
+use super::Ctx;
+use crate::config::{Mapping, Proto};
+use crate::stats::Meter;
+
+/// Where datagrams of a flow go when they come out of the tunnel.
+#[derive(Debug, Clone)]
+pub(crate) struct FlowSink {
+    socket: Arc<UdpSocket>,
+    /// Client role: the local source address; server role: `None` (connected socket).
+    dest: Option<SocketAddr>,
+    meter: Meter,
+    idle: Arc<IdleClock>,
+}
+
+/// Live flows by id.
+pub(crate) type FlowTable = Arc<Mutex<HashMap<u64, FlowSink>>>;
+
+fn table(t: &FlowTable) -> std::sync::MutexGuard<'_, HashMap<u64, FlowSink>> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Milliseconds since the flow's last activity, shared by its tasks.
+#[derive(Debug)]
+pub(crate) struct IdleClock {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl IdleClock {
+    fn new() -> Arc<Self> {
+        Arc::new(IdleClock {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.base.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+fn deliver(sink: &FlowSink, payload: &[u8]) {
+    sink.idle.touch();
+    let sent = match sink.dest {
+        Some(dest) => sink.socket.try_send_to(payload, dest),
+        None => sink.socket.try_send(payload),
+    };
+    if sent.is_ok() {
+        sink.meter.datagram_received(payload.len());
+    }
+}
+
+/// Reads DATAGRAM frames off `conn` and hands them to their flows, until it closes.
+pub(crate) async fn dispatch_datagrams(conn: quinn::Connection, flows: FlowTable) {
+    while let Ok(frame) = conn.read_datagram().await {
+        let Some((id, payload)) = proto::decode_datagram(&frame) else {
+            continue;
+        };
+        let sink = table(&flows).get(&id).cloned();
+        if let Some(sink) = sink {
+            deliver(&sink, &payload);
+        }
+    }
+}
+
+/// Sends one datagram of flow `id` to the peer: as a DATAGRAM frame when it fits, else
+/// framed on the flow's stream.
+async fn send_to_peer(
+    conn: &quinn::Connection,
+    stream: &mut SendStream,
+    id: u64,
+    payload: &[u8],
+) -> Result<(), ()> {
+    let frame = proto::encode_datagram(id, payload);
+    if conn
+        .max_datagram_size()
+        .is_some_and(|max| frame.len() <= max)
+        && conn.send_datagram(frame).is_ok()
+    {
+        return Ok(());
+    }
+    let mut framed = Vec::with_capacity(4 + payload.len());
+    framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    framed.extend_from_slice(payload);
+    stream.write_all(&framed).await.map_err(|_| ())
+}
+
+/// Reads `[len u32][payload]` frames from a flow stream and delivers them.
+async fn read_stream_frames(mut recv: RecvStream, sink: FlowSink) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let mut len = [0u8; 4];
+        if recv.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_DATAGRAM {
+            let _ = recv.stop(super::RESET_CODE.into());
+            return;
+        }
+        if recv.read_exact(&mut buf[..len]).await.is_err() {
+            return;
+        }
+        deliver(&sink, &buf[..len]);
+    }
+}
+
+/// Binds a UDP socket with the configured kernel buffer sizes.
+pub(crate) fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(buffer);
+    let _ = s.set_send_buffer_size(buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Client role: receives on the mapping's socket until `token` is cancelled.
+pub(crate) async fn run_listener(
+    socket: Arc<UdpSocket>,
+    mapping: Mapping,
+    meter: Meter,
+    ctx: Arc<Ctx>,
+    token: CancellationToken,
+) {
+    let target = mapping.target();
+    let mut flows: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<SocketAddr>();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, src) = tokio::select! {
+            _ = token.cancelled() => return,
+            Some(src) = done_rx.recv() => {
+                if flows.get(&src).is_some_and(|tx| tx.is_closed()) {
+                    flows.remove(&src);
+                }
+                continue;
+            }
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::trace!(error = %e, "udp recv");
+                    continue;
+                }
+            },
+        };
+        let payload = Bytes::copy_from_slice(&buf[..n]);
+        let tx = flows.entry(src).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(1024);
+            let flow = ClientFlow {
+                src,
+                socket: socket.clone(),
+                target: target.clone(),
+                meter: meter.clone(),
+                ctx: ctx.clone(),
+                token: token.clone(),
+            };
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                flow.run(rx).await;
+                let _ = done.send(src);
+            });
+            tx
+        });
+        if tx.try_send(payload).is_err() {
+            tracing::trace!(%src, "udp flow queue full or closed; datagram dropped");
+        }
+    }
+}
+
+struct ClientFlow {
+    src: SocketAddr,
+    socket: Arc<UdpSocket>,
+    target: String,
+    meter: Meter,
+    ctx: Arc<Ctx>,
+    token: CancellationToken,
+}
+
+impl ClientFlow {
+    async fn run(self, mut rx: mpsc::Receiver<Bytes>) {
+        let Some(conn) = self.ctx.connection(WAIT_FOR_TUNNEL).await else {
+            self.meter.failed();
+            return;
+        };
+        let id = self.ctx.next_flow.fetch_add(1, Ordering::Relaxed);
+        let opened = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let header = proto::encode_header(&Header {
+                kind: Kind::Udp,
+                target: self.target.clone(),
+                flow_id: Some(id),
+            });
+            send.write_all(&header).await.map_err(|e| e.to_string())?;
+            let mut status = [0u8; 1];
+            recv.read_exact(&mut status)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((send, recv, Status::from_byte(status[0])))
+        };
+        let (mut send, recv) = match tokio::time::timeout(WAIT_FOR_TUNNEL, opened).await {
+            Ok(Ok((s, r, Status::Ok))) => (s, r),
+            Ok(Ok((_, _, status))) => {
+                tracing::info!(target = %self.target, "udp flow refused: {}", status.describe());
+                if status == Status::NotAllowed {
+                    self.meter.refused();
+                }
+                self.meter.failed();
+                return;
+            }
+            _ => {
+                self.meter.failed();
+                return;
+            }
+        };
+        let idle = IdleClock::new();
+        let sink = FlowSink {
+            socket: self.socket.clone(),
+            dest: Some(self.src),
+            meter: self.meter.clone(),
+            idle: idle.clone(),
+        };
+        table(&self.ctx.flows).insert(id, sink.clone());
+        self.meter.opened();
+        let mut reader = tokio::spawn(read_stream_frames(recv, sink));
+        let timeout = self.ctx.perf.udp_flow_timeout;
+        loop {
+            let wait = timeout.saturating_sub(idle.idle_for());
+            tokio::select! {
+                _ = self.token.cancelled() => break,
+                _ = &mut reader => break,
+                _ = tokio::time::sleep(wait) => {
+                    if idle.idle_for() >= timeout {
+                        tracing::debug!(src = %self.src, "udp flow idle; closing");
+                        break;
+                    }
+                }
+                d = rx.recv() => {
+                    let Some(d) = d else { break };
+                    idle.touch();
+                    if send_to_peer(&conn, &mut send, id, &d).await.is_err() {
+                        break;
+                    }
+                    self.meter.datagram_sent(d.len());
+                }
+            }
+        }
+        reader.abort();
+        table(&self.ctx.flows).remove(&id);
+        let _ = send.finish();
+        self.meter.closed();
+    }
+}
+
+/// Server role: a UDP flow stream whose header has been read.
+pub(crate) async fn serve_flow(
+    mut send: SendStream,
+    recv: RecvStream,
+    header: Header,
+    conn: quinn::Connection,
+    meter: Meter,
+    ctx: Arc<Ctx>,
+    token: CancellationToken,
+) {
+    let Some(id) = header.flow_id else {
+        let _ = send.write_all(&[Status::BadHeader as u8]).await;
+        return;
+    };
+    let addr = match super::resolve_allowed(&ctx.allow, Proto::Udp, &header.target).await {
+        Ok(a) => a,
+        Err(status) => {
+            tracing::info!(target = %header.target, "udp flow refused: {}", status.describe());
+            if status == Status::NotAllowed {
+                meter.refused();
+            }
+            meter.failed();
+            let _ = send.write_all(&[status as u8]).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = match bind_udp(bind, ctx.perf.udp_buffer_size) {
+        Ok(s) if s.connect(addr).await.is_ok() => Arc::new(s),
+        _ => {
+            meter.failed();
+            let _ = send.write_all(&[Status::ConnectFailed as u8]).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    if send.write_all(&[Status::Ok as u8]).await.is_err() {
+        meter.failed();
+        return;
+    }
+    let idle = IdleClock::new();
+    let sink = FlowSink {
+        socket: socket.clone(),
+        dest: None,
+        meter: meter.clone(),
+        idle: idle.clone(),
+    };
+    table(&ctx.flows).insert(id, sink.clone());
+    meter.opened();
+    let mut reader = tokio::spawn(read_stream_frames(recv, sink));
+    let timeout = ctx.perf.udp_flow_timeout;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let wait = timeout.saturating_sub(idle.idle_for());
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = &mut reader => break,
+            _ = tokio::time::sleep(wait) => {
+                if idle.idle_for() >= timeout {
+                    break;
+                }
+            }
+            r = socket.recv(&mut buf) => {
+                let Ok(n) = r else { continue };
+                idle.touch();
+                if send_to_peer(&conn, &mut send, id, &buf[..n]).await.is_err() {
+                    break;
+                }
+                meter.datagram_sent(n);
+            }
+        }
+    }
+    reader.abort();
+    table(&ctx.flows).remove(&id);
+    let _ = send.finish();
+    meter.closed();
+}

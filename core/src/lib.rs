@@ -1,0 +1,23 @@
+//! stunfwd engine: two peers meet in a room on a rendezvous server, learn their public
+//! addresses with STUN, punch through their NATs and forward TCP and UDP ports through a
+//! mutually authenticated QUIC tunnel.
+//!
+//! The public API is [`Engine`], [`Config`], [`Mapping`] and the rendezvous
+//! [`SignalServer`]; everything runs on a runtime the engine owns.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod forward;
+pub mod punch;
+pub mod signal;
+pub(crate) mod socket;
+pub mod stats;
+pub mod stun;
+pub mod tunnel;
+
+pub use config::{AllowRule, Config, Mapping, Mode, Performance, Proto};
+pub use engine::{Engine, Event, MappingId, MappingInfo, PathKind, State};
+pub use error::{Error, Result};
+pub use signal::server::{SignalServer, SignalServerConfig};
+pub use stats::{MappingStats, Stats, Timings, Traffic};

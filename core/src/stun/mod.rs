@@ -1,0 +1,9 @@
+//! STUN: messages, the client side of the engine (transactions over the shared socket,
+//! discovery against several servers, cached) and an in-process Binding responder.
+
+pub mod client;
+pub mod message;
+pub mod responder;
+
+pub use client::{Discovery, NatType};
+pub use responder::StunResponder;

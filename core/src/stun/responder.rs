@@ -1,0 +1,83 @@
+//! A tiny in-process STUN Binding responder (RFC 8489 §3: Binding request → success with
+//! XOR-MAPPED-ADDRESS). The rendezvous server runs one so that a deployment needs only
+//! one small server; tests and the demo run one on loopback.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use super::message::{self, Parsed};
+use crate::error::{Error, Result};
+
+/// A running STUN responder. Stops when dropped.
+#[derive(Debug)]
+pub struct StunResponder {
+    local_addr: SocketAddr,
+    answered: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl StunResponder {
+    /// Binds `addr` (UDP) and answers Binding requests on the current tokio runtime.
+    pub async fn bind(addr: SocketAddr) -> Result<StunResponder> {
+        let socket = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| Error::bind("stun responder", addr, &e))?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| Error::io("stun responder: local address", &e))?;
+        let answered = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(serve(socket, answered.clone()));
+        Ok(StunResponder {
+            local_addr,
+            answered,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// How many Binding requests have been answered.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for StunResponder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(socket: UdpSocket, answered: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            // ICMP errors from earlier sends surface here on some platforms; keep serving.
+            Err(e) => {
+                tracing::trace!(error = %e, "stun responder recv");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        // Only plain Binding requests: signed checks are meant for peers, not for us.
+        if let Some(Parsed::Request {
+            tid,
+            has_integrity: false,
+            ..
+        }) = message::parse(&buf[..n])
+        {
+            let reply = message::binding_success(tid, from, None);
+            if !reply.is_empty() && socket.send_to(&reply, from).await.is_ok() {
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

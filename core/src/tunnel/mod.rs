@@ -1,0 +1,94 @@
+//! The QUIC tunnel: our identity (a fresh self-signed certificate per engine), mutual
+//! certificate-fingerprint pinning, and quinn configuration.
+//!
+//! Neither side trusts any CA. Each side learns the peer's certificate fingerprint from
+//! the peer's HMAC-authenticated offer and accepts exactly that certificate; the TLS
+//! handshake signatures are still verified, so holding the certificate is not enough,
+//! one must hold its key.
+
+pub mod identity;
+
+pub use identity::{Fingerprint, Identity, PinnedPeer};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use crate::config::Performance;
+use crate::error::{Error, Result};
+
+/// ALPN of the stunfwd tunnel protocol, version 1.
+pub const ALPN: &[u8] = b"stunfwd/1";
+/// The server name both sides use (certificates are pinned, so it carries no meaning).
+pub const SERVER_NAME: &str = "stunfwd";
+
+/// Transport settings shared by both roles.
+pub(crate) fn transport_config(perf: &Performance) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(perf.keep_alive));
+    // Idle timeouts beyond the VarInt range are impossible with validated configs.
+    if let Ok(idle) = quinn::IdleTimeout::try_from(perf.idle_timeout) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.max_concurrent_bidi_streams(4096u32.into());
+    t.max_concurrent_uni_streams(256u32.into());
+    t.datagram_receive_buffer_size(Some(4 << 20));
+    t.datagram_send_buffer_size(4 << 20);
+    t.stream_receive_window((8u32 << 20).into());
+    t.receive_window((32u32 << 20).into());
+    t.send_window(32 << 20);
+    t.initial_rtt(Duration::from_millis(100));
+    t
+}
+
+/// rustls' ring provider, the one crypto backend we build with.
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Client-role QUIC config that accepts only `peer`'s certificate.
+pub(crate) fn client_config(
+    identity: &Identity,
+    peer: Arc<PinnedPeer>,
+    perf: &Performance,
+) -> Result<quinn::ClientConfig> {
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tunnel(format!("tls setup: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(peer)
+        .with_client_auth_cert(vec![identity.cert_der()], identity.key_der())
+        .map_err(|e| Error::Tunnel(format!("tls client identity: {e}")))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| Error::Tunnel(format!("quic client config: {e}")))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_config(perf)));
+    Ok(cfg)
+}
+
+/// Server-role QUIC config that demands a client certificate pinned by `peer`.
+pub(crate) fn server_config(
+    identity: &Identity,
+    peer: Arc<PinnedPeer>,
+    perf: &Performance,
+) -> Result<quinn::ServerConfig> {
+    let provider = provider();
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tunnel(format!("tls setup: {e}")))?
+        .with_client_cert_verifier(peer)
+        .with_single_cert(vec![identity.cert_der()], identity.key_der())
+        .map_err(|e| Error::Tunnel(format!("tls server identity: {e}")))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| Error::Tunnel(format!("quic server config: {e}")))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_config(perf)));
+    // Peers are authenticated by certificate, not address; skip the Retry round trip.
+    cfg.migration(true);
+    Ok(cfg)
+}

@@ -1,0 +1,447 @@
+//! Two engines and a rendezvous server in one process on loopback: real sockets, real
+//! QUIC. Each test reads as a user's story.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, UdpSocket};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sha2::{Digest, Sha256};
+use stunfwd_core::{Engine, Error, Mapping, PathKind, Proto, State};
+
+fn mapping_addr(engine: &Engine, proto: Proto) -> SocketAddr {
+    engine
+        .mappings()
+        .into_iter()
+        .find(|m| m.mapping.proto == proto)
+        .map(|m| m.listen)
+        .unwrap()
+}
+
+#[test]
+fn tcp_50_mb_each_way_arrives_intact() {
+    const SIZE: usize = 50 << 20;
+    let rv = Rendezvous::start();
+    // The target sends its own 50 MB and hashes what it receives.
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let (hash_tx, hash_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (s, _) = target.accept().unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            w.write_all(&pattern(SIZE, 2)).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut r = s;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0;
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n;
+            hasher.update(&buf[..n]);
+        }
+        writer.join().unwrap();
+        hash_tx.send((total, hasher.finalize().to_vec())).unwrap();
+    });
+    let (_server, client) = pair(&rv, &[format!("tcp:0:{}", target_addr.port())]);
+    let local = mapping_addr(&client, Proto::Tcp);
+
+    let started = Instant::now();
+    let s = connect(local);
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&pattern(SIZE, 1)).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut r = s;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+        hasher.update(&buf[..n]);
+    }
+    writer.join().unwrap();
+    let elapsed = started.elapsed();
+    let (target_total, target_hash) = hash_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+
+    assert_eq!(total, SIZE, "client received everything");
+    assert_eq!(
+        hasher.finalize().to_vec(),
+        Sha256::digest(pattern(SIZE, 2)).to_vec()
+    );
+    assert_eq!(target_total, SIZE, "target received everything");
+    assert_eq!(target_hash, Sha256::digest(pattern(SIZE, 1)).to_vec());
+    let mbps = (2 * SIZE) as f64 / elapsed.as_secs_f64() / 1e6;
+    println!(
+        "50 MB each way through the tunnel in {:.2} s: {mbps:.0} MB/s combined ({:.0} MB/s each way)",
+        elapsed.as_secs_f64(),
+        mbps / 2.0
+    );
+    let stats = client.stats();
+    assert!(stats.mappings[0].traffic.bytes_sent >= SIZE as u64);
+    assert!(stats.mappings[0].traffic.bytes_received >= SIZE as u64);
+}
+
+#[test]
+fn hundred_concurrent_connections_each_get_their_own_data() {
+    let rv = Rendezvous::start();
+    let echo = tcp_echo();
+    let (_server, client) = pair(&rv, &[format!("tcp:0:{}", echo.port())]);
+    let local = mapping_addr(&client, Proto::Tcp);
+    let handles: Vec<_> = (0..100u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data = pattern(64 * 1024 + i as usize * 13, i + 100);
+                let mut s = connect(local);
+                let mut w = s.try_clone().unwrap();
+                let d2 = data.clone();
+                let writer = std::thread::spawn(move || w.write_all(&d2).unwrap());
+                let mut got = vec![0u8; data.len()];
+                s.read_exact(&mut got).unwrap();
+                writer.join().unwrap();
+                got == data
+            })
+        })
+        .collect();
+    let ok = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(ok, 100);
+    assert_eq!(client.stats().mappings[0].traffic.connections_opened, 100);
+}
+
+#[test]
+fn half_close_client_shuts_write_and_still_reads_reply() {
+    let rv = Rendezvous::start();
+    // Reads until EOF, then answers with the byte count and closes.
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = target.accept().unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        s.write_all(format!("got {} bytes", all.len()).as_bytes())
+            .unwrap();
+    });
+    let (_server, client) = pair(&rv, &[format!("tcp:0:{}", target_addr.port())]);
+    let mut s = connect(mapping_addr(&client, Proto::Tcp));
+    s.write_all(b"hello, half-closed world").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "got 24 bytes");
+}
+
+#[test]
+fn reset_is_propagated_to_the_client() {
+    let rv = Rendezvous::start();
+    // Accepts, then aborts the connection with RST.
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (s, _) = target.accept().unwrap();
+        let mut buf = [0u8; 5];
+        let mut r = &s;
+        r.read_exact(&mut buf).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    });
+    let (_server, client) = pair(&rv, &[format!("tcp:0:{}", target_addr.port())]);
+    let mut s = connect(mapping_addr(&client, Proto::Tcp));
+    s.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 16];
+    let err = s.read(&mut buf).expect_err("reset, not a clean EOF");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+}
+
+#[test]
+fn udp_thousand_mixed_datagrams_arrive_intact() {
+    use std::collections::HashMap;
+    let rv = Rendezvous::start();
+    let echo = udp_echo();
+    let (_server, client) = pair(&rv, &[format!("udp:0:{}", echo.port())]);
+    let local = mapping_addr(&client, Proto::Udp);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    // Sizes 1..=9000, deterministic, many above one QUIC datagram (those go over the
+    // flow's stream).
+    let datagrams: Vec<Vec<u8>> = (0..1000u64)
+        .map(|i| {
+            let size = 1 + ((i * 7919 + 13) % 9000) as usize;
+            let mut d = pattern(size, i);
+            d[0] = (i % 251) as u8;
+            d
+        })
+        .collect();
+    // UDP is allowed to lose datagrams (a busy machine can overflow a socket buffer),
+    // so anything not echoed within 1.5 s is sent again, at most 3 times. What counts
+    // is that every datagram comes back whole: nothing truncated, nothing corrupted.
+    let mut outstanding: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut in_flight: Vec<Vec<u8>> = Vec::new();
+    let mut next = 0;
+    let mut resent = 0;
+    let mut rounds_without_progress = 0;
+    let mut received = 0;
+    let mut buf = vec![0u8; 65_536];
+    const WINDOW: usize = 16;
+    while received < datagrams.len() {
+        while in_flight.len() < WINDOW && next < datagrams.len() {
+            let d = &datagrams[next];
+            s.send_to(d, local).unwrap();
+            *outstanding.entry(d.clone()).or_default() += 1;
+            in_flight.push(d.clone());
+            next += 1;
+        }
+        match s.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                let got = &buf[..n];
+                let Some(count) = outstanding.get_mut(got) else {
+                    continue; // a duplicate of something resent
+                };
+                *count -= 1;
+                if *count == 0 {
+                    outstanding.remove(got);
+                }
+                if let Some(pos) = in_flight.iter().position(|d| d == got) {
+                    in_flight.swap_remove(pos);
+                }
+                received += 1;
+                rounds_without_progress = 0;
+            }
+            Err(_) => {
+                rounds_without_progress += 1;
+                assert!(
+                    rounds_without_progress <= 3,
+                    "{} datagrams never came back",
+                    in_flight.len()
+                );
+                for d in &in_flight {
+                    s.send_to(d, local).unwrap();
+                    resent += 1;
+                }
+            }
+        }
+    }
+    println!("1000 datagrams (1..=9000 bytes) echoed intact; {resent} resent after loss");
+    assert!(outstanding.is_empty());
+    let t = &client.stats().mappings[0].traffic;
+    assert!(t.datagrams_sent >= 1000);
+    assert!(t.datagrams_received >= 1000);
+}
+
+#[test]
+fn udp_two_source_ports_are_two_flows() {
+    let rv = Rendezvous::start();
+    let whoami = udp_whoami();
+    let (_server, client) = pair(&rv, &[format!("udp:0:{}", whoami.port())]);
+    let local = mapping_addr(&client, Proto::Udp);
+    let mut seen = Vec::new();
+    let sockets: Vec<UdpSocket> = (0..2)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for _ in 0..2 {
+        for s in &sockets {
+            // UDP may drop a datagram under load: ask up to 5 times.
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            let answer = (0..5).find_map(|_| {
+                s.send_to(b"who am i", local).unwrap();
+                s.recv_from(&mut buf).ok()
+            });
+            let (n, _) = answer.expect("an answer within 5 tries");
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    // Each client socket keeps its own server-side source port; the two differ.
+    assert_eq!(seen[0], seen[2]);
+    assert_eq!(seen[1], seen[3]);
+    assert_ne!(seen[0], seen[1]);
+    assert_eq!(client.stats().mappings[0].traffic.connections_opened, 2);
+}
+
+#[test]
+fn target_forbidden_by_allow_rules_is_refused_and_counted() {
+    let rv = Rendezvous::start();
+    let (target, accepted) = tcp_counter();
+    let room = room();
+    let server = Engine::start(common::config_for(
+        &rv.url,
+        rv.stun,
+        "server",
+        &room,
+        "k",
+        &[],
+        serde_json::json!({"allow": ["tcp:127.0.0.1:1-1000"]}),
+    ))
+    .unwrap();
+    let client =
+        Engine::start(rv.config("client", &room, "k", &[format!("tcp:0:{}", target.port())]))
+            .unwrap();
+    client.wait_connected(Duration::from_secs(20)).unwrap();
+    let mut s = connect(mapping_addr(&client, Proto::Tcp));
+    let _ = s.write_all(b"let me in");
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the client's connection is closed without data");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats().totals.refused_by_policy == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.stats().totals.refused_by_policy, 1);
+    assert_eq!(client.stats().mappings[0].traffic.refused_by_policy, 1);
+}
+
+#[test]
+fn wrong_secret_forms_no_tunnel_and_says_why() {
+    let rv = Rendezvous::start();
+    let (target, accepted) = tcp_counter();
+    let room = room();
+    let _server = Engine::start(rv.config("server", &room, "right", &[])).unwrap();
+    let client = Engine::start(rv.config(
+        "client",
+        &room,
+        "wrong",
+        &[format!("tcp:0:{}", target.port())],
+    ))
+    .unwrap();
+    let err = client.wait_connected(Duration::from_secs(4)).unwrap_err();
+    assert!(matches!(err, Error::PeerAuth(_)), "{err}");
+    match client.state() {
+        State::Reconnecting { reason, .. } => {
+            assert!(reason.contains("MAC does not verify"), "{reason}")
+        }
+        other => panic!("unexpected state {other}"),
+    }
+    assert!(client.stats().offers_rejected >= 1);
+    // Nothing is forwarded.
+    let mut s = connect(mapping_addr(&client, Proto::Tcp));
+    let _ = s.write_all(b"secret data");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn mapping_added_after_connect_works_and_removed_port_is_free() {
+    let rv = Rendezvous::start();
+    let echo = tcp_echo();
+    let (_server, client) = pair(&rv, &[]);
+    let id = client
+        .add_mapping(Mapping::parse(&format!("tcp:0:{}", echo.port())).unwrap())
+        .unwrap();
+    let local = client.mapping_addr(id).unwrap();
+    let mut s = connect(local);
+    s.write_all(b"late mapping").unwrap();
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"late mapping");
+    client.remove_mapping(id).unwrap();
+    // The live connection is closed and the port can be bound again.
+    let mut rest = [0u8; 1];
+    assert_eq!(s.read(&mut rest).unwrap_or(0), 0);
+    TcpListener::bind(local).expect("port free after remove_mapping");
+    assert!(matches!(
+        client.remove_mapping(id),
+        Err(Error::NoSuchMapping(_))
+    ));
+}
+
+#[test]
+fn local_port_in_use_names_the_port() {
+    let rv = Rendezvous::start();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err =
+        Engine::start(rv.config("client", &room(), "k", &[format!("tcp:{port}:22")])).unwrap_err();
+    assert!(matches!(err, Error::AddrInUse { .. }), "{err}");
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+    let engine = Engine::start(rv.config("client", &room(), "k", &[])).unwrap();
+    let err = engine
+        .add_mapping_str(&format!("tcp:{port}:22"))
+        .unwrap_err();
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+}
+
+#[test]
+fn stun_runs_once_whatever_the_number_of_mappings() {
+    let rv = Rendezvous::start();
+    let echo = tcp_echo();
+    let mappings: Vec<String> = (0..8).map(|_| format!("tcp:0:{}", echo.port())).collect();
+    let (server, client) = pair(&rv, &mappings);
+    for m in client.mappings() {
+        let mut s = connect(m.listen);
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+    }
+    assert_eq!(client.stats().stun_discoveries, 1);
+    assert_eq!(server.stats().stun_discoveries, 1);
+}
+
+#[test]
+fn client_reconnects_to_a_restarted_server() {
+    let rv = Rendezvous::start();
+    let echo = tcp_echo();
+    let room = room();
+    let server = Engine::start(rv.config("server", &room, "k", &[])).unwrap();
+    let client =
+        Engine::start(rv.config("client", &room, "k", &[format!("tcp:0:{}", echo.port())]))
+            .unwrap();
+    client.wait_connected(Duration::from_secs(20)).unwrap();
+    let local = mapping_addr(&client, Proto::Tcp);
+    server.stop(Duration::from_secs(2));
+    drop(server);
+    // The client notices, keeps its listener, and finds the new server on its own.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.state().is_connected() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!client.state().is_connected(), "client saw the tunnel go");
+    let server2 = Engine::start(rv.config("server", &room, "k", &[])).unwrap();
+    client.wait_connected(Duration::from_secs(30)).unwrap();
+    server2.wait_connected(Duration::from_secs(5)).unwrap();
+    let mut s = connect(local);
+    s.write_all(b"again").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"again");
+    assert_eq!(client.stats().reconnects, 1);
+}
+
+#[test]
+fn loopback_peers_use_the_lan_path_and_report_timings() {
+    let rv = Rendezvous::start();
+    let (server, client) = pair(&rv, &[]);
+    match client.state() {
+        State::Connected { path, .. } => assert_eq!(path, PathKind::Lan),
+        other => panic!("{other}"),
+    }
+    let stats = client.stats();
+    assert!(stats.timings.time_to_connected_ms.is_some());
+    assert!(stats.rtt_ms.is_some());
+    assert_eq!(stats.public_addr, Some(client.local_addr()));
+    let json: serde_json::Value = serde_json::from_str(&server.stats_json()).unwrap();
+    assert_eq!(json["state"]["state"], "connected");
+    assert_eq!(json["mode"], "server");
+}
