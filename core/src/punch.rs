@@ -132,7 +132,7 @@ impl Punch {
                         continue;
                     }
                     if !successes.iter().any(|s| s.index == index) {
-                        tracing::debug!(remote = %self.remote[index], index, after = ?started.elapsed(), "pair succeeded");
+                        tracing::debug!(remote = %self.remote[index], answered_from = %r.from, index, after = ?started.elapsed(), "pair succeeded");
                         successes.push(Selected { remote: self.remote[index], index });
                         first_success.get_or_insert_with(Instant::now);
                     }

@@ -156,3 +156,24 @@ fn events_arrive_and_stop_from_inside_a_callback_does_not_deadlock() {
     assert_eq!(client.state(), State::Stopped);
     server.stop(LIMIT);
 }
+
+#[test]
+fn dropping_the_engine_stops_it_and_frees_its_ports() {
+    let rv = Rendezvous::start();
+    let engine = Engine::start(rv.config(
+        "client",
+        &room(),
+        "k",
+        &["tcp:0:22".into(), "udp:0:53".into()],
+    ))
+    .unwrap();
+    let tcp = engine.mappings()[0].listen;
+    let udp = engine.mappings()[1].listen;
+    let tunnel = engine.local_addr();
+    let t = Instant::now();
+    drop(engine);
+    assert!(t.elapsed() < LIMIT);
+    std::net::TcpListener::bind(tcp).expect("tcp mapping port free");
+    std::net::UdpSocket::bind(udp).expect("udp mapping port free");
+    std::net::UdpSocket::bind(tunnel).expect("tunnel socket free");
+}

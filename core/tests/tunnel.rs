@@ -427,6 +427,8 @@ fn client_reconnects_to_a_restarted_server() {
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"again");
     assert_eq!(client.stats().reconnects, 1);
+    // The cached STUN result served the second connect too.
+    assert_eq!(client.stats().stun_discoveries, 1);
 }
 
 #[test]
@@ -444,4 +446,52 @@ fn loopback_peers_use_the_lan_path_and_report_timings() {
     let json: serde_json::Value = serde_json::from_str(&server.stats_json()).unwrap();
     assert_eq!(json["state"]["state"], "connected");
     assert_eq!(json["mode"], "server");
+}
+
+/// A rendezvous that rewrites the server's offer (a candidate, or the certificate
+/// fingerprint) before the client reads it: the client must reject it and not connect.
+#[test]
+fn tampered_offer_is_detected_and_rejected() {
+    use stunfwd_core::signal::client::SignalClient;
+    use stunfwd_core::signal::proto::Role;
+    for field in ["fp", "candidate"] {
+        let rv = Rendezvous::start();
+        let (target, accepted) = tcp_counter();
+        let room = room();
+        let server = Engine::start(rv.config("server", &room, "k", &[])).unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let signal =
+            SignalClient::new(&rv.url, &room, Duration::from_millis(50), requests).unwrap();
+        // Take the server's genuine offer and put back a tampered copy, as a malicious
+        // rendezvous operator would.
+        let (original, tampered) = rv
+            .rt
+            .block_on(async {
+                let genuine = signal
+                    .wait_for(Role::Server, Duration::from_secs(10), |d| {
+                        Some(d.to_owned())
+                    })
+                    .await?;
+                let mut offer: serde_json::Value = serde_json::from_str(&genuine).unwrap();
+                match field {
+                    "fp" => offer["fp"] = "ee".repeat(32).into(),
+                    _ => offer["candidates"][0] = "127.0.0.1:9".into(),
+                }
+                let tampered = offer.to_string();
+                signal.post(Role::Server, &tampered).await?;
+                Ok::<_, Error>((genuine, tampered))
+            })
+            .unwrap();
+        assert_ne!(original, tampered);
+        let client =
+            Engine::start(rv.config("client", &room, "k", &[format!("tcp:0:{}", target.port())]))
+                .unwrap();
+        let err = client.wait_connected(Duration::from_secs(3)).unwrap_err();
+        assert!(matches!(err, Error::PeerAuth(_)), "{field}: {err}");
+        let stats = client.stats();
+        assert!(stats.offers_rejected >= 1, "{field}");
+        assert!(stats.last_error.unwrap().contains("MAC does not verify"));
+        assert!(!server.state().is_connected());
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
 }

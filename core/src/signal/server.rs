@@ -458,7 +458,7 @@ async fn get(shared: &Shared, query: &HashMap<String, String>) -> Response {
 
     loop {
         let now = Instant::now();
-        let mut posted = {
+        let (mut posted, deadline) = {
             let mut store = shared.lock();
             if let Some(room) = store.live(room_name, now, shared.room_ttl) {
                 let mailbox = &room.mailboxes[slot(role)];
@@ -476,11 +476,10 @@ async fn get(shared: &Shared, query: &HashMap<String, String>) -> Response {
                 return not_found();
             }
             match store.live_or_create(room_name, now, shared.room_ttl, shared.max_rooms) {
-                Ok(room) => room.mailboxes[slot(role)].posted.subscribe(),
+                Ok(room) => (room.mailboxes[slot(role)].posted.subscribe(), deadline),
                 Err(Full) => return full(shared.max_rooms),
             }
         };
-        let deadline = deadline.expect("deadline is Some: checked above");
         tokio::select! {
             // Err means the room was removed (DELETE or expiry): look again.
             _ = posted.changed() => {}

@@ -171,35 +171,62 @@ pub fn classify(host: &[SocketAddr], mapped: &[(SocketAddr, SocketAddr)]) -> Nat
     }
 }
 
+/// After the first answer, how long the others may still take (their answers are only
+/// needed to compare mappings).
+const STRAGGLER_GRACE: Duration = Duration::from_millis(500);
+
 /// Asks every server in parallel (each with retransmissions) and classifies the answers.
+/// A dead server costs at most [`STRAGGLER_GRACE`] once another one has answered.
 pub(crate) async fn discover(
-    agent: &StunAgent,
+    agent: &Arc<StunAgent>,
     servers: &[SocketAddr],
     host: &[SocketAddr],
 ) -> Discovery {
     let started = Instant::now();
-    let asks = servers.iter().map(|&server| async move {
-        let tid = message::new_tid();
-        let request = message::binding_request(tid);
-        let r = agent
-            .transact(server, &request, tid, Duration::from_millis(200), 6)
-            .await;
-        (server, r)
-    });
-    let answers = futures_join_all(asks).await;
+    let (tx, mut rx) = mpsc::channel(servers.len().max(1));
+    let mut tasks = Vec::new();
+    for &server in servers {
+        let (agent, tx) = (agent.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let tid = message::new_tid();
+            let request = message::binding_request(tid);
+            let r = agent
+                .transact(server, &request, tid, Duration::from_millis(200), 6)
+                .await;
+            let _ = tx.send((server, r)).await;
+        }));
+    }
+    drop(tx);
     let mut mapped = Vec::new();
     let mut errors = Vec::new();
-    for (server, r) in answers {
+    let mut grace_until: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match grace_until {
+            Some(until) => match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(n) => n,
+                Err(_) => break,
+            },
+            None => rx.recv().await,
+        };
+        let Some((server, r)) = next else { break };
         match r {
             Ok(Response {
                 mapped: Some(m),
                 success: true,
                 ..
-            }) => mapped.push((server, m)),
+            }) => {
+                mapped.push((server, m));
+                grace_until.get_or_insert_with(|| tokio::time::Instant::now() + STRAGGLER_GRACE);
+            }
             Ok(_) => errors.push(format!("{server}: answer without a mapped address")),
             Err(e) => errors.push(format!("{server}: {e}")),
         }
     }
+    for t in tasks {
+        t.abort();
+    }
+    // Keep the configured order so the first configured server's view comes first.
+    mapped.sort_by_key(|(s, _)| servers.iter().position(|x| x == s));
     let nat = classify(host, &mapped);
     Discovery {
         mapped,
@@ -208,34 +235,6 @@ pub(crate) async fn discover(
         took: started.elapsed(),
         nat,
     }
-}
-
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 #[cfg(test)]
