@@ -304,6 +304,19 @@ impl Engine {
     /// things that cannot work (bad config, address in use), and then nothing is left
     /// running.
     pub fn start(config: Config) -> Result<Engine> {
+        Self::start_inner(config, None)
+    }
+
+    /// Like [`Engine::start`], with `callback` subscribed before anything runs, so it
+    /// sees every event from the first state change on.
+    pub fn start_with_events(
+        config: Config,
+        callback: impl Fn(&Event) + Send + Sync + 'static,
+    ) -> Result<Engine> {
+        Self::start_inner(config, Some(Arc::new(callback)))
+    }
+
+    fn start_inner(config: Config, callback: Option<Callback>) -> Result<Engine> {
         config.validate()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.performance.workers)
@@ -329,6 +342,9 @@ impl Engine {
         };
         // Events are delivered on one dedicated thread, so callbacks never run on the
         // runtime and may call back into the engine (even stop it).
+        if let Some(cb) = callback {
+            lock(&shared.subscribers).push(cb);
+        }
         let (events_tx, events_rx) = std_mpsc::channel::<Event>();
         *lock(&shared.events_tx) = Some(events_tx);
         let subscribers = shared.subscribers.clone();
