@@ -1,0 +1,1 @@
+//! Node bindings (placeholder; see the Node issue).
