@@ -104,6 +104,11 @@ typedef enum stunfwd_result {
    * The call is not allowed from inside this callback.
    */
   STUNFWD_RESULT_IN_CALLBACK = 15,
+  /**
+   * No direct path can be punched between the two NAT types and no relay is
+   * configured; the message names both NAT types.
+   */
+  STUNFWD_RESULT_NO_PATH = 16,
 } stunfwd_result;
 
 /**

@@ -49,6 +49,20 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:3478")]
         stun: SocketAddr,
     },
+    /// Detect this host's NAT: public address, mapping and filtering behaviour.
+    /// With a server that supports RFC 5780 (two addresses, e.g. coturn) both are
+    /// measured; a second server cross-checks the mapping.
+    Nat {
+        /// A STUN server, host:port (repeat for more).
+        #[arg(long = "stun", required = true)]
+        stun: Vec<String>,
+        /// Local address to probe from.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: SocketAddr,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a rendezvous server and two peers in this process on loopback, forward a TCP
     /// and a UDP echo through the tunnel, and check that everything arrives intact.
     Demo {
@@ -80,6 +94,13 @@ fn main() -> ExitCode {
         Command::Signal { http, stun } => {
             init_logs(cli.log_format, &cli.log);
             signal(http, stun)
+        }
+        Command::Nat { stun, bind, json } => {
+            init_logs(
+                cli.log_format,
+                &format!("warn,{}", cli.log.replace("info", "warn")),
+            );
+            nat(&stun, bind, json)
         }
         Command::Demo { bytes } => {
             init_logs(
@@ -195,4 +216,51 @@ fn signal(http: SocketAddr, stun: SocketAddr) -> ExitCode {
     drop(server);
     rt.shutdown_timeout(Duration::from_secs(1));
     ExitCode::SUCCESS
+}
+
+fn nat(servers: &[String], bind: SocketAddr, json: bool) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("stunfwd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let servers: Vec<String> = servers
+        .iter()
+        .map(|s| s.trim_start_matches("stun:").to_owned())
+        .collect();
+    match rt.block_on(stunfwd_core::stun::detect_nat(&servers, bind)) {
+        Ok(d) => {
+            if json {
+                let v = serde_json::json!({
+                    "public_addr": d.public_addr(),
+                    "mapped": d.mapped.iter().map(|(s, m)| serde_json::json!({"server": s, "mapped": m})).collect::<Vec<_>>(),
+                    "mapping": d.mapping,
+                    "filtering": d.filtering,
+                    "nat_type": d.nat,
+                    "errors": d.errors,
+                });
+                println!("{v}");
+            } else {
+                for (server, mapped) in &d.mapped {
+                    println!("server {server} sees us at {mapped}");
+                }
+                for e in &d.errors {
+                    println!("no answer: {e}");
+                }
+                println!("mapping:   {}", d.mapping.as_str());
+                println!("filtering: {}", d.filtering.as_str());
+                println!("nat type:  {}", d.nat.as_str());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stunfwd: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

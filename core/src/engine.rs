@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex, MutexGuard};
@@ -228,6 +228,8 @@ struct Shared {
     timings: Mutex<Timings>,
     peer: Mutex<PeerInfo>,
     last_error: Mutex<Option<String>>,
+    /// Why the engine gave up, when it did (`State::Failed`).
+    failure: Mutex<Option<Error>>,
     prflx: Mutex<Option<(String, mpsc::Sender<SocketAddr>)>>,
     incoming: tokio::sync::Mutex<mpsc::Receiver<quinn::Connection>>,
 }
@@ -465,7 +467,8 @@ impl Engine {
                 return Err(Error::Stopped);
             }
             if let State::Failed { reason } = &*s {
-                return Err(Error::Tunnel(reason.clone()));
+                let failure = lock(&self.shared.failure).clone();
+                return Err(failure.unwrap_or_else(|| Error::Tunnel(reason.clone())));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -571,7 +574,7 @@ async fn setup(config: Config) -> Result<Arc<Shared>> {
     let local_addr = std_socket
         .local_addr()
         .map_err(|e| Error::io("tunnel socket: local address", &e))?;
-    let host_candidates = host_candidates(local_addr);
+    let host_candidates = crate::socket::host_candidates(local_addr);
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let inner = runtime
         .wrap_udp_socket(std_socket)
@@ -643,6 +646,7 @@ async fn setup(config: Config) -> Result<Arc<Shared>> {
         timings: Mutex::new(Timings::default()),
         peer: Mutex::new(PeerInfo::default()),
         last_error: Mutex::new(None),
+        failure: Mutex::new(None),
         prflx: Mutex::new(None),
         incoming: tokio::sync::Mutex::new(incoming_rx),
         config,
@@ -665,28 +669,6 @@ fn bind_tunnel_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSo
     s.set_nonblocking(true)
         .map_err(|e| Error::io("tunnel socket", &e))?;
     Ok(s.into())
-}
-
-/// Our host candidates: the bound address, or every interface address of the socket's
-/// family when bound to the unspecified address.
-fn host_candidates(local: SocketAddr) -> Vec<SocketAddr> {
-    if !local.ip().is_unspecified() {
-        return vec![local];
-    }
-    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|i| i.ip())
-        .filter(|ip| ip.is_ipv4() == local.is_ipv4())
-        .filter(|ip| match ip {
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80, // no link-local
-            IpAddr::V4(_) => true,
-        })
-        .map(|ip| SocketAddr::new(ip, local.port()))
-        .collect();
-    // Non-loopback first: they are the useful ones across hosts.
-    out.sort_by_key(|a| a.ip().is_loopback());
-    out
 }
 
 async fn add_mapping(shared: Arc<Shared>, mapping: Mapping) -> Result<MappingId> {
@@ -786,11 +768,14 @@ async fn stun_dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<StunDatagram>
                     .checks_unauthenticated
                     .fetch_add(1, Ordering::Relaxed);
             }
-            Some(Parsed::Success { tid, mapped, .. }) => {
+            Some(Parsed::Success {
+                tid, mapped, other, ..
+            }) => {
                 shared.agent.on_response(Response {
                     tid,
                     from: d.from,
                     mapped,
+                    other,
                     success: true,
                     raw: d.data,
                 });
@@ -800,6 +785,7 @@ async fn stun_dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<StunDatagram>
                     tid,
                     from: d.from,
                     mapped: None,
+                    other: None,
                     success: false,
                     raw: d.data,
                 });
@@ -877,7 +863,15 @@ async fn drive(shared: Arc<Shared>) {
             }
             // Waiting for the peer's offer timed out: nothing failed, just ask again.
             Ok(None) => {}
-            Err(reason) => {
+            Err(Attempt::Fatal(e)) => {
+                let reason = e.to_string();
+                tracing::warn!(room = %shared.config.room, %reason, "giving up");
+                shared.fail_reason(reason.clone());
+                *lock(&shared.failure) = Some(e);
+                shared.set_state(State::Failed { reason });
+                return;
+            }
+            Err(Attempt::Retry(reason)) => {
                 failures += 1;
                 tracing::info!(room = %shared.config.room, attempt = failures, %reason, "connect attempt failed");
                 shared.fail_reason(reason.clone());
@@ -943,11 +937,25 @@ fn candidate_kind(peer: &Offer, selected: SocketAddr) -> PathKind {
     }
 }
 
+/// Why an attempt did not connect.
+enum Attempt {
+    /// Worth retrying after a backoff.
+    Retry(String),
+    /// Retrying cannot help.
+    Fatal(Error),
+}
+
+impl From<String> for Attempt {
+    fn from(reason: String) -> Self {
+        Attempt::Retry(reason)
+    }
+}
+
 /// One attempt: discover, signal, punch, handshake. `Ok(None)` when the peer has not
 /// shown up yet (not a failure).
 async fn connect_once(
     shared: &Arc<Shared>,
-) -> std::result::Result<Option<(quinn::Connection, PathKind)>, String> {
+) -> std::result::Result<Option<(quinn::Connection, PathKind)>, Attempt> {
     let t0 = Instant::now();
     shared.set_state(State::Discovering);
     let disc = discovery(shared).await;
@@ -1002,26 +1010,34 @@ async fn connect_once(
     let peer = match peer {
         Ok(p) => p,
         Err(Error::Timeout(_)) => return Ok(None),
-        Err(e) => return Err(format!("rendezvous: {e}")),
+        Err(e) => return Err(Attempt::Retry(format!("rendezvous: {e}"))),
     };
     let signal_ms = ts.elapsed();
     let Some(fp) = Fingerprint::from_hex(&peer.fp) else {
-        return Err("peer offer carries an invalid fingerprint".into());
+        return Err(Attempt::Retry(
+            "peer offer carries an invalid fingerprint".into(),
+        ));
     };
     {
         let mut p = lock(&shared.peer);
         p.nat = Some(peer.nat.clone());
         p.offer_id = Some(peer.id.clone());
     }
+    if disc.nat.hopeless_with(&peer.nat) {
+        return Err(Attempt::Fatal(Error::NoPath {
+            local_nat: disc.nat.as_str().to_owned(),
+            peer_nat: peer.nat.clone(),
+        }));
+    }
     shared.pinned.set(Some(fp));
     shared.set_state(State::Punching);
     let tp = Instant::now();
     let remote = punch::usable_candidates(shared.local_addr, &peer.candidates);
     if remote.is_empty() {
-        return Err(format!(
+        return Err(Attempt::Retry(format!(
             "the peer offered no candidate reachable from {}",
             shared.local_addr
-        ));
+        )));
     }
     let (prflx_tx, prflx_rx) = mpsc::channel(16);
     *lock(&shared.prflx) = Some((peer.id.clone(), prflx_tx));
@@ -1037,12 +1053,12 @@ async fn connect_once(
         Role::Client => {
             let selected: Option<Selected> = punch.run(shared.agent.clone(), prflx_rx).await;
             let Some(sel) = selected else {
-                return Err(format!(
+                return Err(Attempt::Retry(format!(
                     "no path: no connectivity check succeeded within {:?} (our NAT: {}, peer NAT: {})",
                     shared.config.punch_timeout,
                     disc.nat.as_str(),
                     peer.nat
-                ));
+                )));
             };
             let cfg = tunnel::client_config(
                 &shared.identity,
@@ -1084,11 +1100,11 @@ async fn connect_once(
             let conn = match got {
                 Ok(Some(c)) => c,
                 _ => {
-                    return Err(format!(
+                    return Err(Attempt::Retry(format!(
                         "no path: the peer's tunnel did not arrive within {wait:?} (our NAT: {}, peer NAT: {})",
                         disc.nat.as_str(),
                         peer.nat
-                    ))
+                    )))
                 }
             };
             let path = candidate_kind(&peer, conn.remote_address());

@@ -59,6 +59,15 @@ pub enum Error {
     /// The QUIC tunnel failed.
     #[error("tunnel: {0}")]
     Tunnel(String),
+    /// No direct path can be punched between these two NAT types, and no relay is
+    /// configured.
+    #[error("no path: a direct path cannot be punched between our NAT ({local_nat}) and the peer's ({peer_nat}); configure a TURN relay (`relay`) for such networks")]
+    NoPath {
+        /// Our NAT type.
+        local_nat: String,
+        /// The peer's NAT type.
+        peer_nat: String,
+    },
 }
 
 impl Error {
@@ -111,6 +120,7 @@ impl Error {
             Error::NoSuchMapping(_) => "ERR_NO_SUCH_MAPPING",
             Error::Stopped => "ERR_STOPPED",
             Error::Tunnel(_) => "ERR_TUNNEL",
+            Error::NoPath { .. } => "ERR_NO_PATH",
         }
     }
 }

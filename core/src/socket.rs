@@ -19,6 +19,8 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
+use std::net::IpAddr;
+
 use crate::stun::message::is_stun_first_byte;
 
 /// A STUN datagram taken off the shared socket.
@@ -158,5 +160,43 @@ impl AsyncUdpSocket for DemuxSocket {
 
     fn may_fragment(&self) -> bool {
         self.inner.may_fragment()
+    }
+}
+
+/// Our host candidates: the bound address, or every interface address of the socket's
+/// family when bound to the unspecified address.
+pub(crate) fn host_candidates(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| ip.is_ipv4() == local.is_ipv4())
+        .filter(|ip| match ip {
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80, // no link-local
+            IpAddr::V4(_) => true,
+        })
+        .map(|ip| SocketAddr::new(ip, local.port()))
+        .collect();
+    // Non-loopback first: they are the useful ones across hosts.
+    out.sort_by_key(|a| a.ip().is_loopback());
+    out
+}
+
+/// Drains a [`DemuxSocket`] that has no QUIC endpoint on it, so that its STUN datagrams
+/// reach the STUN channel (the endpoint driver does this in an engine).
+pub(crate) async fn drain(socket: Arc<DemuxSocket>) {
+    let mut storage = vec![0u8; 65_536];
+    loop {
+        let mut meta = [RecvMeta::default()];
+        let mut bufs = [IoSliceMut::new(&mut storage)];
+        if poll_fn(|cx| socket.poll_recv(cx, &mut bufs, &mut meta))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }

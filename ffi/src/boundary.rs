@@ -43,6 +43,9 @@ pub enum stunfwd_result {
     InvalidArgument = 14,
     /// The call is not allowed from inside this callback.
     InCallback = 15,
+    /// No direct path can be punched between the two NAT types and no relay is
+    /// configured; the message names both NAT types.
+    NoPath = 16,
 }
 
 thread_local! {
@@ -72,6 +75,7 @@ pub(crate) fn fail(err: &Error) -> stunfwd_result {
         Error::NoSuchMapping(_) => stunfwd_result::NoSuchMapping,
         Error::Stopped => stunfwd_result::Stopped,
         Error::Tunnel(_) => stunfwd_result::Tunnel,
+        Error::NoPath { .. } => stunfwd_result::NoPath,
         _ => stunfwd_result::Io,
     }
 }
@@ -222,6 +226,7 @@ mod tests {
             (stunfwd_result::Panic, 13),
             (stunfwd_result::InvalidArgument, 14),
             (stunfwd_result::InCallback, 15),
+            (stunfwd_result::NoPath, 16),
         ];
         for (code, value) in fixed {
             assert_eq!(code as i32, value, "{code:?}");

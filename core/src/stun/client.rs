@@ -18,6 +18,7 @@ pub(crate) struct Response {
     pub tid: Tid,
     pub from: SocketAddr,
     pub mapped: Option<SocketAddr>,
+    pub other: Option<SocketAddr>,
     pub success: bool,
     pub raw: Vec<u8>,
 }
@@ -109,11 +110,17 @@ pub enum NatType {
     Unknown,
     /// The mapped address equals our local address: no NAT in the way.
     Open,
-    /// Every server saw the same public address: endpoint-independent mapping (cone NAT).
+    /// Endpoint-independent mapping and filtering (RFC 5780 tests).
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering.
+    AddressRestricted,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestricted,
+    /// Every server saw the same public address, filtering unknown (no RFC 5780 server).
     Cone,
-    /// Only one server answered, so mapping behaviour could not be compared.
+    /// Only one server answered and it cannot run RFC 5780 tests: some NAT.
     Nat,
-    /// Servers saw different ports: endpoint-dependent mapping (symmetric NAT).
+    /// Endpoint-dependent mapping (symmetric NAT).
     Symmetric,
 }
 
@@ -123,9 +130,76 @@ impl NatType {
         match self {
             NatType::Unknown => "unknown",
             NatType::Open => "open",
+            NatType::FullCone => "full-cone",
+            NatType::AddressRestricted => "address-restricted",
+            NatType::PortRestricted => "port-restricted",
             NatType::Cone => "cone",
             NatType::Nat => "nat",
             NatType::Symmetric => "symmetric",
+        }
+    }
+
+    /// True when two peers behind these NATs cannot reach each other directly: an
+    /// endpoint-dependent mapping on one side with port-dependent filtering (or another
+    /// endpoint-dependent mapping) on the other. Unknown types are never hopeless.
+    pub fn hopeless_with(self, peer: &str) -> bool {
+        let strict = |s: &str| s == "symmetric" || s == "port-restricted";
+        let me = self.as_str();
+        (me == "symmetric" && strict(peer)) || (peer == "symmetric" && strict(me))
+    }
+}
+
+/// How a NAT maps our socket to public addresses (RFC 4787 / RFC 5780 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MappingBehavior {
+    /// No NAT: the server sees our own address.
+    NoNat,
+    /// The same public address for every destination.
+    EndpointIndependent,
+    /// A new public address per destination IP.
+    AddressDependent,
+    /// A new public address per destination IP and port.
+    AddressAndPortDependent,
+    /// Could not be determined.
+    Unknown,
+}
+
+/// Which inbound packets a NAT lets through (RFC 4787 / RFC 5780 §4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FilteringBehavior {
+    /// From anyone once a mapping exists.
+    EndpointIndependent,
+    /// Only from IPs we sent to.
+    AddressDependent,
+    /// Only from the IP and port we sent to.
+    AddressAndPortDependent,
+    /// Could not be determined.
+    Unknown,
+}
+
+impl MappingBehavior {
+    /// kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MappingBehavior::NoNat => "no-nat",
+            MappingBehavior::EndpointIndependent => "endpoint-independent",
+            MappingBehavior::AddressDependent => "address-dependent",
+            MappingBehavior::AddressAndPortDependent => "address-and-port-dependent",
+            MappingBehavior::Unknown => "unknown",
+        }
+    }
+}
+
+impl FilteringBehavior {
+    /// kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilteringBehavior::EndpointIndependent => "endpoint-independent",
+            FilteringBehavior::AddressDependent => "address-dependent",
+            FilteringBehavior::AddressAndPortDependent => "address-and-port-dependent",
+            FilteringBehavior::Unknown => "unknown",
         }
     }
 }
@@ -143,12 +217,38 @@ pub struct Discovery {
     pub took: Duration,
     /// What it says of our NAT.
     pub nat: NatType,
+    /// Mapping behaviour (RFC 5780 tests when the first server supports them, else
+    /// from comparing servers).
+    pub mapping: MappingBehavior,
+    /// Filtering behaviour (RFC 5780 tests only).
+    pub filtering: FilteringBehavior,
 }
 
 impl Discovery {
     /// Our public (server-reflexive) address, if any server answered.
     pub fn public_addr(&self) -> Option<SocketAddr> {
         self.mapped.first().map(|(_, m)| *m)
+    }
+}
+
+/// The NAT type from mapping and filtering behaviour.
+pub fn nat_type(mapping: MappingBehavior, filtering: FilteringBehavior) -> NatType {
+    match (mapping, filtering) {
+        (MappingBehavior::NoNat, _) => NatType::Open,
+        (MappingBehavior::AddressDependent | MappingBehavior::AddressAndPortDependent, _) => {
+            NatType::Symmetric
+        }
+        (MappingBehavior::EndpointIndependent, FilteringBehavior::EndpointIndependent) => {
+            NatType::FullCone
+        }
+        (MappingBehavior::EndpointIndependent, FilteringBehavior::AddressDependent) => {
+            NatType::AddressRestricted
+        }
+        (MappingBehavior::EndpointIndependent, FilteringBehavior::AddressAndPortDependent) => {
+            NatType::PortRestricted
+        }
+        (MappingBehavior::EndpointIndependent, FilteringBehavior::Unknown) => NatType::Cone,
+        (MappingBehavior::Unknown, _) => NatType::Unknown,
     }
 }
 
@@ -175,17 +275,55 @@ pub fn classify(host: &[SocketAddr], mapped: &[(SocketAddr, SocketAddr)]) -> Nat
 /// needed to compare mappings).
 const STRAGGLER_GRACE: Duration = Duration::from_millis(500);
 
-/// Asks every server in parallel (each with retransmissions) and classifies the answers.
-/// A dead server costs at most [`STRAGGLER_GRACE`] once another one has answered.
+/// Asks every server (each with retransmissions) and classifies the answers.
+///
+/// The first server is asked alone first: if it supports RFC 5780 (it sends
+/// OTHER-ADDRESS), the filtering tests run before we have sent anything to its
+/// alternate address — a packet to that address would open an address-dependent
+/// filter and make the NAT look endpoint-independent. Then the other servers are asked
+/// in parallel, and a dead one costs at most [`STRAGGLER_GRACE`] after an answer.
 pub(crate) async fn discover(
     agent: &Arc<StunAgent>,
     servers: &[SocketAddr],
     host: &[SocketAddr],
 ) -> Discovery {
     let started = Instant::now();
-    let (tx, mut rx) = mpsc::channel(servers.len().max(1));
+    let mut mapped = Vec::new();
+    let mut errors = Vec::new();
+    let mut filtering = FilteringBehavior::Unknown;
+    let mut rfc5780_server = None;
+    let mut rest: Vec<SocketAddr> = servers.to_vec();
+    if let Some(&first) = servers.first() {
+        let tid = message::new_tid();
+        let request = message::binding_request(tid);
+        // A short schedule (about 1.4 s): a dead first server must not stall the rest.
+        match agent
+            .transact(first, &request, tid, Duration::from_millis(200), 3)
+            .await
+        {
+            Ok(Response {
+                mapped: Some(m),
+                other,
+                success: true,
+                ..
+            }) => {
+                mapped.push((first, m));
+                if let Some(other) = other {
+                    if !host.contains(&m) {
+                        filtering = rfc5780_filtering(agent, first, other).await;
+                    }
+                    rfc5780_server = Some((first, m, other));
+                }
+            }
+            Ok(_) => errors.push(format!("{first}: answer without a mapped address")),
+            // Asked again with the others, on the full schedule.
+            Err(_) => rest.push(first),
+        }
+        rest.remove(0);
+    }
+    let (tx, mut rx) = mpsc::channel(rest.len().max(1));
     let mut tasks = Vec::new();
-    for &server in servers {
+    for &server in &rest {
         let (agent, tx) = (agent.clone(), tx.clone());
         tasks.push(tokio::spawn(async move {
             let tid = message::new_tid();
@@ -197,9 +335,8 @@ pub(crate) async fn discover(
         }));
     }
     drop(tx);
-    let mut mapped = Vec::new();
-    let mut errors = Vec::new();
-    let mut grace_until: Option<tokio::time::Instant> = None;
+    let mut grace_until: Option<tokio::time::Instant> =
+        (!mapped.is_empty()).then(|| tokio::time::Instant::now() + STRAGGLER_GRACE);
     loop {
         let next = match grace_until {
             Some(until) => match tokio::time::timeout_at(until, rx.recv()).await {
@@ -227,13 +364,164 @@ pub(crate) async fn discover(
     }
     // Keep the configured order so the first configured server's view comes first.
     mapped.sort_by_key(|(s, _)| servers.iter().position(|x| x == s));
-    let nat = classify(host, &mapped);
+    let mut nat = classify(host, &mapped);
+    let mut mapping = match nat {
+        NatType::Open => MappingBehavior::NoNat,
+        NatType::Symmetric => MappingBehavior::AddressAndPortDependent,
+        NatType::Cone => MappingBehavior::EndpointIndependent,
+        _ => MappingBehavior::Unknown,
+    };
+    if let Some((server, m1, other)) = rfc5780_server {
+        if nat != NatType::Open {
+            let mb = rfc5780_mapping(agent, server, m1, other).await;
+            if mb != MappingBehavior::Unknown {
+                mapping = mb;
+            }
+            nat = nat_type(mapping, filtering);
+        }
+    }
     Discovery {
         mapped,
         errors,
         at: started,
         took: started.elapsed(),
         nat,
+        mapping,
+        filtering,
+    }
+}
+
+/// Detects our public address and NAT behaviour from a fresh socket bound to `bind`,
+/// asking `servers` ("host:port"). With a server that supports RFC 5780 (two
+/// addresses, e.g. coturn) the mapping and filtering behaviour are measured; otherwise
+/// the mapping is judged by comparing what the servers saw. Used by `stunfwd nat`.
+pub async fn detect_nat(servers: &[String], bind: SocketAddr) -> crate::Result<Discovery> {
+    use crate::socket::{drain, host_candidates, DemuxSocket};
+    use quinn::Runtime as _;
+    let socket =
+        std::net::UdpSocket::bind(bind).map_err(|e| Error::bind("stun probe socket", bind, &e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("stun probe socket", &e))?;
+    let local = socket
+        .local_addr()
+        .map_err(|e| Error::io("stun probe socket", &e))?;
+    let inner = quinn::TokioRuntime
+        .wrap_udp_socket(socket)
+        .map_err(|e| Error::io("stun probe socket", &e))?;
+    let (demux, mut rx) = DemuxSocket::new(inner);
+    let agent = StunAgent::new(demux.clone());
+    let drainer = tokio::spawn(drain(demux));
+    let dispatcher = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            while let Some(d) = rx.recv().await {
+                if let Some(message::Parsed::Success {
+                    tid, mapped, other, ..
+                }) = message::parse(&d.data)
+                {
+                    agent.on_response(Response {
+                        tid,
+                        from: d.from,
+                        mapped,
+                        other,
+                        success: true,
+                        raw: d.data,
+                    });
+                }
+            }
+        })
+    };
+    let mut resolved = Vec::new();
+    for s in servers {
+        let addrs =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(s.as_str()))
+                .await
+                .map_err(|_| Error::Stun(format!("resolving {s} timed out")))?
+                .map_err(|e| Error::Stun(format!("cannot resolve {s}: {e}")))?;
+        match addrs.into_iter().find(|a| a.is_ipv4() == local.is_ipv4()) {
+            Some(a) => resolved.push(a),
+            None => {
+                return Err(Error::Stun(format!(
+                    "{s} has no address of the socket's family"
+                )))
+            }
+        }
+    }
+    let d = discover(&agent, &resolved, &host_candidates(local)).await;
+    drainer.abort();
+    dispatcher.abort();
+    if d.mapped.is_empty() {
+        return Err(Error::Stun(format!(
+            "no STUN server answered: {}",
+            d.errors.join("; ")
+        )));
+    }
+    Ok(d)
+}
+
+/// One Binding request (optionally with CHANGE-REQUEST) and its answer, accepted only
+/// from `expect_from` when given.
+async fn probe(
+    agent: &StunAgent,
+    to: SocketAddr,
+    change: Option<(bool, bool)>,
+    expect_from: Option<SocketAddr>,
+) -> Option<Response> {
+    let tid = message::new_tid();
+    let request = match change {
+        Some((ip, port)) => message::change_request(tid, ip, port),
+        None => message::binding_request(tid),
+    };
+    match agent
+        .transact(to, &request, tid, Duration::from_millis(250), 3)
+        .await
+    {
+        Ok(r) if r.success && expect_from.is_none_or(|e| e == r.from) => Some(r),
+        _ => None,
+    }
+}
+
+/// RFC 5780 §4.4: filtering behaviour. Must run before anything is sent to the
+/// server's alternate IP.
+async fn rfc5780_filtering(
+    agent: &StunAgent,
+    primary: SocketAddr,
+    other: SocketAddr,
+) -> FilteringBehavior {
+    let alt_port = SocketAddr::new(primary.ip(), other.port());
+    let (both, port_only) = tokio::join!(
+        probe(agent, primary, Some((true, true)), Some(other)),
+        probe(agent, primary, Some((false, true)), Some(alt_port)),
+    );
+    if both.is_some() {
+        FilteringBehavior::EndpointIndependent
+    } else if port_only.is_some() {
+        FilteringBehavior::AddressDependent
+    } else {
+        FilteringBehavior::AddressAndPortDependent
+    }
+}
+
+/// RFC 5780 §4.3: mapping behaviour, from what the alternate addresses see.
+async fn rfc5780_mapping(
+    agent: &StunAgent,
+    primary: SocketAddr,
+    m1: SocketAddr,
+    other: SocketAddr,
+) -> MappingBehavior {
+    let alt_ip = SocketAddr::new(other.ip(), primary.port());
+    match probe(agent, alt_ip, None, None)
+        .await
+        .and_then(|r| r.mapped)
+    {
+        None => MappingBehavior::Unknown,
+        Some(m2) if m2 == m1 => MappingBehavior::EndpointIndependent,
+        Some(m2) => match probe(agent, other, None, None).await.and_then(|r| r.mapped) {
+            Some(m3) if m3 == m2 => MappingBehavior::AddressDependent,
+            Some(_) => MappingBehavior::AddressAndPortDependent,
+            None => MappingBehavior::Unknown,
+        },
     }
 }
 

@@ -7,8 +7,11 @@
 
 use std::net::SocketAddr;
 
+use stun::addr::MappedAddress;
 use stun::agent::TransactionId;
-use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_USERNAME};
+use stun::attributes::{
+    ATTR_CHANGE_REQUEST, ATTR_MESSAGE_INTEGRITY, ATTR_OTHER_ADDRESS, ATTR_USERNAME,
+};
 use stun::fingerprint::FINGERPRINT;
 use stun::integrity::MessageIntegrity;
 use stun::message::{
@@ -49,6 +52,8 @@ pub enum Parsed {
         tid: Tid,
         /// XOR-MAPPED-ADDRESS: where the responder saw us.
         mapped: Option<SocketAddr>,
+        /// OTHER-ADDRESS (RFC 5780): the server's alternate address, if it has one.
+        other: Option<SocketAddr>,
         /// Whether it carries MESSAGE-INTEGRITY.
         has_integrity: bool,
     },
@@ -76,6 +81,25 @@ pub fn binding_request(tid: Tid) -> Vec<u8> {
     build(&[
         Box::new(TransactionId(tid)),
         Box::new(BINDING_REQUEST),
+        Box::new(FINGERPRINT),
+    ])
+}
+
+/// A Binding request with CHANGE-REQUEST (RFC 5780 §7.2): ask the server to answer
+/// from its alternate IP and/or port. Used for NAT filtering discovery.
+pub fn change_request(tid: Tid, change_ip: bool, change_port: bool) -> Vec<u8> {
+    struct Change(u32);
+    impl Setter for Change {
+        fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+            m.add(ATTR_CHANGE_REQUEST, &self.0.to_be_bytes());
+            Ok(())
+        }
+    }
+    let flags = (u32::from(change_ip) << 2) | (u32::from(change_port) << 1);
+    build(&[
+        Box::new(TransactionId(tid)),
+        Box::new(BINDING_REQUEST),
+        Box::new(Change(flags)),
         Box::new(FINGERPRINT),
     ])
 }
@@ -149,9 +173,15 @@ pub fn parse(buf: &[u8]) -> Option<Parsed> {
                 .get_from(&msg)
                 .ok()
                 .map(|()| SocketAddr::new(xor.ip, xor.port));
+            let mut alt = MappedAddress::default();
+            let other = alt
+                .get_from_as(&msg, ATTR_OTHER_ADDRESS)
+                .ok()
+                .map(|()| SocketAddr::new(alt.ip, alt.port));
             Parsed::Success {
                 tid,
                 mapped,
+                other,
                 has_integrity,
             }
         }
@@ -228,6 +258,7 @@ mod tests {
                 Some(Parsed::Success {
                     tid,
                     mapped: Some(addr),
+                    other: None,
                     has_integrity: true
                 })
             );
@@ -240,6 +271,34 @@ mod tests {
                 })
             ));
         }
+    }
+
+    #[test]
+    fn change_request_carries_the_flags() {
+        let tid = new_tid();
+        let raw = change_request(tid, true, true);
+        let mut msg = Message::new();
+        msg.raw = raw.clone();
+        msg.decode().expect("valid");
+        assert_eq!(
+            msg.get(ATTR_CHANGE_REQUEST).expect("attr"),
+            vec![0, 0, 0, 6]
+        );
+        assert!(matches!(
+            parse(&raw),
+            Some(Parsed::Request {
+                has_integrity: false,
+                ..
+            })
+        ));
+        let port_only = change_request(tid, false, true);
+        let mut msg = Message::new();
+        msg.raw = port_only;
+        msg.decode().expect("valid");
+        assert_eq!(
+            msg.get(ATTR_CHANGE_REQUEST).expect("attr"),
+            vec![0, 0, 0, 2]
+        );
     }
 
     #[test]

@@ -5,5 +5,5 @@ pub mod client;
 pub mod message;
 pub mod responder;
 
-pub use client::{Discovery, NatType};
+pub use client::{detect_nat, Discovery, FilteringBehavior, MappingBehavior, NatType};
 pub use responder::StunResponder;
