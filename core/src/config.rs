@@ -603,10 +603,11 @@ pub struct Performance {
     /// `udpFlowTimeout`: a UDP flow idle this long is closed on both sides.
     /// Default 60 s, 1 s-24 h.
     pub udp_flow_timeout: Duration,
-    /// `keepAlive`: QUIC keep-alive interval. Default 15 s, 10 ms-1 h, and shorter than
+    /// `keepAlive`: QUIC keep-alive interval. Default 5 s (below common NAT UDP timeouts), 10 ms-1 h, and shorter than
     /// `idle_timeout`.
     pub keep_alive: Duration,
-    /// `idleTimeout`: QUIC idle timeout. Default 30 s, 100 ms-1 h.
+    /// `idleTimeout`: QUIC idle timeout: a tunnel silent this long is declared lost and
+    /// reconnected. Default 15 s (three keep-alives), 100 ms-1 h.
     pub idle_timeout: Duration,
     /// `workers`: tokio worker threads of the engine's runtime. Default 2, 1-64.
     pub workers: usize,
@@ -621,8 +622,8 @@ impl Default for Performance {
             udp_buffer_size: 1024 * 1024,
             max_retries: 3,
             udp_flow_timeout: Duration::from_secs(60),
-            keep_alive: Duration::from_secs(15),
-            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
             workers: 2,
         }
     }
@@ -1964,8 +1965,8 @@ mod tests {
         assert_eq!(p.udp_buffer_size, 1 << 20);
         assert_eq!(p.max_retries, 3);
         assert_eq!(p.udp_flow_timeout, Duration::from_secs(60));
-        assert_eq!(p.keep_alive, Duration::from_secs(15));
-        assert_eq!(p.idle_timeout, Duration::from_secs(30));
+        assert_eq!(p.keep_alive, Duration::from_secs(5));
+        assert_eq!(p.idle_timeout, Duration::from_secs(15));
         assert_eq!(p.workers, 2);
         c.validate().expect("defaults are valid");
     }
@@ -2067,7 +2068,7 @@ mod tests {
         assert_eq!(p.tcp_buffer_size, 65536);
         assert_eq!(p.udp_buffer_size, 8192);
         assert_eq!(p.max_retries, 3);
-        assert_eq!(p.idle_timeout, Duration::from_secs(30));
+        assert_eq!(p.idle_timeout, Duration::from_secs(15));
     }
 
     #[test]

@@ -223,6 +223,7 @@ struct Shared {
     stun_discoveries: AtomicU64,
     signaling_requests: Arc<AtomicU64>,
     reconnects: AtomicU64,
+    path_changes: AtomicU64,
     offers_rejected: AtomicU64,
     checks_unauthenticated: AtomicU64,
     timings: Mutex<Timings>,
@@ -641,6 +642,7 @@ async fn setup(config: Config) -> Result<Arc<Shared>> {
         stun_discoveries: AtomicU64::new(0),
         signaling_requests,
         reconnects: AtomicU64::new(0),
+        path_changes: AtomicU64::new(0),
         offers_rejected: AtomicU64::new(0),
         checks_unauthenticated: AtomicU64::new(0),
         timings: Mutex::new(Timings::default()),
@@ -1187,9 +1189,26 @@ async fn run_connected(
                 }
             }
         };
-        let outcome = tokio::select! {
-            e = conn.closed() => Err(e),
-            c = replaced => Ok(c),
+        let mut replaced = std::pin::pin!(replaced);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut current = peer;
+        let outcome = loop {
+            tokio::select! {
+                e = conn.closed() => break Err(e),
+                c = &mut replaced => break Ok(c),
+                _ = tick.tick() => {
+                    // quinn follows a peer whose NAT mapping changed (QUIC migration);
+                    // report the new address and count the change.
+                    let now = conn.remote_address();
+                    if now != current {
+                        tracing::info!(room = %shared.config.room, old = %current, new = %now, "tunnel path changed");
+                        current = now;
+                        shared.path_changes.fetch_add(1, Ordering::Relaxed);
+                        lock(&shared.peer).addr = Some(now);
+                        shared.set_state(State::Connected { path, peer: now });
+                    }
+                }
+            }
         };
         shared.conn_tx.send_replace(None);
         conn_token.cancel();
@@ -1255,6 +1274,7 @@ fn snapshot(shared: &Shared) -> Stats {
         mappings,
         timings: lock(&shared.timings).clone(),
         reconnects: shared.reconnects.load(Ordering::Relaxed),
+        path_changes: shared.path_changes.load(Ordering::Relaxed),
         stun_discoveries: shared.stun_discoveries.load(Ordering::Relaxed),
         signaling_requests: shared.signaling_requests.load(Ordering::Relaxed),
         offers_rejected: shared.offers_rejected.load(Ordering::Relaxed),

@@ -189,6 +189,9 @@ pub struct Stats {
     pub timings: Timings,
     /// Tunnels re-established after loss.
     pub reconnects: u64,
+    /// Times the live tunnel moved to a new peer address (QUIC migration after the
+    /// peer's NAT mapping changed), without reconnecting.
+    pub path_changes: u64,
     /// STUN discoveries performed (not served from cache).
     pub stun_discoveries: u64,
     /// HTTP requests sent to the rendezvous server.

@@ -51,7 +51,7 @@ int main(void) {
   int ok = echo_round_trip(local_port, 65536) == 0;
   printf("tcp echo through the tunnel: %s\n", ok ? "intact" : "FAILED");
 
-  /* Counters are updated right after each write; give the last one a moment. */
+  /* The sending side counts right after each write; give its last count a moment. */
   stunfwd_stats stats;
   for (int i = 0; i < 100; i++) {
     CHECK(stunfwd_engine_stats(client, &stats));

@@ -345,11 +345,57 @@ impl World {
         Ok(())
     }
 
-    /// Stops the rendezvous server (it stays down).
-    pub async fn stop_signal(&mut self) {
-        if let Some(s) = self.signal.take() {
-            s.stop(Duration::from_secs(1)).await;
+    /// Stops the rendezvous server (it stays down until [`World::start_signal`]).
+    pub async fn stop_signal(&mut self) -> Result<(SocketAddr, Option<SocketAddr>)> {
+        let s = self.signal.take().context("no rendezvous running")?;
+        let addrs = (s.http_addr(), s.stun_addr());
+        s.stop(Duration::from_secs(1)).await;
+        Ok(addrs)
+    }
+
+    /// Starts the rendezvous server again on the given addresses.
+    pub async fn start_signal(&mut self, http: SocketAddr, stun: Option<SocketAddr>) -> Result<()> {
+        let signal = self
+            .server
+            .spawn(move |_| async move {
+                SignalServer::start(SignalServerConfig {
+                    http,
+                    stun,
+                    ..SignalServerConfig::default()
+                })
+                .await
+            })?
+            .await??;
+        self.signal = Some(signal);
+        Ok(())
+    }
+
+    /// Drops `percent` % of the UDP packets `router` forwards, both directions, with an
+    /// nftables `numgen random` rule (works where `tc netem` is missing from the kernel).
+    pub async fn udp_loss(&self, router: &Router, percent: f32) -> Result<()> {
+        let per_mille = (percent * 10.0).round() as u32;
+        let rules = format!(
+            "table inet stunfwd_loss {{\n chain lossy {{\n  type filter hook forward priority -10; policy accept;\n  meta l4proto udp numgen random mod 1000 < {per_mille} drop\n }}\n}}\n"
+        );
+        let mut cmd = tokio::process::Command::new("nft");
+        cmd.args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        let mut child = router.spawn_command(cmd)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin.write_all(rules.as_bytes()).await?;
         }
+        let status = child.wait().await?;
+        if !status.success() {
+            bail!("nft loss rule failed");
+        }
+        Ok(())
+    }
+
+    /// True when this kernel has `sch_netem` (delay and loss with tc).
+    pub fn netem_available() -> bool {
+        std::path::Path::new("/sys/module/sch_netem").exists()
     }
 
     /// Impairs `dev`'s link (both directions).

@@ -222,8 +222,10 @@ async fn quic_to_tcp(
     loop {
         match recv.read(&mut buf).await {
             Ok(Some(n)) => {
-                write_half(w, &buf[..n]).await?;
+                // Counted as received from the tunnel before it is handed on, so a
+                // reader that saw the bytes also sees them counted.
                 meter.received(n);
+                write_half(w, &buf[..n]).await?;
             }
             Ok(None) => {
                 // Half-close: FIN toward the local side, keep reading it.

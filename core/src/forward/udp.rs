@@ -65,12 +65,14 @@ impl IdleClock {
 
 fn deliver(sink: &FlowSink, payload: &[u8]) {
     sink.idle.touch();
+    // Counted as received from the tunnel before it is handed on (see tcp.rs).
+    sink.meter.datagram_received(payload.len());
     let sent = match sink.dest {
         Some(dest) => sink.socket.try_send_to(payload, dest),
         None => sink.socket.try_send(payload),
     };
-    if sent.is_ok() {
-        sink.meter.datagram_received(payload.len());
+    if let Err(e) = sent {
+        tracing::trace!(error = %e, "udp datagram from the tunnel not delivered locally");
     }
 }
 
