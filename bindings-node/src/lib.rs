@@ -1,1 +1,18 @@
-//! Node bindings (placeholder; see the Node issue).
+//! Node.js bindings for stunfwd: a thin Node-API bridge over `stunfwd-core`.
+//!
+//! Everything here translates types, errors, promises and events between JavaScript
+//! and the core; all behaviour lives in `stunfwd-core`. The TypeScript declarations
+//! (`index.d.ts`) are generated from the doc comments in this crate by `napi build`.
+//!
+//! Threading: JavaScript calls arrive on the Node main thread. Anything that can wait
+//! (`waitConnected`, `stop`, `SignalServer.start`/`stop`) runs on a helper thread and
+//! settles a Promise; engine events are queued to the main thread through one
+//! threadsafe function per engine, which is released when the engine stops so that a
+//! stopped engine never keeps the process alive.
+
+mod args;
+pub mod engine;
+pub mod error;
+mod settle;
+pub mod signal;
+pub mod types;

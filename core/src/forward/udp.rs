@@ -320,10 +320,6 @@ pub(crate) async fn serve_flow(
             return;
         }
     };
-    if send.write_all(&[Status::Ok as u8]).await.is_err() {
-        meter.failed();
-        return;
-    }
     let idle = IdleClock::new();
     let sink = FlowSink {
         socket: socket.clone(),
@@ -331,7 +327,13 @@ pub(crate) async fn serve_flow(
         meter: meter.clone(),
         idle: idle.clone(),
     };
+    // Registered before the client hears Ok: its first datagram may follow at once.
     table(&ctx.flows).insert(id, sink.clone());
+    if send.write_all(&[Status::Ok as u8]).await.is_err() {
+        table(&ctx.flows).remove(&id);
+        meter.failed();
+        return;
+    }
     meter.opened();
     let mut reader = tokio::spawn(read_stream_frames(recv, sink));
     let timeout = ctx.perf.udp_flow_timeout;
