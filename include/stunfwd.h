@@ -109,6 +109,10 @@ typedef enum stunfwd_result {
    * configured; the message names both NAT types.
    */
   STUNFWD_RESULT_NO_PATH = 16,
+  /**
+   * The TURN relay failed (credentials, quota, unreachable); the message says which.
+   */
+  STUNFWD_RESULT_RELAY = 17,
 } stunfwd_result;
 
 /**

@@ -731,6 +731,34 @@ pub struct RelayConfig {
     pub username: Option<String>,
     /// TURN password; given together with `username`. Redacted from `Debug` output.
     pub credential: Option<String>,
+    /// `authSecret`: the TURN REST API shared secret (coturn `use-auth-secret`); when
+    /// set, time-limited credentials are derived from it (username
+    /// `<expiry>:<username>`, password base64(HMAC-SHA1(secret, username))) instead of
+    /// `credential`. Redacted from `Debug` output.
+    pub auth_secret: Option<String>,
+}
+
+/// When to use the relay (`relayPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RelayPolicy {
+    /// Direct when possible; the relay when punching fails or cannot work.
+    #[default]
+    Auto,
+    /// Direct only: fail with `NoPath` rather than relay.
+    Never,
+    /// Always through the relay (networks that block UDP between peers).
+    Always,
+}
+
+impl RelayPolicy {
+    /// `auto`, `never` or `always`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayPolicy::Auto => "auto",
+            RelayPolicy::Never => "never",
+            RelayPolicy::Always => "always",
+        }
+    }
 }
 
 impl fmt::Debug for RelayConfig {
@@ -741,6 +769,10 @@ impl fmt::Debug for RelayConfig {
             .field(
                 "credential",
                 &self.credential.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "auth_secret",
+                &self.auth_secret.as_ref().map(|_| "<redacted>"),
             )
             .finish()
     }
@@ -776,6 +808,8 @@ pub struct Config {
     pub bind: SocketAddr,
     /// `relay`: optional TURN fallback.
     pub relay: Option<RelayConfig>,
+    /// `relayPolicy`: `auto` (default), `never` or `always` (needs `relay`).
+    pub relay_policy: RelayPolicy,
     /// `metricsAddr`: where to serve Prometheus metrics, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     /// `punchTimeout`: how long hole punching may take. Default 10 s, 1 s-300 s.
@@ -796,6 +830,7 @@ impl fmt::Debug for Config {
             .field("allow", &self.allow)
             .field("bind", &self.bind)
             .field("relay", &self.relay)
+            .field("relay_policy", &self.relay_policy)
             .field("metrics_addr", &self.metrics_addr)
             .field("punch_timeout", &self.punch_timeout)
             .field("performance", &self.performance)
@@ -834,6 +869,7 @@ const MAPPINGS: Field = field("mappings");
 const ALLOW: Field = field("allow");
 const BIND: Field = field("bind");
 const RELAY: Field = field("relay");
+const RELAY_POLICY: Field = field("relayPolicy");
 const METRICS_ADDR: Field = field("metricsAddr");
 const PUNCH_TIMEOUT: Field = field("punchTimeout");
 const PERFORMANCE: Field = field("performance");
@@ -847,6 +883,7 @@ const TOP_FIELDS: &[Field] = &[
     ALLOW,
     BIND,
     RELAY,
+    RELAY_POLICY,
     METRICS_ADDR,
     PUNCH_TIMEOUT,
     PERFORMANCE,
@@ -876,7 +913,8 @@ const PERFORMANCE_FIELDS: &[Field] = &[
 const URL: Field = field("url");
 const USERNAME: Field = field("username");
 const CREDENTIAL: Field = field("credential");
-const RELAY_FIELDS: &[Field] = &[URL, USERNAME, CREDENTIAL];
+const AUTH_SECRET: Field = field("authSecret");
+const RELAY_FIELDS: &[Field] = &[URL, USERNAME, CREDENTIAL, AUTH_SECRET];
 
 const PROTO: Field = field("proto");
 const LISTEN: Field = field("listen");
@@ -895,8 +933,8 @@ const ALLOW_EXPECTED: &str = "an array of rules such as [\"tcp:127.0.0.1:22\", \
 const ADDR_EXPECTED: &str = "an address \"IP:PORT\" such as \"0.0.0.0:0\" or \"[::]:4000\"";
 const RELAY_EXPECTED: &str = "an object {\"url\": \"turn:host:3478\", \"username\": \"u\", \
      \"credential\": \"p\"}";
-const RELAY_URL_EXPECTED: &str =
-    "\"turn:HOST[:PORT][?transport=udp|tcp]\" or \"turns:HOST[:PORT][?transport=tcp]\"";
+const RELAY_URL_EXPECTED: &str = "\"turn:HOST[:PORT][?transport=udp]\"";
+const RELAY_POLICY_EXPECTED: &str = "\"auto\", \"never\" or \"always\"";
 const PERFORMANCE_EXPECTED: &str = "an object with keys stunCache, signalBackoff, tcpBufferSize, \
      udpBufferSize, maxRetries, udpFlowTimeout, keepAlive, idleTimeout, workers";
 
@@ -1070,6 +1108,26 @@ impl Config {
             Some((key, v)) => Some(parse_relay(&key, v)?),
         };
 
+        let relay_policy = match top.get(&RELAY_POLICY)? {
+            None => RelayPolicy::Auto,
+            Some((key, v)) => {
+                let text = expect_str(&key, v, RELAY_POLICY_EXPECTED)?;
+                match text.to_ascii_lowercase().as_str() {
+                    "auto" => RelayPolicy::Auto,
+                    "never" => RelayPolicy::Never,
+                    "always" => RelayPolicy::Always,
+                    _ => {
+                        return Err(Error::config(
+                            key,
+                            text,
+                            "is not a relay policy",
+                            RELAY_POLICY_EXPECTED,
+                        ))
+                    }
+                }
+            }
+        };
+
         let metrics_addr = match top.get(&METRICS_ADDR)? {
             None => None,
             Some((key, v)) => Some(parse_socket_addr(&key, v)?),
@@ -1095,6 +1153,7 @@ impl Config {
             allow,
             bind,
             relay,
+            relay_policy,
             metrics_addr,
             punch_timeout,
             performance,
@@ -1118,6 +1177,14 @@ impl Config {
             check_mapping(&format!("mappings[{i}]"), mapping)?;
         }
         check_duplicate_listeners(&self.mappings)?;
+        if self.relay_policy == RelayPolicy::Always && self.relay.is_none() {
+            return Err(Error::config(
+                "relayPolicy",
+                "always",
+                "needs a relay, but `relay` is not set",
+                "`relay` with a TURN URL and credentials, or relayPolicy \"auto\"/\"never\"",
+            ));
+        }
         if let Some(relay) = &self.relay {
             check_relay("relay", relay)?;
         }
@@ -1168,8 +1235,12 @@ impl Config {
             if let Some(c) = &relay.credential {
                 r.insert("credential".into(), c.clone().into());
             }
+            if let Some(a) = &relay.auth_secret {
+                r.insert("authSecret".into(), a.clone().into());
+            }
             m.insert("relay".into(), Value::Object(r));
         }
+        m.insert("relayPolicy".into(), self.relay_policy.as_str().into());
         if let Some(addr) = self.metrics_addr {
             m.insert("metricsAddr".into(), addr.to_string().into());
         }
@@ -1243,6 +1314,7 @@ fn parse_relay(key: &str, v: &Value) -> Result<RelayConfig> {
         url,
         username: optional(&USERNAME)?,
         credential: optional(&CREDENTIAL)?,
+        auth_secret: optional(&AUTH_SECRET)?,
     };
     check_relay(key, &relay)?;
     Ok(relay)
@@ -1262,6 +1334,25 @@ fn check_relay(key: &str, relay: &RelayConfig) -> Result<()> {
                 "a non-empty string",
             ));
         }
+    }
+    if relay.auth_secret.is_some() {
+        if relay.credential.is_some() {
+            return Err(Error::config(
+                format!("{key}.credential"),
+                "(given)",
+                "credential and authSecret are both given",
+                "either username + credential (long-term credentials) or authSecret (TURN REST API)",
+            ));
+        }
+        return Ok(());
+    }
+    if relay.username.is_none() {
+        return Err(Error::config(
+            format!("{key}.username"),
+            "(missing)",
+            "a TURN relay needs credentials",
+            "username + credential (long-term credentials) or authSecret (TURN REST API)",
+        ));
     }
     if relay.username.is_some() != relay.credential.is_some() {
         let (given, missing) = if relay.username.is_some() {
@@ -1300,10 +1391,19 @@ fn check_relay_url(key: &str, url: &str) -> Result<()> {
             .strip_prefix("transport=")
             .map(str::to_ascii_lowercase);
         match transport.as_deref() {
-            Some("tcp") => {}
             Some("udp") if !tls => {}
+            Some("tcp") => {
+                return Err(fail(
+                    "TURN over TCP is not supported yet; QUIC needs the UDP transport".into(),
+                ))
+            }
             _ => return Err(fail(format!("unsupported query `?{}`", shown(query)))),
         }
+    }
+    if tls {
+        return Err(fail(
+            "TURN over TLS (turns:) is not supported yet; use turn:HOST:PORT (the tunnel is end-to-end encrypted anyway)".into(),
+        ));
     }
     Ok(())
 }
@@ -2131,7 +2231,7 @@ mod tests {
     #[test]
     fn debug_redacts_secrets() {
         let c = parse(with(json!({"secret": "hunter2",
-            "relay": {"url": "turns:r.example", "username": "u", "credential": "pw-xyz"}})));
+            "relay": {"url": "turn:r.example", "username": "u", "credential": "pw-xyz"}})));
         let text = format!("{c:?}");
         assert!(
             !text.contains("hunter2") && !text.contains("pw-xyz"),

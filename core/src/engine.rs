@@ -18,10 +18,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RelayPolicy;
 use crate::config::{Config, Mapping, Mode, Proto};
 use crate::error::{Error, Result};
 use crate::forward::{self, Ctx};
 use crate::punch::{self, Punch, Selected};
+use crate::relay::TurnClient;
 use crate::signal::client::SignalClient;
 use crate::signal::proto::{Offer, OfferError, Role, RoomKey};
 use crate::socket::{DemuxSocket, StunDatagram};
@@ -232,6 +234,10 @@ struct Shared {
     /// Why the engine gave up, when it did (`State::Failed`).
     failure: Mutex<Option<Error>>,
     prflx: Mutex<Option<(String, mpsc::Sender<SocketAddr>)>>,
+    /// Our TURN allocation, once made.
+    turn: Mutex<Option<Arc<TurnClient>>>,
+    /// A direct attempt failed: offer the relay from now on (policy auto).
+    relay_wanted: std::sync::atomic::AtomicBool,
     incoming: tokio::sync::Mutex<mpsc::Receiver<quinn::Connection>>,
 }
 
@@ -444,6 +450,11 @@ impl Engine {
         self.shared.state()
     }
 
+    /// Why the engine gave up, when its state is `Failed`.
+    pub fn failure(&self) -> Option<Error> {
+        lock(&self.shared.failure).clone()
+    }
+
     /// The tunnel socket's local address.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
@@ -650,6 +661,8 @@ async fn setup(config: Config) -> Result<Arc<Shared>> {
         last_error: Mutex::new(None),
         failure: Mutex::new(None),
         prflx: Mutex::new(None),
+        turn: Mutex::new(None),
+        relay_wanted: std::sync::atomic::AtomicBool::new(false),
         incoming: tokio::sync::Mutex::new(incoming_rx),
         config,
     });
@@ -735,7 +748,8 @@ async fn add_mapping(shared: Arc<Shared>, mapping: Mapping) -> Result<MappingId>
     Ok(id)
 }
 
-/// Routes STUN datagrams: answers authentic checks, hands responses to transactions.
+/// Routes STUN datagrams: answers authentic checks, hands responses to transactions,
+/// unwraps data relayed by our TURN server.
 async fn stun_dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<StunDatagram>) {
     let token = shared.root.clone();
     loop {
@@ -743,58 +757,173 @@ async fn stun_dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<StunDatagram>
             _ = token.cancelled() => return,
             d = rx.recv() => match d { Some(d) => d, None => return },
         };
-        match message::parse(&d.data) {
-            Some(Parsed::Request {
-                tid,
-                username: Some(username),
-                has_integrity: true,
-            }) => {
-                let (to, from_id) = username.split_once(':').unwrap_or(("", ""));
-                if to != shared.our_id || !message::verify_integrity(&d.data, &shared.password) {
-                    shared
-                        .checks_unauthenticated
-                        .fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let reply = message::binding_success(tid, d.from, Some(&shared.password));
-                let _ = shared.agent.socket().send_to(&reply, d.from).await;
-                let prflx = lock(&shared.prflx).clone();
-                if let Some((peer_id, tx)) = prflx {
-                    if peer_id == from_id {
-                        let _ = tx.try_send(d.from);
-                    }
-                }
+        let socket = shared.agent.socket().clone();
+        if Some(d.from) == socket.relay_server() && d.data.get(..2) == Some(&[0x00, 0x17]) {
+            // A Data indication: a peer's packet relayed to us.
+            let Some((peer, data)) = crate::relay::parse_data_indication(&d.data) else {
+                continue;
+            };
+            if socket.route_via_relay(peer) {
+                bind_channel_later(&shared, peer);
             }
-            Some(Parsed::Request { .. }) => {
+            if data
+                .first()
+                .is_some_and(|b| message::is_stun_first_byte(*b))
+            {
+                handle_stun(&shared, StunDatagram { from: peer, data }).await;
+            } else {
+                socket.inject(peer, data);
+            }
+            continue;
+        }
+        handle_stun(&shared, d).await;
+    }
+}
+
+/// Binds a TURN channel for `peer` in the background (cheaper framing than Send
+/// indications from then on).
+fn bind_channel_later(shared: &Arc<Shared>, peer: SocketAddr) {
+    let Some(turn) = lock(&shared.turn).clone() else {
+        return;
+    };
+    let socket = shared.agent.socket().clone();
+    tokio::spawn(async move {
+        match turn.bind_channel(peer).await {
+            Ok(ch) => socket.set_channel(peer, ch),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "channel bind failed; using Send indications")
+            }
+        }
+    });
+}
+
+async fn handle_stun(shared: &Arc<Shared>, d: StunDatagram) {
+    match message::parse(&d.data) {
+        Some(Parsed::Request {
+            tid,
+            username: Some(username),
+            has_integrity: true,
+        }) => {
+            let (to, from_id) = username.split_once(':').unwrap_or(("", ""));
+            if to != shared.our_id || !message::verify_integrity(&d.data, &shared.password) {
                 shared
                     .checks_unauthenticated
                     .fetch_add(1, Ordering::Relaxed);
+                return;
             }
-            Some(Parsed::Success {
-                tid, mapped, other, ..
-            }) => {
-                shared.agent.on_response(Response {
-                    tid,
-                    from: d.from,
-                    mapped,
-                    other,
-                    success: true,
-                    raw: d.data,
-                });
+            let reply = message::binding_success(tid, d.from, Some(&shared.password));
+            let _ = shared.agent.socket().send_to(&reply, d.from).await;
+            let prflx = lock(&shared.prflx).clone();
+            if let Some((peer_id, tx)) = prflx {
+                if peer_id == from_id {
+                    let _ = tx.try_send(d.from);
+                }
             }
-            Some(Parsed::ErrorResponse { tid }) => {
-                shared.agent.on_response(Response {
-                    tid,
-                    from: d.from,
-                    mapped: None,
-                    other: None,
-                    success: false,
-                    raw: d.data,
-                });
-            }
-            _ => {}
         }
+        Some(Parsed::Request { .. }) => {
+            shared
+                .checks_unauthenticated
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Parsed::Success {
+            tid, mapped, other, ..
+        }) => {
+            shared.agent.on_response(Response {
+                tid,
+                from: d.from,
+                mapped,
+                other,
+                success: true,
+                raw: d.data,
+            });
+        }
+        Some(Parsed::ErrorResponse { tid }) => {
+            shared.agent.on_response(Response {
+                tid,
+                from: d.from,
+                mapped: None,
+                other: None,
+                success: false,
+                raw: d.data,
+            });
+        }
+        Some(Parsed::OtherResponse { tid, success }) => {
+            shared.agent.on_response(Response {
+                tid,
+                from: d.from,
+                mapped: None,
+                other: None,
+                success,
+                raw: d.data,
+            });
+        }
+        _ => {}
     }
+}
+
+/// Our TURN allocation, made on first need and kept (refreshed) for the engine's life.
+async fn ensure_relay(shared: &Arc<Shared>) -> std::result::Result<Arc<TurnClient>, Attempt> {
+    if let Some(t) = lock(&shared.turn).clone() {
+        return Ok(t);
+    }
+    let Some(cfg) = shared.config.relay.clone() else {
+        return Err(Attempt::Retry("no relay configured".into()));
+    };
+    let host_port = crate::relay::host_port(&cfg.url);
+    let server = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::lookup_host(host_port.as_str()),
+    )
+    .await
+    .ok()
+    .and_then(|r| r.ok())
+    .and_then(|mut addrs| addrs.find(|a| a.is_ipv4() == shared.local_addr.is_ipv4()))
+    .ok_or_else(|| Attempt::Retry(format!("cannot resolve the TURN server {host_port}")))?;
+    let (username, password) = crate::relay::credentials(&cfg);
+    let target = crate::relay::RelayTarget {
+        server,
+        url: cfg.url.clone(),
+        username,
+        password,
+    };
+    let socket = shared.agent.socket().clone();
+    // Answers from the server must reach the dispatcher before the allocation exists.
+    socket.set_relay_server(Some(server));
+    let turn = match TurnClient::allocate(shared.agent.clone(), target).await {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            socket.set_relay_server(None);
+            let reason = e.to_string();
+            // Wrong credentials will not fix themselves; everything else may.
+            return Err(if reason.contains("rejected the credentials") {
+                Attempt::Fatal(e)
+            } else {
+                Attempt::Retry(reason)
+            });
+        }
+    };
+    *lock(&shared.turn) = Some(turn.clone());
+    let (t, token, sock) = (turn.clone(), shared.root.clone(), socket);
+    tokio::spawn(async move {
+        // Refresh allocation, permissions and channels well before they expire.
+        let every = (t.lifetime / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), t.refresh(Duration::ZERO)).await;
+                    return;
+                }
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = t.refresh_all().await {
+                tracing::warn!(server = %t.server(), error = %e, "relay refresh failed");
+            } else {
+                tracing::debug!(server = %t.server(), "relay refreshed");
+            }
+            let _ = &sock;
+        }
+    });
+    Ok(turn)
 }
 
 /// Server role: completes incoming QUIC handshakes (the pinned verifier rejects
@@ -929,14 +1058,85 @@ async fn discovery(shared: &Shared) -> Discovery {
     d
 }
 
-fn candidate_kind(peer: &Offer, selected: SocketAddr) -> PathKind {
-    // The peer lists its interface addresses first; anything reachable at one of
-    // them that is not its STUN-mapped address is a LAN (or same-host) path.
+fn candidate_kind(shared: &Shared, peer: &Offer, selected: SocketAddr) -> PathKind {
+    // Through our own relay, or to the peer's relayed address: relay.
+    if shared.agent.socket().is_via_relay(selected) {
+        return PathKind::Relay;
+    }
+    // The peer lists its interface addresses first and relayed ones last.
     let pos = peer.candidates.iter().position(|c| *c == selected);
     match pos {
         Some(i) if i < peer.host_count => PathKind::Lan,
+        Some(i) if i >= peer.candidates.len() - peer.relay_count => PathKind::Relay,
         _ => PathKind::Direct,
     }
+}
+
+/// Our offer: host candidates, STUN-mapped ones, and the relayed address when given
+/// (only the relayed one under relayPolicy always).
+fn build_offer(
+    shared: &Shared,
+    disc: &Discovery,
+    relayed: Option<SocketAddr>,
+    always: bool,
+    can_relay: bool,
+) -> Offer {
+    let mut candidates = Vec::new();
+    let mut host_count = 0;
+    if !always {
+        candidates = shared.host_candidates.clone();
+        host_count = candidates.len();
+        for (_, m) in &disc.mapped {
+            if !candidates.contains(m) {
+                candidates.push(*m);
+            }
+        }
+    }
+    let mut relay_count = 0;
+    if let Some(r) = relayed {
+        candidates.push(r);
+        relay_count = 1;
+    }
+    Offer {
+        id: shared.our_id.clone(),
+        candidates,
+        host_count,
+        relay_count,
+        turn: can_relay,
+        fp: shared.identity.fingerprint().to_hex(),
+        nat: disc.nat.as_str().to_owned(),
+    }
+}
+
+/// Waits for an authentic peer offer that `want` accepts (rejected ones are reported).
+async fn wait_for_offer(
+    shared: &Arc<Shared>,
+    timeout: Duration,
+    want: impl Fn(&Offer) -> bool,
+) -> Result<Offer> {
+    shared
+        .signal
+        .wait_for(shared.role.peer(), timeout, |data| {
+            match Offer::decode(data, &shared.key) {
+                Ok(o) if o.id != shared.our_id && want(&o) => Some(o),
+                Ok(_) => None,
+                Err(e) => {
+                    shared.offers_rejected.fetch_add(1, Ordering::Relaxed);
+                    let reason = Error::from(e.clone()).to_string();
+                    tracing::warn!(room = %shared.config.room, %reason, "peer offer rejected");
+                    shared.fail_reason(reason.clone());
+                    if matches!(e, OfferError::BadMac) {
+                        shared.set_state(State::Reconnecting {
+                            attempt: 0,
+                            reason: reason.clone(),
+                        });
+                    }
+                    shared.emit(Event::PeerRejected { reason });
+                    None
+                }
+            }
+        })
+        .await
 }
 
 /// Why an attempt did not connect.
@@ -964,78 +1164,88 @@ async fn connect_once(
     let stun_ms = disc.took;
 
     shared.set_state(State::Signaling);
-    let mut candidates = shared.host_candidates.clone();
-    let host_count = candidates.len();
-    for (_, m) in &disc.mapped {
-        if !candidates.contains(m) {
-            candidates.push(*m);
-        }
+    let relay_allowed =
+        shared.config.relay.is_some() && shared.config.relay_policy != RelayPolicy::Never;
+    let always = shared.config.relay_policy == RelayPolicy::Always;
+    let mut relayed = None;
+    if relay_allowed && (always || shared.relay_wanted.load(Ordering::Relaxed)) {
+        relayed = Some(ensure_relay(shared).await?.relayed);
     }
-    let offer = Offer {
-        id: shared.our_id.clone(),
-        candidates,
-        host_count,
-        fp: shared.identity.fingerprint().to_hex(),
-        nat: disc.nat.as_str().to_owned(),
-    };
+    let mut offer = build_offer(shared, &disc, relayed, always, relay_allowed);
     let ts = Instant::now();
     shared
         .signal
         .post(shared.role, &offer.encode(&shared.key))
         .await
         .map_err(|e| format!("cannot post our offer: {e}"))?;
-    let peer = shared
-        .signal
-        .wait_for(
-            shared.role.peer(),
-            Duration::from_secs(60),
-            |data| match Offer::decode(data, &shared.key) {
-                Ok(o) if o.id != shared.our_id => Some(o),
-                Ok(_) => None,
-                Err(e) => {
-                    shared.offers_rejected.fetch_add(1, Ordering::Relaxed);
-                    let reason = Error::from(e.clone()).to_string();
-                    tracing::warn!(room = %shared.config.room, %reason, "peer offer rejected");
-                    shared.fail_reason(reason.clone());
-                    if matches!(e, OfferError::BadMac) {
-                        shared.set_state(State::Reconnecting {
-                            attempt: 0,
-                            reason: reason.clone(),
-                        });
-                    }
-                    shared.emit(Event::PeerRejected { reason });
-                    None
-                }
-            },
-        )
-        .await;
-    let peer = match peer {
+    let peer = wait_for_offer(shared, Duration::from_secs(60), |_| true).await;
+    let mut peer = match peer {
         Ok(p) => p,
         Err(Error::Timeout(_)) => return Ok(None),
         Err(e) => return Err(Attempt::Retry(format!("rendezvous: {e}"))),
     };
     let signal_ms = ts.elapsed();
-    let Some(fp) = Fingerprint::from_hex(&peer.fp) else {
-        return Err(Attempt::Retry(
-            "peer offer carries an invalid fingerprint".into(),
-        ));
-    };
     {
         let mut p = lock(&shared.peer);
         p.nat = Some(peer.nat.clone());
         p.offer_id = Some(peer.id.clone());
     }
-    if disc.nat.hopeless_with(&peer.nat) {
-        return Err(Attempt::Fatal(Error::NoPath {
-            local_nat: disc.nat.as_str().to_owned(),
-            peer_nat: peer.nat.clone(),
-        }));
+    if disc.nat.hopeless_with(&peer.nat) && peer.relay_count == 0 && offer.relay_count == 0 {
+        // Direct is hopeless: one side must relay. The server allocates if it can;
+        // the client only when the server cannot.
+        let we_allocate = relay_allowed && (shared.role == Role::Server || !peer.turn);
+        if we_allocate {
+            let turn = ensure_relay(shared).await?;
+            shared.relay_wanted.store(true, Ordering::Relaxed);
+            offer = build_offer(shared, &disc, Some(turn.relayed), always, relay_allowed);
+            shared
+                .signal
+                .post(shared.role, &offer.encode(&shared.key))
+                .await
+                .map_err(|e| format!("cannot post our relayed offer: {e}"))?;
+        } else if peer.turn && shared.config.relay_policy != RelayPolicy::Never {
+            peer = wait_for_offer(shared, Duration::from_secs(20), |o| o.relay_count > 0)
+                .await
+                .map_err(|e| format!("the peer did not offer its relay: {e}"))?;
+        } else {
+            return Err(Attempt::Fatal(Error::NoPath {
+                local_nat: disc.nat.as_str().to_owned(),
+                peer_nat: peer.nat.clone(),
+            }));
+        }
+    }
+    let Some(fp) = Fingerprint::from_hex(&peer.fp) else {
+        return Err(Attempt::Retry(
+            "peer offer carries an invalid fingerprint".into(),
+        ));
+    };
+    let turn = lock(&shared.turn).clone();
+    if let Some(turn) = turn {
+        // Let the peer's packets in through our relay (permissions are per IP).
+        let ips: Vec<std::net::IpAddr> = peer.candidates.iter().map(|c| c.ip()).collect();
+        let t = turn.clone();
+        if let Err(e) = t.permit(&ips).await {
+            tracing::warn!(error = %e, "relay permission failed");
+        }
     }
     shared.pinned.set(Some(fp));
     shared.set_state(State::Punching);
     let tp = Instant::now();
-    let remote = punch::usable_candidates(shared.local_addr, &peer.candidates);
-    if remote.is_empty() {
+    let offered: Vec<SocketAddr> = if always {
+        // Only the peer's relayed addresses (reached over the path to the TURN server);
+        // with none, the peer's checks through our relay give us its address.
+        peer.candidates[peer.candidates.len() - peer.relay_count..].to_vec()
+    } else {
+        peer.candidates.clone()
+    };
+    let remote = punch::usable_candidates(shared.local_addr, &offered);
+    if always {
+        // Everything, checks included, leaves through our own relay.
+        for c in &remote {
+            shared.agent.socket().route_via_relay(*c);
+        }
+    }
+    if remote.is_empty() && !always {
         return Err(Attempt::Retry(format!(
             "the peer offered no candidate reachable from {}",
             shared.local_addr
@@ -1055,6 +1265,7 @@ async fn connect_once(
         Role::Client => {
             let selected: Option<Selected> = punch.run(shared.agent.clone(), prflx_rx).await;
             let Some(sel) = selected else {
+                shared.relay_wanted.store(relay_allowed, Ordering::Relaxed);
                 return Err(Attempt::Retry(format!(
                     "no path: no connectivity check succeeded within {:?} (our NAT: {}, peer NAT: {})",
                     shared.config.punch_timeout,
@@ -1076,7 +1287,7 @@ async fn connect_once(
                 .await
                 .map_err(|_| format!("tunnel handshake with {} timed out", sel.remote))?
                 .map_err(|e| format!("tunnel handshake with {} failed: {e}", sel.remote))?;
-            let path = candidate_kind(&peer, sel.remote);
+            let path = candidate_kind(shared, &peer, sel.remote);
             (conn, path)
         }
         Role::Server => {
@@ -1102,14 +1313,15 @@ async fn connect_once(
             let conn = match got {
                 Ok(Some(c)) => c,
                 _ => {
+                    shared.relay_wanted.store(relay_allowed, Ordering::Relaxed);
                     return Err(Attempt::Retry(format!(
                         "no path: the peer's tunnel did not arrive within {wait:?} (our NAT: {}, peer NAT: {})",
                         disc.nat.as_str(),
                         peer.nat
-                    )))
+                    )));
                 }
             };
-            let path = candidate_kind(&peer, conn.remote_address());
+            let path = candidate_kind(shared, &peer, conn.remote_address());
             (conn, path)
         }
     };
@@ -1259,6 +1471,13 @@ fn snapshot(shared: &Shared) -> Stats {
         mode: shared.mode_str().to_owned(),
         room: shared.config.room.clone(),
         path: if connected { peer.path } else { None },
+        relay_server: match (connected, peer.path, lock(&shared.turn).as_ref()) {
+            (true, Some(PathKind::Relay), Some(t)) => Some(format!("{} ({})", t.url(), t.server())),
+            (true, Some(PathKind::Relay), None) => peer
+                .addr
+                .map(|a| format!("{a} (the peer's TURN allocation)")),
+            _ => None,
+        },
         peer_addr: if connected { peer.addr } else { None },
         state,
         local_addr: shared.local_addr,

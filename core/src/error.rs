@@ -59,6 +59,9 @@ pub enum Error {
     /// The QUIC tunnel failed.
     #[error("tunnel: {0}")]
     Tunnel(String),
+    /// The TURN relay failed (credentials, quota, unreachable).
+    #[error("relay: {0}")]
+    Relay(String),
     /// No direct path can be punched between these two NAT types, and no relay is
     /// configured.
     #[error("no path: a direct path cannot be punched between our NAT ({local_nat}) and the peer's ({peer_nat}); configure a TURN relay (`relay`) for such networks")]
@@ -121,6 +124,7 @@ impl Error {
             Error::Stopped => "ERR_STOPPED",
             Error::Tunnel(_) => "ERR_TUNNEL",
             Error::NoPath { .. } => "ERR_NO_PATH",
+            Error::Relay(_) => "ERR_RELAY",
         }
     }
 }

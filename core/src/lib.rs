@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod forward;
 pub mod punch;
+pub(crate) mod relay;
 pub mod signal;
 pub(crate) mod socket;
 pub mod stats;

@@ -6,14 +6,15 @@
 //! checks, answers) goes out through the same socket, so the address STUN reports is
 //! the address the peer punches to and QUIC later uses.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{ready, Context, Poll, Waker};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
@@ -30,12 +31,41 @@ pub(crate) struct StunDatagram {
     pub data: Vec<u8>,
 }
 
-/// Wraps quinn's socket and diverts STUN datagrams to a channel.
+/// How to reach peers through a TURN relay.
+#[derive(Debug, Default)]
+struct Routes {
+    /// The TURN server, when we hold an allocation.
+    server: Option<SocketAddr>,
+    /// Peers whose packets go through the relay.
+    via: HashSet<SocketAddr>,
+    channels: HashMap<SocketAddr, u16>,
+    by_channel: HashMap<u16, SocketAddr>,
+}
+
+/// Wraps quinn's socket and diverts STUN datagrams to a channel. With a TURN
+/// allocation it also relays: packets to peers marked "via relay" are wrapped in
+/// ChannelData or Send indications for the TURN server, and relayed packets from the
+/// server are unwrapped and presented as coming from the peer itself, so quinn and the
+/// STUN code never see the relay.
 pub(crate) struct DemuxSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     stun_tx: mpsc::Sender<StunDatagram>,
     /// STUN datagrams dropped because the dispatcher was behind.
     pub dropped: AtomicU64,
+    routes: RwLock<Routes>,
+    /// QUIC packets that arrived in Data indications, waiting for quinn.
+    injected: Mutex<Injected>,
+}
+
+/// Relayed QUIC packets waiting for quinn, and the waker of quinn's receive task.
+type Injected = (VecDeque<(SocketAddr, Vec<u8>)>, Option<Waker>);
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -53,9 +83,71 @@ impl DemuxSocket {
                 inner,
                 stun_tx,
                 dropped: AtomicU64::new(0),
+                routes: RwLock::new(Routes::default()),
+                injected: Mutex::new((VecDeque::new(), None)),
             }),
             stun_rx,
         )
+    }
+
+    /// Uses `server` as our TURN relay (None: no allocation, all routes direct).
+    pub fn set_relay_server(&self, server: Option<SocketAddr>) {
+        let mut r = write(&self.routes);
+        if server.is_none() {
+            *r = Routes::default();
+        } else {
+            r.server = server;
+        }
+    }
+
+    /// The TURN server in use.
+    pub fn relay_server(&self) -> Option<SocketAddr> {
+        read(&self.routes).server
+    }
+
+    /// Sends to `peer` through the relay from now on.
+    pub fn route_via_relay(&self, peer: SocketAddr) -> bool {
+        let mut r = write(&self.routes);
+        r.server.is_some() && r.via.insert(peer)
+    }
+
+    /// True when packets to `peer` go through the relay.
+    pub fn is_via_relay(&self, peer: SocketAddr) -> bool {
+        read(&self.routes).via.contains(&peer)
+    }
+
+    /// Records a bound channel.
+    pub fn set_channel(&self, peer: SocketAddr, channel: u16) {
+        let mut r = write(&self.routes);
+        r.channels.insert(peer, channel);
+        r.by_channel.insert(channel, peer);
+    }
+
+    /// Hands quinn a packet that arrived inside a Data indication from `from`.
+    pub fn inject(&self, from: SocketAddr, data: Vec<u8>) {
+        let waker = {
+            let mut q = self.injected.lock().unwrap_or_else(|p| p.into_inner());
+            if q.0.len() < 1024 {
+                q.0.push_back((from, data));
+            }
+            q.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Wraps `data` for `to` if `to` is reached through the relay.
+    fn encapsulate(&self, to: SocketAddr, data: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
+        let r = read(&self.routes);
+        let server = r.server?;
+        if !r.via.contains(&to) {
+            return None;
+        }
+        Some(match r.channels.get(&to) {
+            Some(&ch) => (server, crate::relay::channel_data(ch, data)),
+            None => (server, crate::relay::send_indication(to, data)),
+        })
     }
 
     /// Sends one datagram (used for STUN; QUIC sends through quinn).
@@ -63,6 +155,11 @@ impl DemuxSocket {
         if data.is_empty() {
             return Ok(());
         }
+        let wrapped = self.encapsulate(to, data);
+        let (to, data) = match &wrapped {
+            Some((server, framed)) => (*server, framed.as_slice()),
+            None => (to, data),
+        };
         let transmit = Transmit {
             destination: to,
             ecn: None,
@@ -103,7 +200,26 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.inner.try_send(transmit)
+        if !self.is_via_relay(transmit.destination) {
+            return self.inner.try_send(transmit);
+        }
+        let segment = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        for chunk in transmit.contents.chunks(segment) {
+            let Some((server, framed)) = self.encapsulate(transmit.destination, chunk) else {
+                continue;
+            };
+            self.inner.try_send(&Transmit {
+                destination: server,
+                ecn: transmit.ecn,
+                contents: &framed,
+                segment_size: None,
+                src_ip: transmit.src_ip,
+            })?;
+        }
+        Ok(())
     }
 
     fn poll_recv(
@@ -112,11 +228,54 @@ impl AsyncUdpSocket for DemuxSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        {
+            let mut q = self.injected.lock().unwrap_or_else(|p| p.into_inner());
+            if !q.0.is_empty() {
+                let mut n = 0;
+                while n < bufs.len().min(meta.len()) {
+                    let Some((from, data)) = q.0.pop_front() else {
+                        break;
+                    };
+                    let len = data.len().min(bufs[n].len());
+                    bufs[n][..len].copy_from_slice(&data[..len]);
+                    meta[n] = RecvMeta {
+                        addr: from,
+                        len,
+                        stride: len,
+                        ..RecvMeta::default()
+                    };
+                    n += 1;
+                }
+                return Poll::Ready(Ok(n));
+            }
+            q.1 = Some(cx.waker().clone());
+        }
+        let relay = self.relay_server();
         loop {
             let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
             let mut kept = 0;
             for i in 0..n {
-                let m = meta[i];
+                let mut m = meta[i];
+                // ChannelData from our TURN server: unwrap it and make it look like it
+                // came straight from the peer.
+                if Some(m.addr) == relay && m.len > 0 && (0x40..=0x4f).contains(&bufs[i][0]) {
+                    let unwrapped = crate::relay::parse_channel_data(&bufs[i][..m.len])
+                        .map(|(ch, payload)| (ch, payload.len()));
+                    let peer = unwrapped
+                        .and_then(|(ch, _)| read(&self.routes).by_channel.get(&ch).copied());
+                    let (Some((_, len)), Some(peer)) = (unwrapped, peer) else {
+                        continue;
+                    };
+                    bufs[i].copy_within(4..4 + len, 0);
+                    if bufs[i].first().is_some_and(|b| is_stun_first_byte(*b)) {
+                        self.divert(peer, &bufs[i][..len]);
+                        continue;
+                    }
+                    m.addr = peer;
+                    m.len = len;
+                    m.stride = len;
+                    meta[i] = m;
+                }
                 let stride = m.stride.max(1);
                 let mut all_stun = true;
                 for start in (0..m.len).step_by(stride) {

@@ -171,6 +171,8 @@ pub struct Stats {
     pub path: Option<PathKind>,
     /// The peer's address, when connected.
     pub peer_addr: Option<SocketAddr>,
+    /// The TURN relay carrying the tunnel (`url (address)`), when the path is `relay`.
+    pub relay_server: Option<String>,
     /// Our socket's local address.
     pub local_addr: SocketAddr,
     /// Our public address per STUN.

@@ -39,6 +39,8 @@ fn stop_while_connecting_returns_quickly() {
         id: Offer::new_id(),
         candidates: vec![silent.local_addr().unwrap()],
         host_count: 1,
+        relay_count: 0,
+        turn: false,
         fp: "ab".repeat(32),
         nat: "open".into(),
     };

@@ -40,6 +40,8 @@ fn raw() -> reqwest::Client {
 fn offer() -> Offer {
     Offer {
         host_count: 0,
+        relay_count: 0,
+        turn: false,
         id: Offer::new_id(),
         candidates: vec!["127.0.0.1:40000".parse().unwrap()],
         fp: "ab".repeat(32),

@@ -46,6 +46,8 @@ pub enum stunfwd_result {
     /// No direct path can be punched between the two NAT types and no relay is
     /// configured; the message names both NAT types.
     NoPath = 16,
+    /// The TURN relay failed (credentials, quota, unreachable); the message says which.
+    Relay = 17,
 }
 
 thread_local! {
@@ -76,6 +78,7 @@ pub(crate) fn fail(err: &Error) -> stunfwd_result {
         Error::Stopped => stunfwd_result::Stopped,
         Error::Tunnel(_) => stunfwd_result::Tunnel,
         Error::NoPath { .. } => stunfwd_result::NoPath,
+        Error::Relay(_) => stunfwd_result::Relay,
         _ => stunfwd_result::Io,
     }
 }
@@ -227,6 +230,7 @@ mod tests {
             (stunfwd_result::InvalidArgument, 14),
             (stunfwd_result::InCallback, 15),
             (stunfwd_result::NoPath, 16),
+            (stunfwd_result::Relay, 17),
         ];
         for (code, value) in fixed {
             assert_eq!(code as i32, value, "{code:?}");

@@ -2,14 +2,22 @@
 //!
 //! Each peer posts an authenticated [`Offer`] (its candidates and certificate
 //! fingerprint, MACed with the [`RoomKey`]) to its role's mailbox and waits for the
-//! other role's. [`proto`] holds the pure wire types, [`client`] the HTTP client that
-//! long-polls (or backs off against a plain mailbox), and [`server`] the rendezvous
-//! server itself. The wire protocol is described in `docs/protocol.md`.
+//! other role's. [`proto`] holds the pure wire types, [`request`] the pure parsing of
+//! mailbox requests, [`client`] the HTTP client that long-polls (or backs off against a
+//! plain mailbox), and [`server`] the rendezvous server itself, which keeps its rooms in
+//! memory or in Redis. The wire protocol is described in `docs/protocol.md`.
 
 pub mod client;
+mod limits;
+mod memory;
+mod metrics;
 pub mod proto;
+mod redis_store;
+pub mod request;
 pub mod server;
+mod store;
+mod tls;
 
 pub use client::SignalClient;
 pub use proto::{Offer, OfferError, Role, RoomKey};
-pub use server::{SignalServer, SignalServerConfig};
+pub use server::{SignalServer, SignalServerConfig, StoreConfig, TlsFiles};

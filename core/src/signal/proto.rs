@@ -149,6 +149,10 @@ pub struct Offer {
     /// the rest are server-reflexive or relayed. Lets the other side tell a LAN path
     /// from a direct one.
     pub host_count: usize,
+    /// How many of the last `candidates` are relayed (TURN) addresses.
+    pub relay_count: usize,
+    /// The peer can allocate a TURN relay (it has one configured and may use it).
+    pub turn: bool,
     /// SHA-256 fingerprint of the peer's certificate DER: 64 lowercase hex characters.
     pub fp: String,
     /// The NAT type the peer detected, informational (e.g. `"full-cone"`, `"symmetric"`).
@@ -187,6 +191,10 @@ struct WireOffer<'a> {
     id: &'a str,
     candidates: &'a [String],
     host: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    relay: usize,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    turn: bool,
     fp: &'a str,
     nat: &'a str,
     mac: String,
@@ -204,12 +212,18 @@ impl Offer {
     pub fn encode(&self, key: &RoomKey) -> String {
         let candidates: Vec<String> = self.candidates.iter().map(|c| c.to_string()).collect();
         let host = self.host_count.min(candidates.len());
+        let relay = self.relay_count.min(candidates.len() - host);
+        let kinds = Kinds {
+            host,
+            relay,
+            turn: self.turn,
+        };
         let mac = offer_mac(
             key,
             OFFER_VERSION,
             &self.id,
             &candidates,
-            host,
+            kinds,
             &self.fp,
             &self.nat,
         );
@@ -218,6 +232,8 @@ impl Offer {
             id: &self.id,
             candidates: &candidates,
             host,
+            relay,
+            turn: self.turn,
             fp: &self.fp,
             nat: &self.nat,
             mac: hex::encode(mac),
@@ -288,8 +304,31 @@ impl Offer {
                 .filter(|h| *h <= candidates.len())
                 .ok_or_else(|| malformed("field `host` is not a count of candidates"))?,
         };
+        // `relay` (relayed candidates last) and `turn` are optional too.
+        let relay = match obj.get("relay") {
+            None => 0,
+            Some(r) => r
+                .as_u64()
+                .and_then(|r| usize::try_from(r).ok())
+                .filter(|r| host + *r <= candidates.len())
+                .ok_or_else(|| malformed("field `relay` is not a count of candidates"))?,
+        };
+        let turn = match obj.get("turn") {
+            None => false,
+            Some(t) => t
+                .as_bool()
+                .ok_or_else(|| malformed("field `turn` is not a boolean"))?,
+        };
         let mut expected = key.mac();
-        feed_canonical(&mut expected, v, id, &candidates, host, fp, nat);
+        feed_canonical(
+            &mut expected,
+            v,
+            id,
+            &candidates,
+            Kinds { host, relay, turn },
+            fp,
+            nat,
+        );
         expected
             .verify_slice(&mac)
             .map_err(|_| OfferError::BadMac)?;
@@ -321,25 +360,51 @@ impl Offer {
             id: id.to_owned(),
             candidates,
             host_count: host,
+            relay_count: relay,
+            turn,
             fp: fp.to_owned(),
             nat: nat.to_owned(),
         })
     }
 }
 
+/// Candidate kinds: how many are host (first) and relayed (last), and whether the
+/// peer can allocate a relay.
+#[derive(Debug, Clone, Copy, Default)]
+struct Kinds {
+    host: usize,
+    relay: usize,
+    turn: bool,
+}
+
+impl From<usize> for Kinds {
+    fn from(host: usize) -> Self {
+        Kinds {
+            host,
+            ..Kinds::default()
+        }
+    }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// HMAC-SHA256 under the room key of the canonical bytes:
-/// `"stunfwd-offer\n" + v + "\n" + id + "\n" + candidates joined with "," + "\n" + fp + "\n" + nat + "\n" + host`.
+/// `"stunfwd-offer\n" + v + "\n" + id + "\n" + candidates joined with "," + "\n" + fp + "\n" + nat + "\n" + host`,
+/// followed by `"\n" + relay + "\n" + turn (0 or 1)` when the offer has relayed
+/// candidates or can relay.
 fn offer_mac(
     key: &RoomKey,
     v: u64,
     id: &str,
     candidates: &[String],
-    host: usize,
+    kinds: impl Into<Kinds>,
     fp: &str,
     nat: &str,
 ) -> [u8; 32] {
     let mut mac = key.mac();
-    feed_canonical(&mut mac, v, id, candidates, host, fp, nat);
+    feed_canonical(&mut mac, v, id, candidates, kinds.into(), fp, nat);
     mac.finalize().into_bytes().into()
 }
 
@@ -348,7 +413,7 @@ fn feed_canonical(
     v: u64,
     id: &str,
     candidates: &[String],
-    host: usize,
+    kinds: Kinds,
     fp: &str,
     nat: &str,
 ) {
@@ -369,7 +434,12 @@ fn feed_canonical(
     mac.update(b"\n");
     mac.update(nat.as_bytes());
     mac.update(b"\n");
-    mac.update(host.to_string().as_bytes());
+    mac.update(kinds.host.to_string().as_bytes());
+    if kinds.relay > 0 || kinds.turn {
+        mac.update(b"\n");
+        mac.update(kinds.relay.to_string().as_bytes());
+        mac.update(if kinds.turn { b"\n1" } else { b"\n0" });
+    }
 }
 
 fn malformed(what: impl Into<String>) -> OfferError {
@@ -415,6 +485,8 @@ mod tests {
                 "[2001:db8::1]:40000".parse().unwrap(),
             ],
             host_count: 1,
+            relay_count: 0,
+            turn: false,
             fp: hex::encode([0xab; 32]),
             nat: "port-restricted".into(),
         }
@@ -485,6 +557,27 @@ mod tests {
         let encoded = o.encode(&key());
         assert!(encoded.starts_with("{\"v\":1,\"id\":\""));
         assert_eq!(Offer::decode(&encoded, &key()).unwrap(), o);
+    }
+
+    #[test]
+    fn relay_kinds_round_trip_and_are_authenticated() {
+        let mut o = offer();
+        o.relay_count = 1;
+        o.turn = true;
+        let encoded = o.encode(&key());
+        assert_eq!(Offer::decode(&encoded, &key()).unwrap(), o);
+        for (field, value) in [
+            ("relay", serde_json::json!(0)),
+            ("turn", serde_json::json!(false)),
+        ] {
+            let mut m: serde_json::Value = serde_json::from_str(&encoded).unwrap();
+            m[field] = value;
+            assert_eq!(
+                Offer::decode(&m.to_string(), &key()),
+                Err(OfferError::BadMac),
+                "{field} is covered by the MAC"
+            );
+        }
     }
 
     #[test]

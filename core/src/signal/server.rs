@@ -1,47 +1,81 @@
-//! The rendezvous server: an in-memory mailbox per room and role over HTTP, compatible
-//! with the PHP mailbox of the original tool, plus long-polling (`wait`, `since`),
-//! `DELETE`, room expiry and limits; optionally a STUN responder on a UDP port so one
-//! small process is all a deployment needs. The protocol is in `docs/protocol.md`.
+//! The rendezvous server: a mailbox per room and role over HTTP(S), compatible with the
+//! PHP mailbox of the original tool, plus long-polling (`wait`, `since`), `DELETE`, room
+//! expiry, limits, `/healthz` and `/metrics`; optionally a STUN responder on a UDP port
+//! so one small process is all a deployment needs. Rooms live in memory or in Redis
+//! ([`StoreConfig`]). The protocol is in `docs/protocol.md`, operations in
+//! `docs/rendezvous.md`.
+//!
+//! The HTTP front end is our own accept loop over hyper's HTTP/1 connection, so that
+//! every connection is counted and capped per client, TLS handshakes and request heads
+//! have deadlines, and shutdown can drain: stop accepting, answer long-polls at once,
+//! close idle keep-alive connections, abort what is left after a timeout.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
-use serde::Deserialize;
+use futures_util::StreamExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::proto::Role;
+use super::limits::{RateLimiter, SlotRefused, Slots};
+use super::memory::MemoryStore;
+use super::metrics::{self, Counters, Gauges};
+use super::redis_store::RedisStore;
+use super::request::{self, BadRequest};
+use super::store::{Notifier, Store, StoreError};
+pub use super::store::StoreConfig;
+pub use super::tls::TlsFiles;
 use crate::stun::responder::StunResponder;
 use crate::{Error, Result};
 
 /// Response header carrying the mailbox version of the data returned by a `GET`.
 pub const VERSION_HEADER: &str = "x-stunfwd-version";
 
-/// Longest room name accepted, in bytes.
-pub const MAX_ROOM_LEN: usize = 128;
+/// Longest room name the protocol allows, in bytes.
+pub const MAX_ROOM_LEN: usize = request::MAX_ROOM_LEN;
 
 /// Shortest interval between two sweeps for expired rooms.
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Longest interval between two sweeps for expired rooms.
+/// Longest interval between two sweeps for expired rooms (memory store).
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Settings of a [`SignalServer`].
+/// Longest interval between two room counts of the Redis store.
+const REDIS_COUNT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A long-poll re-reads its mailbox at least this often, whatever notifications say.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// `Retry-After` when too many long-polls or a full store refuse a request.
+const RETRY_LATER: Duration = Duration::from_secs(1);
+
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Settings of a [`SignalServer`]. Every limit has a default fit for a public server;
+/// a limit of 0 means "unlimited" where noted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignalServerConfig {
-    /// HTTP listen address (port 0 picks a free port).
+    /// HTTP(S) listen address (port 0 picks a free port).
     pub http: SocketAddr,
     /// UDP address of the STUN responder; `None` runs no STUN responder.
     pub stun: Option<SocketAddr>,
+    /// Where rooms are kept. Default: in memory.
+    pub store: StoreConfig,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
     /// A room with no activity (request, or pending long-poll) for this long is removed.
     pub room_ttl: Duration,
     /// Largest request body accepted, in bytes; larger ones get 413.
@@ -50,19 +84,67 @@ pub struct SignalServerConfig {
     pub max_wait: Duration,
     /// Most rooms held at once; creating one more gets 503.
     pub max_rooms: usize,
+    /// Longest room name accepted, in bytes (at most [`MAX_ROOM_LEN`]); longer gets 400.
+    pub max_room_len: usize,
+    /// Most bytes of room names and data the memory store holds; more gets 503. (Bound
+    /// a Redis store with Redis's own `maxmemory`.)
+    pub max_store_bytes: usize,
+    /// Requests per second each client address may make on average (IPv6: per /64);
+    /// more get 429 with `Retry-After`. 0: unlimited. `/healthz` and `/metrics` are
+    /// not limited.
+    pub rate_per_ip: u32,
+    /// Requests a client address may make in a burst above `rate_per_ip`.
+    pub burst_per_ip: u32,
+    /// Most long-polls waiting at once on this instance; more get 429. 0: unlimited.
+    pub max_polls: usize,
+    /// Most long-polls waiting at once per client address; more get 429. 0: unlimited.
+    pub max_polls_per_ip: usize,
+    /// Most open connections; more are closed at once. 0: unlimited.
+    pub max_connections: usize,
+    /// Most open connections per client address; more are closed at once. 0: unlimited.
+    pub max_connections_per_ip: usize,
+    /// A request head (and a TLS handshake) must arrive within this time; an idle
+    /// keep-alive connection is closed after it.
+    pub header_timeout: Duration,
+    /// A request body must arrive within this time; a slower one gets 408.
+    pub body_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes, at least 8 KiB;
+    /// larger gets 431.
+    pub max_header_bytes: usize,
+    /// Take the client address from the last entry of `X-Forwarded-For` (for limits)
+    /// instead of the TCP peer. Only for servers that are reachable solely through a
+    /// reverse proxy or load balancer that appends that header.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for SignalServerConfig {
-    /// Loopback on free ports, 5 min room TTL, 16 KiB bodies, 30 s long-polls,
-    /// 100 000 rooms.
+    /// Loopback on free ports, in-memory store, plain HTTP, 5 min room TTL, 16 KiB
+    /// bodies, 30 s long-polls, 100 000 rooms of up to 128 bytes, 256 MiB of data,
+    /// 20 requests/s per client with bursts of 100, 10 000 long-polls (100 per client),
+    /// 10 000 connections (256 per client), 10 s for a request head or body, 16 KiB
+    /// heads.
     fn default() -> Self {
         SignalServerConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             stun: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            store: StoreConfig::Memory,
+            tls: None,
             room_ttl: Duration::from_secs(5 * 60),
             max_body: 16 * 1024,
             max_wait: Duration::from_secs(30),
             max_rooms: 100_000,
+            max_room_len: MAX_ROOM_LEN,
+            max_store_bytes: 256 * 1024 * 1024,
+            rate_per_ip: 20,
+            burst_per_ip: 100,
+            max_polls: 10_000,
+            max_polls_per_ip: 100,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -72,17 +154,48 @@ impl Default for SignalServerConfig {
 pub struct SignalServer {
     http_addr: SocketAddr,
     stun_addr: Option<SocketAddr>,
+    tls: bool,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    kill: CancellationToken,
+    connections: TaskTracker,
     serve_task: Mutex<Option<JoinHandle<()>>>,
     sweep_task: JoinHandle<()>,
-    stun: Mutex<Option<StunResponder>>,
 }
 
 impl SignalServer {
-    /// Binds the HTTP listener (and the STUN responder when `config.stun` is set) and
-    /// spawns the server on the current tokio runtime. Returns once listening.
+    /// Binds the HTTP listener (and the STUN responder when `config.stun` is set),
+    /// connects the store, and spawns the server on the current tokio runtime. Returns
+    /// once listening.
     pub async fn start(config: SignalServerConfig) -> Result<SignalServer> {
+        check_config(&config)?;
+        let tls = match &config.tls {
+            Some(files) => Some(tokio_rustls::TlsAcceptor::from(super::tls::server_config(
+                files,
+            )?)),
+            None => None,
+        };
+
+        let notifier = Arc::new(Notifier::default());
+        let store: Box<dyn Store> = match &config.store {
+            StoreConfig::Memory => Box::new(MemoryStore::new(
+                notifier.clone(),
+                config.room_ttl,
+                config.max_rooms,
+                config.max_store_bytes,
+            )),
+            StoreConfig::Redis { url, prefix } => Box::new(
+                RedisStore::connect(
+                    url,
+                    prefix,
+                    notifier.clone(),
+                    config.room_ttl,
+                    config.max_rooms,
+                )
+                .await?,
+            ),
+        };
+
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
             .map_err(|e| Error::bind("rendezvous http", config.http, &e))?;
@@ -102,28 +215,32 @@ impl SignalServer {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::default()),
-            requests: AtomicU64::new(0),
-            room_ttl: config.room_ttl,
-            max_body: config.max_body,
-            max_wait: config.max_wait,
-            max_rooms: config.max_rooms,
-            shutdown: shutdown_rx.clone(),
+            store,
+            notifier,
+            limiter: RateLimiter::new(config.rate_per_ip, config.burst_per_ip),
+            polls: Slots::new(config.max_polls, config.max_polls_per_ip),
+            connections: Slots::new(config.max_connections, config.max_connections_per_ip),
+            counters: Counters::default(),
+            shutdown: shutdown_rx,
+            stun: Mutex::new(stun),
+            config: config.clone(),
         });
 
-        let app = Router::new().fallback(handle).with_state(shared.clone());
-        let mut signal = shutdown_rx;
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            // An error means the server handle is gone, which is a shutdown too.
-            let _ = signal.wait_for(|stop| *stop).await;
-        });
-        let serve_task = tokio::spawn(async move {
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "rendezvous http server failed");
-            }
-        });
+        let kill = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let serve_task = tokio::spawn(accept_loop(
+            listener,
+            tls.clone(),
+            shared.clone(),
+            connections.clone(),
+            kill.clone(),
+        ));
 
-        let sweep_every = (config.room_ttl / 2).clamp(MIN_SWEEP_INTERVAL, MAX_SWEEP_INTERVAL);
+        let mut sweep_every =
+            (config.room_ttl / 2).clamp(MIN_SWEEP_INTERVAL, MAX_SWEEP_INTERVAL);
+        if matches!(config.store, StoreConfig::Redis { .. }) {
+            sweep_every = sweep_every.min(REDIS_COUNT_INTERVAL);
+        }
         let sweeper = Arc::downgrade(&shared);
         let sweep_task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(sweep_every);
@@ -133,28 +250,36 @@ impl SignalServer {
                 let Some(shared) = sweeper.upgrade() else {
                     return;
                 };
-                let removed = shared.lock().sweep(Instant::now(), shared.room_ttl);
-                if removed > 0 {
-                    tracing::debug!(removed, "rendezvous: expired rooms removed");
+                if let Err(e) = shared.store.maintain().await {
+                    tracing::warn!(error = ?e, "rendezvous: store housekeeping failed");
                 }
+                shared.limiter.sweep(Instant::now());
             }
         });
 
-        tracing::info!(%http_addr, ?stun_addr, "rendezvous server listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let store_name = match &config.store {
+            StoreConfig::Memory => "memory".to_owned(),
+            StoreConfig::Redis { url, .. } => super::redis_store::redact(url),
+        };
+        tracing::info!(%http_addr, %scheme, store = %store_name, ?stun_addr, "rendezvous server listening");
         Ok(SignalServer {
             http_addr,
             stun_addr,
+            tls: tls.is_some(),
             shared,
             shutdown,
+            kill,
+            connections,
             serve_task: Mutex::new(Some(serve_task)),
             sweep_task,
-            stun: Mutex::new(stun),
         })
     }
 
-    /// The mailbox URL clients use: `http://IP:PORT/`.
+    /// The mailbox URL clients use: `http://IP:PORT/` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}/", self.http_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/", self.http_addr)
     }
 
     /// The bound HTTP address.
@@ -167,29 +292,58 @@ impl SignalServer {
         self.stun_addr
     }
 
-    /// HTTP requests served so far, all methods and outcomes.
+    /// HTTP requests answered so far by this instance, all methods and outcomes.
     pub fn requests(&self) -> u64 {
-        self.shared.requests.load(Ordering::Relaxed)
+        self.shared.counters.requests.load(Ordering::Relaxed)
     }
 
-    /// Rooms currently held (expired rooms count until the sweeper removes them).
+    /// Rooms currently held: exact for the memory store (expired rooms count until the
+    /// sweeper removes them), as of the last count (every few seconds) for Redis.
     pub fn rooms(&self) -> usize {
-        self.shared.lock().rooms.len()
+        self.shared.store.rooms()
+    }
+
+    /// Long-polls waiting on this instance now.
+    pub fn waiting_polls(&self) -> usize {
+        self.shared.polls.held()
+    }
+
+    /// Open client connections on this instance now.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.held()
+    }
+
+    /// The Prometheus text served at `/metrics`.
+    pub fn metrics(&self) -> String {
+        self.shared.metrics()
     }
 
     /// Stops gracefully: stops accepting connections, answers pending long-polls with
     /// 404 at once, closes idle keep-alive connections and waits up to `timeout` for
     /// requests in flight; whatever is left after that is aborted. Idempotent.
     pub async fn stop(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         self.shutdown.send_replace(true);
         self.sweep_task.abort();
-        drop(lock(&self.stun).take());
+        drop(lock(&self.shared.stun).take());
         let task = lock(&self.serve_task).take();
         if let Some(mut task) = task {
-            if tokio::time::timeout(timeout, &mut task).await.is_err() {
-                tracing::debug!("rendezvous server did not drain within {timeout:?}; aborting");
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 task.abort();
             }
+        }
+        self.connections.close();
+        if tokio::time::timeout_at(deadline, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                left = self.connections.len(),
+                "rendezvous server did not drain within {timeout:?}; aborting"
+            );
+            self.kill.cancel();
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.connections.wait())
+                .await;
         }
     }
 }
@@ -197,7 +351,7 @@ impl SignalServer {
 impl std::fmt::Debug for SignalServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignalServer")
-            .field("http_addr", &self.http_addr)
+            .field("url", &self.url())
             .field("stun_addr", &self.stun_addr)
             .field("requests", &self.requests())
             .finish_non_exhaustive()
@@ -207,11 +361,61 @@ impl std::fmt::Debug for SignalServer {
 impl Drop for SignalServer {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
+        self.kill.cancel();
         self.sweep_task.abort();
         if let Some(task) = lock(&self.serve_task).take() {
             task.abort();
         }
     }
+}
+
+fn check_config(c: &SignalServerConfig) -> Result<()> {
+    let positive = |key: &str, ok: bool, value: String, expected: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::config(key, value, "out of range", expected))
+        }
+    };
+    positive(
+        "max_room_len",
+        (1..=MAX_ROOM_LEN).contains(&c.max_room_len),
+        c.max_room_len.to_string(),
+        "1 to 128 bytes",
+    )?;
+    positive(
+        "max_body",
+        c.max_body >= 64,
+        c.max_body.to_string(),
+        "64 bytes or more",
+    )?;
+    positive(
+        "max_rooms",
+        c.max_rooms >= 1,
+        c.max_rooms.to_string(),
+        "1 or more",
+    )?;
+    positive(
+        "room_ttl",
+        c.room_ttl >= Duration::from_millis(100),
+        format!("{:?}", c.room_ttl),
+        "100 ms or more",
+    )?;
+    positive(
+        "header_timeout",
+        !c.header_timeout.is_zero() && !c.body_timeout.is_zero(),
+        format!("{:?} / {:?}", c.header_timeout, c.body_timeout),
+        "header and body timeouts above zero",
+    )?;
+    if let StoreConfig::Redis { prefix, .. } = &c.store {
+        positive(
+            "redis prefix",
+            prefix.len() <= 64,
+            prefix.clone(),
+            "at most 64 bytes",
+        )?;
+    }
+    Ok(())
 }
 
 /// Names the failing socket as ours in a bind error from the STUN responder.
@@ -229,153 +433,206 @@ fn rename_bind_error(e: Error, what: &str) -> Error {
     }
 }
 
-/// State shared by the request handlers, the sweeper and the [`SignalServer`] handle.
-#[derive(Debug)]
-struct Shared {
-    store: Mutex<Store>,
-    requests: AtomicU64,
-    room_ttl: Duration,
-    max_body: usize,
-    max_wait: Duration,
-    max_rooms: usize,
-    shutdown: watch::Receiver<bool>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Store> {
-        lock(&self.store)
-    }
-}
-
 /// Locks a mutex, recovering from poisoning: every critical section leaves the data
 /// consistent, so a panic elsewhere does not make it unusable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-#[derive(Debug, Default)]
-struct Store {
-    rooms: HashMap<String, Room>,
-    /// Last version handed out. Versions are unique for the server's lifetime, so a
-    /// mailbox's version never repeats, even when its room expires and comes back.
-    last_version: u64,
+/// State shared by the connections, the sweeper and the [`SignalServer`] handle.
+struct Shared {
+    store: Box<dyn Store>,
+    notifier: Arc<Notifier>,
+    limiter: RateLimiter,
+    polls: Arc<Slots>,
+    connections: Arc<Slots>,
+    counters: Counters,
+    shutdown: watch::Receiver<bool>,
+    stun: Mutex<Option<StunResponder>>,
+    config: SignalServerConfig,
 }
 
-#[derive(Debug)]
-struct Room {
-    mailboxes: [Mailbox; 2],
-    last_active: Instant,
-}
-
-#[derive(Debug)]
-struct Mailbox {
-    data: Option<String>,
-    version: u64,
-    /// Pinged on every POST; long-polls hold a receiver.
-    posted: watch::Sender<()>,
-}
-
-impl Mailbox {
-    fn new() -> Mailbox {
-        Mailbox {
-            data: None,
-            version: 0,
-            posted: watch::Sender::new(()),
-        }
+impl Shared {
+    fn metrics(&self) -> String {
+        metrics::render(
+            &self.counters,
+            Gauges {
+                rooms: self.store.rooms(),
+                waiting_polls: self.polls.held(),
+                connections: self.connections.held(),
+                stun_answered: lock(&self.stun).as_ref().map(StunResponder::answered),
+            },
+        )
     }
 }
 
-impl Room {
-    fn new(now: Instant) -> Room {
-        Room {
-            mailboxes: [Mailbox::new(), Mailbox::new()],
-            last_active: now,
-        }
-    }
-
-    fn has_waiters(&self) -> bool {
-        self.mailboxes.iter().any(|m| m.posted.receiver_count() > 0)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.mailboxes.iter().all(|m| m.data.is_none())
-    }
-
-    /// A room is expired after `ttl` without requests, unless someone is long-polling it.
-    fn is_expired(&self, now: Instant, ttl: Duration) -> bool {
-        now.saturating_duration_since(self.last_active) >= ttl && !self.has_waiters()
-    }
-}
-
-fn slot(role: Role) -> usize {
-    match role {
-        Role::Client => 0,
-        Role::Server => 1,
-    }
-}
-
-/// Why a room could not be created.
-struct Full;
-
-impl Store {
-    /// The live room named `name`, touched; an expired one is removed on the spot.
-    fn live(&mut self, name: &str, now: Instant, ttl: Duration) -> Option<&mut Room> {
-        if self.rooms.get(name)?.is_expired(now, ttl) {
-            self.rooms.remove(name);
-            return None;
-        }
-        let room = self.rooms.get_mut(name)?;
-        room.last_active = now;
-        Some(room)
-    }
-
-    /// The live room named `name`, created when absent (unless the store is full).
-    fn live_or_create(
-        &mut self,
-        name: &str,
-        now: Instant,
-        ttl: Duration,
-        max_rooms: usize,
-    ) -> Result<&mut Room, Full> {
-        if self.live(name, now, ttl).is_none() {
-            if self.rooms.len() >= max_rooms {
-                // Expired rooms the sweeper has not reached yet should not cause a 503.
-                self.sweep(now, ttl);
-                if self.rooms.len() >= max_rooms {
-                    return Err(Full);
+/// Accepts connections until shutdown, each on its own tracked task.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    kill: CancellationToken,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rendezvous: accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        // Connection caps count the TCP peer: X-Forwarded-For is per request.
+        let slot = match shared.connections.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                shared
+                    .counters
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, ?why, "rendezvous: connection refused");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let kill = kill.clone();
+        let tls = tls.clone();
+        tracker.spawn(async move {
+            let _slot = slot;
+            match tls {
+                None => serve_connection(tcp, peer, shared, kill).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        shared.config.header_timeout,
+                        acceptor.accept(tcp),
+                    );
+                    let stream = tokio::select! {
+                        r = handshake => r,
+                        _ = kill.cancelled() => return,
+                    };
+                    match stream {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, shared, kill).await,
+                        Ok(Err(e)) => {
+                            shared.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, error = %e, "rendezvous: TLS handshake failed");
+                        }
+                        Err(_) => {
+                            shared.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "rendezvous: TLS handshake timed out");
+                        }
+                    }
                 }
             }
-            self.rooms.insert(name.to_owned(), Room::new(now));
+        });
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until the client leaves, an error or timeout
+/// closes it, shutdown drains it, or `kill` aborts it.
+async fn serve_connection<I>(io: I, peer: SocketAddr, shared: Arc<Shared>, kill: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut shutdown = shared.shutdown.clone();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_timeout)
+        .max_buf_size(shared.config.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let service = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(dispatch(&shared, peer, req).await) }
+        })
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "rendezvous: connection closed");
+                }
+                return;
+            }
+            _ = shutdown.wait_for(|stop| *stop), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            _ = kill.cancelled() => return,
         }
-        self.rooms.get_mut(name).ok_or(Full)
-    }
-
-    fn sweep(&mut self, now: Instant, ttl: Duration) -> usize {
-        let before = self.rooms.len();
-        self.rooms.retain(|_, room| !room.is_expired(now, ttl));
-        before - self.rooms.len()
-    }
-
-    fn next_version(&mut self) -> u64 {
-        self.last_version += 1;
-        self.last_version
     }
 }
 
-/// Body of a mailbox `POST`. Unknown fields are ignored.
-#[derive(Deserialize)]
-struct PostBody {
-    room: String,
-    role: String,
-    data: String,
+/// Answers one request and counts its status.
+async fn dispatch(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response {
+    let client = client_ip(peer, req.headers(), shared.config.trust_forwarded_for);
+    let resp = route(shared, client, req.map(Body::new)).await;
+    shared.counters.count(resp.status().as_u16());
+    resp
 }
 
-/// The one handler: every method and path is the mailbox, except `GET /healthz`.
-async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    shared.requests.fetch_add(1, Ordering::Relaxed);
+/// The client's address: the TCP peer, or the last `X-Forwarded-For` entry when the
+/// server is configured to trust it.
+fn client_ip(peer: SocketAddr, headers: &HeaderMap, trust_forwarded_for: bool) -> IpAddr {
+    if trust_forwarded_for {
+        let last = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        if let Some(ip) = last.and_then(|s| s.parse::<IpAddr>().ok()) {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+/// Every method and path is the mailbox, except `GET /healthz` and `GET /metrics`
+/// without a `room` parameter.
+async fn route(shared: &Shared, client: IpAddr, req: Request<Body>) -> Response {
     let method = req.method().clone();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    if method == Method::GET && !request::names_a_room(&query) {
+        match req.uri().path() {
+            "/healthz" => return (StatusCode::OK, "ok").into_response(),
+            "/metrics" => {
+                return (
+                    StatusCode::OK,
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    )],
+                    shared.metrics(),
+                )
+                    .into_response()
+            }
+            _ => {}
+        }
+    }
+    if let Err(retry) = shared.limiter.check(client, Instant::now()) {
+        return too_many(
+            retry,
+            format!(
+                "more than {} requests per second from {client}; retry later",
+                shared.config.rate_per_ip
+            ),
+        );
+    }
+    let max_room_len = shared.config.max_room_len;
     if method == Method::POST {
-        return post(&shared, req.into_body()).await;
+        return post(shared, req).await;
     }
     if method != Method::GET && method != Method::DELETE {
         let mut resp = error(
@@ -386,166 +643,136 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
         return resp;
     }
-    let query = match Query::<HashMap<String, String>>::try_from_uri(req.uri()) {
-        Ok(Query(q)) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad query string: {e}")),
+    let q = match request::parse_query(&query, max_room_len) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
     };
     if method == Method::GET {
-        if req.uri().path() == "/healthz" && !query.contains_key("room") {
-            return (StatusCode::OK, "ok").into_response();
-        }
-        get(&shared, &query).await
+        get(shared, client, q).await
     } else {
-        delete(&shared, &query)
+        match shared.store.delete(&q.room, q.role).await {
+            Ok(()) => ok(),
+            Err(e) => store_error(e),
+        }
     }
 }
 
-async fn post(shared: &Shared, body: Body) -> Response {
-    let Ok(bytes) = axum::body::to_bytes(body, shared.max_body).await else {
-        return error(
+async fn post(shared: &Shared, req: Request<Body>) -> Response {
+    let max_body = shared.config.max_body;
+    let too_large = || {
+        error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {} bytes", shared.max_body),
-        );
+            format!("request body is larger than {max_body} bytes"),
+        )
     };
-    let msg: PostBody = match serde_json::from_slice(&bytes) {
-        Ok(m) => m,
-        Err(e) => {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return too_large();
+    }
+    let read = async {
+        let mut stream = req.into_body().into_data_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Some(e.to_string()))?;
+            if bytes.len() + chunk.len() > max_body {
+                return Err(None);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    };
+    let bytes = match tokio::time::timeout(shared.config.body_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(None)) => return too_large(),
+        Ok(Err(Some(e))) => {
             return error(
                 StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
                 format!(
-                    "body must be JSON {{\"room\": string, \"role\": \"client\"|\"server\", \"data\": string}}: {e}"
+                    "the request body did not arrive within {:?}",
+                    shared.config.body_timeout
                 ),
             )
         }
     };
-    let role = match parse_room_role(Some(&msg.room), Some(&msg.role)) {
-        Ok((_, role)) => role,
-        Err(e) => return e.into(),
+    let msg = match request::parse_post(&bytes, shared.config.max_room_len) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
     };
-
-    let now = Instant::now();
-    let mut store = shared.lock();
-    let version = store.next_version();
-    let room = match store.live_or_create(&msg.room, now, shared.room_ttl, shared.max_rooms) {
-        Ok(room) => room,
-        Err(Full) => return full(shared.max_rooms),
-    };
-    let mailbox = &mut room.mailboxes[slot(role)];
-    mailbox.data = Some(msg.data);
-    mailbox.version = version;
-    mailbox.posted.send_replace(());
-    drop(store);
-    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+    match shared.store.post(&msg.room, msg.role, msg.data).await {
+        Ok(_) => ok(),
+        Err(e) => store_error(e),
+    }
 }
 
-async fn get(shared: &Shared, query: &HashMap<String, String>) -> Response {
-    let (room_name, role) = match parse_room_role(query.get("room"), query.get("role")) {
-        Ok(v) => v,
-        Err(e) => return e.into(),
-    };
-    let wait = match query.get("wait").map(|w| parse_wait(w)) {
-        None => None,
-        Some(Ok(w)) => Some(w.min(shared.max_wait)),
-        Some(Err(e)) => return e.into(),
-    };
-    let since = match query.get("since").map(|s| parse_since(s)) {
-        None => None,
-        Some(Ok(s)) => Some(s),
-        Some(Err(e)) => return e.into(),
-    };
-    let deadline = wait.map(|w| Instant::now() + w);
-    let mut shutdown = shared.shutdown.clone();
-
-    loop {
-        let now = Instant::now();
-        let (mut posted, deadline) = {
-            let mut store = shared.lock();
-            if let Some(room) = store.live(room_name, now, shared.room_ttl) {
-                let mailbox = &room.mailboxes[slot(role)];
-                if let Some(data) = &mailbox.data {
-                    // Versions never repeat, so "differs from since" means "newer".
-                    if since != Some(mailbox.version) {
-                        return found(data.clone(), mailbox.version);
-                    }
-                }
-            }
-            let Some(deadline) = deadline else {
-                return not_found();
-            };
-            if now >= deadline || *shutdown.borrow() {
-                return not_found();
-            }
-            match store.live_or_create(room_name, now, shared.room_ttl, shared.max_rooms) {
-                Ok(room) => (room.mailboxes[slot(role)].posted.subscribe(), deadline),
-                Err(Full) => return full(shared.max_rooms),
-            }
+async fn get(shared: &Shared, client: IpAddr, q: request::Query) -> Response {
+    let wait = q
+        .wait
+        .map(|w| w.min(shared.config.max_wait))
+        .filter(|w| !w.is_zero());
+    let Some(wait) = wait else {
+        return match shared.store.get(&q.room, q.role).await {
+            Ok(Some((data, version))) if q.since != Some(version) => found(data, version),
+            Ok(_) => not_found(),
+            Err(e) => store_error(e),
         };
+    };
+    let _slot = match shared.polls.take(client) {
+        Ok(slot) => slot,
+        Err(why) => {
+            let msg = match why {
+                SlotRefused::Total(n) => {
+                    format!("the server already holds its maximum of {n} long-polls")
+                }
+                SlotRefused::PerClient(n) => {
+                    format!("{client} already holds its maximum of {n} long-polls")
+                }
+            };
+            return too_many(RETRY_LATER, format!("{msg}; retry later"));
+        }
+    };
+    let deadline = Instant::now() + wait;
+    let mut shutdown = shared.shutdown.clone();
+    // Registered before the first read, so a post right after the read still wakes us.
+    let mut waiter = shared.notifier.watch(&q.room, q.role);
+    loop {
+        match shared.store.get(&q.room, q.role).await {
+            // Versions never repeat, so "differs from since" means "newer".
+            Ok(Some((data, version))) if q.since != Some(version) => {
+                return found(data, version)
+            }
+            Ok(_) => {}
+            Err(e) => return store_error(e),
+        }
+        let now = Instant::now();
+        if now >= deadline || *shutdown.borrow() {
+            return not_found();
+        }
         tokio::select! {
-            // Err means the room was removed (DELETE or expiry): look again.
-            _ = posted.changed() => {}
-            _ = tokio::time::sleep_until(deadline) => {}
+            _ = waiter.changed() => {}
+            _ = tokio::time::sleep_until((now + RECHECK).min(deadline)) => {}
             _ = shutdown.wait_for(|stop| *stop) => return not_found(),
         }
     }
 }
 
-fn delete(shared: &Shared, query: &HashMap<String, String>) -> Response {
-    let (room_name, role) = match parse_room_role(query.get("room"), query.get("role")) {
-        Ok(v) => v,
-        Err(e) => return e.into(),
-    };
-    let mut store = shared.lock();
-    if let Some(room) = store.live(room_name, Instant::now(), shared.room_ttl) {
-        room.mailboxes[slot(role)].data = None;
-        if room.is_empty() && !room.has_waiters() {
-            store.rooms.remove(room_name);
-        }
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, self.0)
     }
-    drop(store);
+}
+
+fn ok() -> Response {
     axum::Json(serde_json::json!({"status": "ok"})).into_response()
-}
-
-/// A 400 answer's message.
-struct BadRequest(String);
-
-impl From<BadRequest> for Response {
-    fn from(e: BadRequest) -> Response {
-        error(StatusCode::BAD_REQUEST, e.0)
-    }
-}
-
-fn bad(msg: impl Into<String>) -> BadRequest {
-    BadRequest(msg.into())
-}
-
-fn parse_room_role<'a>(
-    room: Option<&'a String>,
-    role: Option<&String>,
-) -> Result<(&'a str, Role), BadRequest> {
-    let room = room.ok_or_else(|| bad("missing `room`"))?;
-    if room.is_empty() || room.len() > MAX_ROOM_LEN {
-        return Err(bad(format!(
-            "`room` must be 1 to {MAX_ROOM_LEN} bytes long, got {}",
-            room.len()
-        )));
-    }
-    let role = role.ok_or_else(|| bad("missing `role`"))?;
-    let role = role
-        .parse::<Role>()
-        .map_err(|_| bad("`role` must be \"client\" or \"server\""))?;
-    Ok((room, role))
-}
-
-fn parse_wait(s: &str) -> Result<Duration, BadRequest> {
-    match s.parse::<f64>() {
-        Ok(w) if w.is_finite() && w >= 0.0 => Ok(Duration::from_secs_f64(w.min(86_400.0))),
-        _ => Err(bad("`wait` must be a number of seconds (0 or more)")),
-    }
-}
-
-fn parse_since(s: &str) -> Result<u64, BadRequest> {
-    s.parse::<u64>()
-        .map_err(|_| bad("`since` must be a version number as returned in x-stunfwd-version"))
 }
 
 fn found(data: String, version: u64) -> Response {
@@ -571,11 +798,31 @@ fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no data for this room and role")
 }
 
-fn full(max_rooms: usize) -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("the rendezvous server holds its maximum of {max_rooms} rooms; try again later"),
-    )
+fn store_error(e: StoreError) -> Response {
+    let msg = match e {
+        StoreError::Full(m) => m,
+        StoreError::Unavailable(m) => {
+            tracing::warn!("{m}");
+            m
+        }
+    };
+    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, retry_after(RETRY_LATER));
+    resp
+}
+
+/// `429 Too Many Requests` with `Retry-After` in whole seconds (at least 1).
+fn too_many(retry: Duration, message: String) -> Response {
+    let mut resp = error(StatusCode::TOO_MANY_REQUESTS, message);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, retry_after(retry));
+    resp
+}
+
+fn retry_after(d: Duration) -> HeaderValue {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -588,61 +835,48 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 mod tests {
     use super::*;
 
-    const TTL: Duration = Duration::from_secs(60);
-
     #[test]
-    fn expired_rooms_are_invisible_before_the_sweep() {
-        let mut store = Store::default();
-        let t0 = Instant::now();
-        assert!(store.live_or_create("r", t0, TTL, 10).is_ok());
-        assert!(store.live("r", t0 + TTL / 2, TTL).is_some());
-        // Touched at TTL/2, so alive until 1.5 TTL.
-        assert!(store.live("r", t0 + TTL, TTL).is_some());
-        assert!(store.live("r", t0 + TTL * 3, TTL).is_none());
-        assert!(
-            store.rooms.is_empty(),
-            "an expired room is dropped when seen"
-        );
+    fn forwarded_for_is_used_only_when_trusted() {
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
+        h.append("x-forwarded-for", "3.3.3.3 , 4.4.4.4".parse().unwrap());
+        assert_eq!(client_ip(peer, &h, false), peer.ip());
+        assert_eq!(client_ip(peer, &h, true), "4.4.4.4".parse::<IpAddr>().unwrap());
+        let mut bad = HeaderMap::new();
+        bad.insert("x-forwarded-for", "unknown".parse().unwrap());
+        assert_eq!(client_ip(peer, &bad, true), peer.ip());
     }
 
     #[test]
-    fn waiters_keep_a_room_alive() {
-        let mut store = Store::default();
-        let t0 = Instant::now();
-        let room = store.live_or_create("r", t0, TTL, 10).ok().unwrap();
-        let rx = room.mailboxes[0].posted.subscribe();
-        assert_eq!(store.sweep(t0 + TTL * 2, TTL), 0);
-        drop(rx);
-        assert_eq!(store.sweep(t0 + TTL * 2, TTL), 1);
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after(Duration::from_millis(1)), "1");
+        assert_eq!(retry_after(Duration::from_millis(1500)), "2");
+        assert_eq!(retry_after(Duration::ZERO), "1");
     }
 
     #[test]
-    fn full_store_reclaims_expired_rooms_first() {
-        let mut store = Store::default();
-        let t0 = Instant::now();
-        assert!(store.live_or_create("a", t0, TTL, 1).is_ok());
-        assert!(store.live_or_create("b", t0, TTL, 1).is_err());
-        assert!(store.live_or_create("b", t0 + TTL, TTL, 1).is_ok());
-        assert_eq!(store.rooms.len(), 1);
-    }
-
-    #[test]
-    fn versions_never_repeat() {
-        let mut store = Store::default();
-        let a = store.next_version();
-        store.rooms.clear();
-        let b = store.next_version();
-        assert!(b > a);
-    }
-
-    #[test]
-    fn wait_parsing() {
-        assert_eq!(parse_wait("5").ok(), Some(Duration::from_secs(5)));
-        assert_eq!(parse_wait("0.5").ok(), Some(Duration::from_millis(500)));
-        assert!(parse_wait("-1").is_err());
-        assert!(parse_wait("NaN").is_err());
-        assert!(parse_wait("inf").is_err());
-        assert!(parse_wait("soon").is_err());
-        assert!(parse_wait("1e300").is_ok());
+    fn config_is_checked() {
+        assert!(check_config(&SignalServerConfig::default()).is_ok());
+        for bad in [
+            SignalServerConfig {
+                max_room_len: 0,
+                ..SignalServerConfig::default()
+            },
+            SignalServerConfig {
+                max_room_len: 129,
+                ..SignalServerConfig::default()
+            },
+            SignalServerConfig {
+                max_rooms: 0,
+                ..SignalServerConfig::default()
+            },
+            SignalServerConfig {
+                body_timeout: Duration::ZERO,
+                ..SignalServerConfig::default()
+            },
+        ] {
+            assert!(check_config(&bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -62,6 +62,13 @@ pub enum Parsed {
         /// Transaction id.
         tid: Tid,
     },
+    /// A success or error response of another method (TURN), matched by transaction.
+    OtherResponse {
+        /// Transaction id.
+        tid: Tid,
+        /// Success (true) or error response.
+        success: bool,
+    },
     /// Any other STUN method or class (ignored by the engine).
     Other,
 }
@@ -157,7 +164,14 @@ pub fn parse(buf: &[u8]) -> Option<Parsed> {
     let tid = msg.transaction_id.0;
     let has_integrity = msg.contains(ATTR_MESSAGE_INTEGRITY);
     if msg.typ.method != METHOD_BINDING {
-        return Some(Parsed::Other);
+        return Some(match msg.typ.class {
+            CLASS_SUCCESS_RESPONSE => Parsed::OtherResponse { tid, success: true },
+            CLASS_ERROR_RESPONSE => Parsed::OtherResponse {
+                tid,
+                success: false,
+            },
+            _ => Parsed::Other,
+        });
     }
     Some(match msg.typ.class {
         CLASS_REQUEST => Parsed::Request {

@@ -1,0 +1,337 @@
+//! TURN relay fallback against coturn in the lab: the hopeless NAT pairs connect through
+//! the relay, cone pairs stay direct, a forced-relay transfer arrives intact, a session
+//! outlives several short allocation lifetimes, and bad relay settings fail clearly.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stunfwd_core::{Engine, Error, PathKind, State};
+use stunfwd_lab::*;
+
+fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) {
+    if skip() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(f).unwrap();
+}
+
+fn relay_json(world: &World, password: &str) -> serde_json::Value {
+    serde_json::json!({
+        "url": format!("turn:{}?transport=udp", world.coturn[0]),
+        "username": TURN_USER,
+        "credential": password,
+    })
+}
+
+struct Outcome {
+    client: Arc<Engine>,
+    server: Arc<Engine>,
+    state: Result<State, Error>,
+    cdev: patchbay::Device,
+    echo_port: u16,
+    millis: f64,
+}
+
+async fn connect(
+    world: &World,
+    server_nat: NatKind,
+    client_nat: NatKind,
+    extra: serde_json::Value,
+) -> anyhow::Result<Outcome> {
+    let (_ra, mut da) = world.site("ra", server_nat, 1, None).await?;
+    let (_rb, mut db) = world.site("rb", client_nat, 1, None).await?;
+    let (sdev, cdev) = (da.pop().unwrap(), db.pop().unwrap());
+    let echo = tcp_echo(&sdev).await?;
+    let room = format!("relay-{}", world.id());
+    let server = Arc::new(start_engine(
+        &sdev,
+        world.config("server", &room, extra.clone()),
+    )?);
+    let mut cextra = extra;
+    cextra["mappings"] = serde_json::json!([format!("tcp:0:{echo}")]);
+    let t = Instant::now();
+    let client = Arc::new(start_engine(&cdev, world.config("client", &room, cextra))?);
+    let c = client.clone();
+    let state =
+        tokio::task::spawn_blocking(move || c.wait_connected(Duration::from_secs(30))).await?;
+    let millis = t.elapsed().as_secs_f64() * 1000.0;
+    let echo_port = client.mappings()[0].listen.port();
+    Ok(Outcome {
+        client,
+        server,
+        state,
+        cdev,
+        echo_port,
+        millis,
+    })
+}
+
+async fn stop(o: Outcome) {
+    let (c, s) = (o.client, o.server);
+    let _ = tokio::task::spawn_blocking(move || {
+        c.stop(Duration::from_secs(2));
+        s.stop(Duration::from_secs(2));
+    })
+    .await;
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 13 + 1) as u8).collect()
+}
+
+#[test]
+fn hopeless_pairs_connect_through_the_relay_and_cone_pairs_stay_direct() {
+    run(async {
+        for (s, c, want) in [
+            (NatKind::Symmetric, NatKind::Symmetric, PathKind::Relay),
+            (NatKind::Symmetric, NatKind::PortRestricted, PathKind::Relay),
+            (NatKind::PortRestricted, NatKind::Symmetric, PathKind::Relay),
+            (
+                NatKind::PortRestricted,
+                NatKind::PortRestricted,
+                PathKind::Direct,
+            ),
+            (
+                NatKind::FullCone,
+                NatKind::AddressRestricted,
+                PathKind::Direct,
+            ),
+        ] {
+            let world = World::new(WorldOptions::default()).await?;
+            let extra = serde_json::json!({ "relay": relay_json(&world, TURN_PASSWORD) });
+            let o = connect(&world, s, c, extra).await?;
+            let state = o
+                .state
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{} / {}: {e}", s.name(), c.name()))?;
+            let State::Connected { path, .. } = state else {
+                anyhow::bail!("unexpected state {state}");
+            };
+            echo_through(&o.cdev, o.echo_port, data(200_000), Duration::from_secs(20)).await?;
+            let stats = o.client.stats();
+            println!(
+                "server behind {}, client behind {}: {} in {:.0} ms, relay {:?}",
+                s.name(),
+                c.name(),
+                path.as_str(),
+                o.millis,
+                stats.relay_server
+            );
+            anyhow::ensure!(
+                *path == want,
+                "{} / {}: path {} instead of {}",
+                s.name(),
+                c.name(),
+                path.as_str(),
+                want.as_str()
+            );
+            if want == PathKind::Relay {
+                anyhow::ensure!(stats.relay_server.is_some(), "stats name the relay");
+            }
+            stop(o).await;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn forced_relay_carries_20_mb_intact() {
+    run(async {
+        let world = World::new(WorldOptions::default()).await?;
+        let extra = serde_json::json!({ "relay": relay_json(&world, TURN_PASSWORD), "relayPolicy": "always" });
+        let o = connect(&world, NatKind::FullCone, NatKind::FullCone, extra).await?;
+        let state = o.state.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::ensure!(
+            matches!(
+                state,
+                State::Connected {
+                    path: PathKind::Relay,
+                    ..
+                }
+            ),
+            "{state}"
+        );
+        let t = Instant::now();
+        echo_through(
+            &o.cdev,
+            o.echo_port,
+            data(20 << 20),
+            Duration::from_secs(60),
+        )
+        .await?;
+        println!(
+            "forced relay: 20 MB echoed intact in {:.1} s ({:.1} MB/s each way), relay {:?}",
+            t.elapsed().as_secs_f64(),
+            20.0 * 1.048_576 / t.elapsed().as_secs_f64(),
+            o.client.stats().relay_server
+        );
+        stop(o).await;
+        Ok(())
+    });
+}
+
+#[test]
+fn relayed_session_outlives_several_allocation_lifetimes() {
+    run(async {
+        let world = World::new(WorldOptions {
+            coturn_args: [
+                "--max-allocate-lifetime",
+                "8",
+                "--channel-lifetime",
+                "8",
+                "--permission-lifetime",
+                "8",
+            ]
+            .map(String::from)
+            .to_vec(),
+        })
+        .await?;
+        let extra = serde_json::json!({ "relay": relay_json(&world, TURN_PASSWORD) });
+        let o = connect(&world, NatKind::Symmetric, NatKind::Symmetric, extra).await?;
+        let state = o.state.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::ensure!(
+            matches!(
+                state,
+                State::Connected {
+                    path: PathKind::Relay,
+                    ..
+                }
+            ),
+            "{state}"
+        );
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            echo_through(&o.cdev, o.echo_port, data(10_000), Duration::from_secs(10)).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let stats = o.client.stats();
+        println!(
+            "relayed for 30 s across 8 s allocation/permission/channel lifetimes: reconnects {}",
+            stats.reconnects
+        );
+        anyhow::ensure!(stats.reconnects == 0, "the relayed tunnel broke");
+        stop(o).await;
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_relay_settings_fail_clearly_without_hanging() {
+    run(async {
+        // Wrong password: the allocating side gives up with a clear reason.
+        let world = World::new(WorldOptions::default()).await?;
+        let extra = serde_json::json!({ "relay": relay_json(&world, "wrong password") });
+        let t = Instant::now();
+        let o = connect(&world, NatKind::Symmetric, NatKind::Symmetric, extra).await?;
+        anyhow::ensure!(o.state.is_err(), "connected with a wrong TURN password");
+        let server_state = o.server.state();
+        println!(
+            "wrong TURN password after {:?}: server {server_state}; client {:?}",
+            t.elapsed(),
+            o.state.as_ref().err()
+        );
+        anyhow::ensure!(
+            matches!(&server_state, State::Failed { reason } if reason.contains("rejected the credentials")),
+            "server state: {server_state}"
+        );
+        stop(o).await;
+        drop(world);
+
+        // Unreachable TURN server: retried with the reason in the state, no hang.
+        let world = World::new(WorldOptions::default()).await?;
+        let extra = serde_json::json!({ "relay": {
+            "url": format!("turn:{}:3999", world.coturn[0].ip()),
+            "username": TURN_USER, "credential": TURN_PASSWORD } });
+        let o = connect(&world, NatKind::Symmetric, NatKind::Symmetric, extra).await?;
+        let server_state = o.server.state();
+        println!("unreachable TURN server: server {server_state}");
+        anyhow::ensure!(
+            matches!(&server_state, State::Reconnecting { reason, .. } if reason.contains("did not answer")),
+            "server state: {server_state}"
+        );
+        stop(o).await;
+        drop(world);
+
+        // Allocation quota: coturn allows one allocation per user; a second pair fails
+        // with 486 and says so.
+        let world = World::new(WorldOptions {
+            coturn_args: vec!["--user-quota".into(), "1".into()],
+        })
+        .await?;
+        let extra = serde_json::json!({ "relay": relay_json(&world, TURN_PASSWORD) });
+        let first = connect(
+            &world,
+            NatKind::Symmetric,
+            NatKind::Symmetric,
+            extra.clone(),
+        )
+        .await?;
+        anyhow::ensure!(
+            first.state.is_ok(),
+            "first relayed pair: {:?}",
+            first.state.as_ref().err()
+        );
+        let (_r, mut d) = world.site("rq", NatKind::Symmetric, 1, None).await?;
+        let third = Arc::new(start_engine(
+            &d.pop().unwrap(),
+            world.config("server", "quota-2", extra),
+        )?);
+        let (_r2, mut d2) = world.site("rq2", NatKind::Symmetric, 1, None).await?;
+        let fourth = Arc::new(start_engine(
+            &d2.pop().unwrap(),
+            world.config("client", "quota-2", serde_json::json!({})),
+        )?);
+        let t = Instant::now();
+        let reason = loop {
+            if let State::Reconnecting { reason, .. } = third.state() {
+                if reason.contains("486") {
+                    break reason;
+                }
+            }
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(20),
+                "no quota error: {}",
+                third.state()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!("second allocation of a one-allocation user: {reason}");
+        let _ = tokio::task::spawn_blocking(move || {
+            third.stop(Duration::from_secs(2));
+            fourth.stop(Duration::from_secs(2));
+        })
+        .await;
+        stop(first).await;
+        Ok(())
+    });
+}
+
+#[test]
+fn relay_policy_never_fails_with_no_path_even_with_a_relay_configured() {
+    run(async {
+        let world = World::new(WorldOptions::default()).await?;
+        let extra = serde_json::json!({ "relay": relay_json(&world, TURN_PASSWORD), "relayPolicy": "never" });
+        let o = connect(&world, NatKind::Symmetric, NatKind::Symmetric, extra).await?;
+        match &o.state {
+            Err(Error::NoPath {
+                local_nat,
+                peer_nat,
+            }) => {
+                println!(
+                    "relayPolicy never: NoPath ({local_nat} / {peer_nat}) after {:.0} ms",
+                    o.millis
+                );
+                anyhow::ensure!(o.millis < 10_000.0, "NoPath must come quickly");
+            }
+            other => anyhow::bail!("expected NoPath, got {other:?}"),
+        }
+        stop(o).await;
+        Ok(())
+    });
+}
