@@ -187,6 +187,8 @@ struct PeerInfo {
     addr: Option<SocketAddr>,
     nat: Option<String>,
     offer_id: Option<String>,
+    /// The offer the current tunnel was built from.
+    offer: Option<Offer>,
 }
 
 struct StateCell {
@@ -770,7 +772,15 @@ async fn stun_dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<StunDatagram>
                 .first()
                 .is_some_and(|b| message::is_stun_first_byte(*b))
             {
-                handle_stun(&shared, StunDatagram { from: peer, data }).await;
+                handle_stun(
+                    &shared,
+                    StunDatagram {
+                        from: peer,
+                        data,
+                        relayed: true,
+                    },
+                )
+                .await;
             } else {
                 socket.inject(peer, data);
             }
@@ -812,7 +822,14 @@ async fn handle_stun(shared: &Arc<Shared>, d: StunDatagram) {
                 return;
             }
             let reply = message::binding_success(tid, d.from, Some(&shared.password));
-            let _ = shared.agent.socket().send_to(&reply, d.from).await;
+            // Answer on the path the check came in on: a direct check probes the
+            // direct path even while the tunnel is relayed.
+            let socket = shared.agent.socket();
+            let _ = if d.relayed {
+                socket.send_to(&reply, d.from).await
+            } else {
+                socket.send_direct(&reply, d.from).await
+            };
             let prflx = lock(&shared.prflx).clone();
             if let Some((peer_id, tx)) = prflx {
                 if peer_id == from_id {
@@ -1219,6 +1236,7 @@ async fn connect_once(
             "peer offer carries an invalid fingerprint".into(),
         ));
     };
+    lock(&shared.peer).offer = Some(peer.clone());
     let turn = lock(&shared.turn).clone();
     if let Some(turn) = turn {
         // Let the peer's packets in through our relay (permissions are per IP).
@@ -1260,6 +1278,7 @@ async fn connect_once(
         remote,
         timeout: shared.config.punch_timeout,
         keep_going: shared.role == Role::Server,
+        direct: false,
     };
     let result = match shared.role {
         Role::Client => {
@@ -1363,6 +1382,13 @@ async fn run_connected(
             conn.clone(),
             shared.ctx.flows.clone(),
         ));
+        if path == PathKind::Relay {
+            tokio::spawn(upgrade_to_direct(
+                shared.clone(),
+                conn.clone(),
+                conn_token.clone(),
+            ));
+        }
         if shared.role == Role::Server {
             let (c, ctx, t) = (conn.clone(), shared.ctx.clone(), conn_token.clone());
             tokio::spawn(async move {
@@ -1412,12 +1438,25 @@ async fn run_connected(
                     // quinn follows a peer whose NAT mapping changed (QUIC migration);
                     // report the new address and count the change.
                     let now = conn.remote_address();
-                    if now != current {
-                        tracing::info!(room = %shared.config.room, old = %current, new = %now, "tunnel path changed");
+                    let (offer, reported) = {
+                        let p = lock(&shared.peer);
+                        (p.offer.clone(), p.path)
+                    };
+                    let new_path = match (shared.role, offer) {
+                        // The client's own upgrade reports itself; its address is aliased.
+                        (Role::Client, _) | (_, None) => reported.unwrap_or(path),
+                        (Role::Server, Some(o)) => candidate_kind(shared, &o, now),
+                    };
+                    if now != current || Some(new_path) != reported {
+                        tracing::info!(room = %shared.config.room, old = %current, new = %now, path = new_path.as_str(), "tunnel path changed");
                         current = now;
                         shared.path_changes.fetch_add(1, Ordering::Relaxed);
-                        lock(&shared.peer).addr = Some(now);
-                        shared.set_state(State::Connected { path, peer: now });
+                        {
+                            let mut p = lock(&shared.peer);
+                            p.addr = Some(now);
+                            p.path = Some(new_path);
+                        }
+                        shared.set_state(State::Connected { path: new_path, peer: now });
                     }
                 }
             }
@@ -1437,6 +1476,67 @@ async fn run_connected(
                 conn = new_conn;
             }
         }
+    }
+}
+
+/// While relayed, keeps probing the peer's direct candidates (2 s, 4 s, … 60 s apart).
+/// When one answers straight back, the connection's packets are aliased to it: the
+/// same QUIC connection carries on directly and the peer's side migrates to the new
+/// path when our packets arrive on it. Live streams are not interrupted.
+async fn upgrade_to_direct(shared: Arc<Shared>, conn: quinn::Connection, token: CancellationToken) {
+    let Some(offer) = lock(&shared.peer).offer.clone() else {
+        return;
+    };
+    let direct: Vec<SocketAddr> =
+        offer.candidates[..offer.candidates.len() - offer.relay_count].to_vec();
+    let remote = punch::usable_candidates(shared.local_addr, &direct);
+    if remote.is_empty() || shared.config.relay_policy == RelayPolicy::Always {
+        return;
+    }
+    let mut wait = Duration::from_secs(2);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let punch = Punch {
+            our_id: shared.our_id.clone(),
+            peer_id: offer.id.clone(),
+            password: shared.password.clone(),
+            remote: remote.clone(),
+            timeout: Duration::from_secs(2),
+            keep_going: false,
+            direct: true,
+        };
+        let (_tx, rx) = mpsc::channel(1);
+        let found = punch.run(shared.agent.clone(), rx).await;
+        if shared.role == Role::Server {
+            // The server's probes open its own NAT toward the client; the client moves
+            // the connection, and we follow when its packets arrive directly.
+            if lock(&shared.peer).path != Some(PathKind::Relay) {
+                return;
+            }
+            wait = (wait * 2).min(Duration::from_secs(60));
+            continue;
+        }
+        if let Some(sel) = found {
+            let conn_addr = conn.remote_address();
+            shared.agent.socket().alias(conn_addr, sel.remote);
+            let path = candidate_kind(&shared, &offer, sel.remote);
+            tracing::info!(room = %shared.config.room, from = %conn_addr, to = %sel.remote, "tunnel upgraded from relay to a direct path");
+            shared.path_changes.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut p = lock(&shared.peer);
+                p.path = Some(path);
+                p.addr = Some(sel.remote);
+            }
+            shared.set_state(State::Connected {
+                path,
+                peer: sel.remote,
+            });
+            return;
+        }
+        wait = (wait * 2).min(Duration::from_secs(60));
     }
 }
 

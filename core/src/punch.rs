@@ -38,6 +38,9 @@ pub(crate) struct Punch {
     /// Keep checking after a success (the server role keeps its NAT open until the
     /// client's QUIC handshake arrives).
     pub keep_going: bool,
+    /// Probe the direct path only: send straight (never through the relay) and count
+    /// only answers that come straight back from the address checked.
+    pub direct: bool,
 }
 
 /// A succeeded pair.
@@ -131,6 +134,9 @@ impl Punch {
                     if !r.success || !message::verify_integrity(&r.raw, &self.password) {
                         continue;
                     }
+                    if self.direct && r.from != self.remote[index] {
+                        continue;
+                    }
                     if !successes.iter().any(|s| s.index == index) {
                         tracing::debug!(remote = %self.remote[index], answered_from = %r.from, index, after = ?started.elapsed(), "pair succeeded");
                         successes.push(Selected { remote: self.remote[index], index });
@@ -164,7 +170,12 @@ impl Punch {
         agent.register(tid, tx.clone());
         tids.insert(tid, index);
         let request = message::check_request(tid, username, &self.password);
-        if let Err(e) = agent.socket().send_to(&request, addr).await {
+        let sent = if self.direct {
+            agent.socket().send_direct(&request, addr).await
+        } else {
+            agent.socket().send_to(&request, addr).await
+        };
+        if let Err(e) = sent {
             tracing::trace!(%addr, error = %e, "check send failed");
         }
     }

@@ -29,6 +29,8 @@ use crate::stun::message::is_stun_first_byte;
 pub(crate) struct StunDatagram {
     pub from: SocketAddr,
     pub data: Vec<u8>,
+    /// It came through our TURN relay (not straight from `from`).
+    pub relayed: bool,
 }
 
 /// How to reach peers through a TURN relay.
@@ -40,6 +42,10 @@ struct Routes {
     via: HashSet<SocketAddr>,
     channels: HashMap<SocketAddr, u16>,
     by_channel: HashMap<u16, SocketAddr>,
+    /// A connection's peer address → where its packets really go now (after an
+    /// upgrade from relay to direct), and back.
+    alias: HashMap<SocketAddr, SocketAddr>,
+    unalias: HashMap<SocketAddr, SocketAddr>,
 }
 
 /// Wraps quinn's socket and diverts STUN datagrams to a channel. With a TURN
@@ -111,6 +117,26 @@ impl DemuxSocket {
         r.server.is_some() && r.via.insert(peer)
     }
 
+    /// Packets for `conn_addr` go to `real` (directly), and packets from `real` are
+    /// presented as coming from `conn_addr`: how a relayed connection moves to a direct
+    /// path without the QUIC connection noticing on our side.
+    pub fn alias(&self, conn_addr: SocketAddr, real: SocketAddr) {
+        let mut r = write(&self.routes);
+        r.via.remove(&real);
+        if conn_addr == real {
+            r.via.remove(&conn_addr);
+            return;
+        }
+        r.alias.insert(conn_addr, real);
+        r.unalias.insert(real, conn_addr);
+    }
+
+    /// Sends one datagram straight to `to`, ignoring relay routes (connectivity checks
+    /// that probe the direct path, and answers on the path a check came in on).
+    pub async fn send_direct(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
+        self.send_raw(data, to).await
+    }
+
     /// True when packets to `peer` go through the relay.
     pub fn is_via_relay(&self, peer: SocketAddr) -> bool {
         read(&self.routes).via.contains(&peer)
@@ -155,11 +181,24 @@ impl DemuxSocket {
         if data.is_empty() {
             return Ok(());
         }
+        let to = self.real(to);
         let wrapped = self.encapsulate(to, data);
         let (to, data) = match &wrapped {
             Some((server, framed)) => (*server, framed.as_slice()),
             None => (to, data),
         };
+        self.send_raw(data, to).await
+    }
+
+    fn real(&self, to: SocketAddr) -> SocketAddr {
+        let r = read(&self.routes);
+        if r.alias.is_empty() {
+            return to;
+        }
+        r.alias.get(&to).copied().unwrap_or(to)
+    }
+
+    async fn send_raw(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
         let transmit = Transmit {
             destination: to,
             ecn: None,
@@ -183,10 +222,11 @@ impl DemuxSocket {
         ))
     }
 
-    fn divert(&self, from: SocketAddr, data: &[u8]) {
+    fn divert(&self, from: SocketAddr, data: &[u8], relayed: bool) {
         let datagram = StunDatagram {
             from,
             data: data.to_vec(),
+            relayed,
         };
         if self.stun_tx.try_send(datagram).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -200,6 +240,16 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let real = self.real(transmit.destination);
+        if real != transmit.destination && !self.is_via_relay(real) {
+            return self.inner.try_send(&Transmit {
+                destination: real,
+                ecn: transmit.ecn,
+                contents: transmit.contents,
+                segment_size: transmit.segment_size,
+                src_ip: transmit.src_ip,
+            });
+        }
         if !self.is_via_relay(transmit.destination) {
             return self.inner.try_send(transmit);
         }
@@ -256,6 +306,7 @@ impl AsyncUdpSocket for DemuxSocket {
             let mut kept = 0;
             for i in 0..n {
                 let mut m = meta[i];
+                let mut through_relay = false;
                 // ChannelData from our TURN server: unwrap it and make it look like it
                 // came straight from the peer.
                 if Some(m.addr) == relay && m.len > 0 && (0x40..=0x4f).contains(&bufs[i][0]) {
@@ -268,13 +319,14 @@ impl AsyncUdpSocket for DemuxSocket {
                     };
                     bufs[i].copy_within(4..4 + len, 0);
                     if bufs[i].first().is_some_and(|b| is_stun_first_byte(*b)) {
-                        self.divert(peer, &bufs[i][..len]);
+                        self.divert(peer, &bufs[i][..len], true);
                         continue;
                     }
                     m.addr = peer;
                     m.len = len;
                     m.stride = len;
                     meta[i] = m;
+                    through_relay = true;
                 }
                 let stride = m.stride.max(1);
                 let mut all_stun = true;
@@ -282,7 +334,7 @@ impl AsyncUdpSocket for DemuxSocket {
                     let end = (start + stride).min(m.len);
                     let segment = &bufs[i][start..end];
                     if segment.first().is_some_and(|b| is_stun_first_byte(*b)) {
-                        self.divert(m.addr, segment);
+                        self.divert(m.addr, segment, false);
                     } else {
                         all_stun = false;
                     }
@@ -291,6 +343,21 @@ impl AsyncUdpSocket for DemuxSocket {
                 // STUN segments as unparsable, the QUIC ones are kept.
                 if all_stun && m.len > 0 {
                     continue;
+                }
+                if !through_relay && Some(m.addr) != relay {
+                    let (was_relayed, alias) = {
+                        let r = read(&self.routes);
+                        (r.via.contains(&m.addr), r.unalias.get(&m.addr).copied())
+                    };
+                    // QUIC straight from a peer we relay to: the peer moved to the direct
+                    // path; answer it there (latest path wins).
+                    if was_relayed {
+                        write(&self.routes).via.remove(&m.addr);
+                    }
+                    if let Some(conn_addr) = alias {
+                        m.addr = conn_addr;
+                        meta[i] = m;
+                    }
                 }
                 if kept != i {
                     let (head, tail) = bufs.split_at_mut(i);

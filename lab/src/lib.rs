@@ -393,6 +393,20 @@ impl World {
         Ok(())
     }
 
+    /// Drops UDP between `router`'s network and `other` (a peer site's public IP) in
+    /// `router`'s namespace, leaving everything else (the rendezvous, coturn) alone.
+    pub async fn block_udp(&self, router: &Router, other: IpAddr) -> Result<()> {
+        let rules = format!(
+            "table inet stunfwd_block {{\n chain blocked {{\n  type filter hook forward priority -20; policy accept;\n  ip daddr {other} meta l4proto udp drop\n  ip saddr {other} meta l4proto udp drop\n }}\n}}\n"
+        );
+        nft(router, &rules).await
+    }
+
+    /// Removes the rule of [`World::block_udp`].
+    pub async fn unblock_udp(&self, router: &Router) -> Result<()> {
+        nft(router, "delete table inet stunfwd_block\n").await
+    }
+
     /// True when this kernel has `sch_netem` (delay and loss with tc).
     pub fn netem_available() -> bool {
         std::path::Path::new("/sys/module/sch_netem").exists()
@@ -431,6 +445,24 @@ impl Drop for World {
         drop(self.signal.take());
         self.lab.cleanup();
     }
+}
+
+/// Runs an nftables script in `router`'s namespace.
+async fn nft(router: &Router, rules: &str) -> Result<()> {
+    let mut cmd = tokio::process::Command::new("nft");
+    cmd.args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    let mut child = router.spawn_command(cmd)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(rules.as_bytes()).await?;
+    }
+    let status = child.wait().await?;
+    if !status.success() {
+        bail!("nft rules failed: {rules}");
+    }
+    Ok(())
 }
 
 /// Starts an engine inside `dev`'s network namespace (its runtime threads, sockets and

@@ -335,3 +335,108 @@ fn relay_policy_never_fails_with_no_path_even_with_a_relay_configured() {
         Ok(())
     });
 }
+
+#[test]
+fn relayed_tunnel_moves_to_direct_when_the_direct_path_opens() {
+    run(async {
+        let world = World::new(WorldOptions::default()).await?;
+        let (ra, mut da) = world.site("ua", NatKind::PortRestricted, 1, None).await?;
+        let (rb, mut db) = world.site("ub", NatKind::PortRestricted, 1, None).await?;
+        let (sdev, cdev) = (da.pop().unwrap(), db.pop().unwrap());
+        let b_ip = std::net::IpAddr::V4(rb.uplink_ip().unwrap());
+        // Punching is blocked between the two sites; the relay is reachable.
+        world.block_udp(&ra, b_ip).await?;
+        let echo = tcp_echo(&sdev).await?;
+        let extra =
+            serde_json::json!({ "relay": relay_json(&world, TURN_PASSWORD), "punchTimeout": "3s" });
+        let server = Arc::new(start_engine(
+            &sdev,
+            world.config("server", "upgrade", extra.clone()),
+        )?);
+        let mut cextra = extra;
+        cextra["mappings"] = serde_json::json!([format!("tcp:0:{echo}")]);
+        let client = Arc::new(start_engine(
+            &cdev,
+            world.config("client", "upgrade", cextra),
+        )?);
+        let c = client.clone();
+        let state = tokio::task::spawn_blocking(move || c.wait_connected(Duration::from_secs(40)))
+            .await??;
+        anyhow::ensure!(
+            matches!(
+                state,
+                State::Connected {
+                    path: PathKind::Relay,
+                    ..
+                }
+            ),
+            "started {state}"
+        );
+        let port = client.mappings()[0].listen.port();
+        // A TCP connection that lives across the switch: one echo every 100 ms.
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let live = cdev.spawn_thread(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut rounds = 0u32;
+            while stop_rx.try_recv().is_err() {
+                let msg = format!("round {rounds:06}");
+                s.write_all(msg.as_bytes())?;
+                let mut got = vec![0u8; msg.len()];
+                s.read_exact(&mut got)?;
+                anyhow::ensure!(got == msg.as_bytes(), "echo differs in round {rounds}");
+                rounds += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(rounds)
+        })?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        world.unblock_udp(&ra).await?;
+        let lifted = Instant::now();
+        loop {
+            if matches!(
+                client.state(),
+                State::Connected {
+                    path: PathKind::Direct,
+                    ..
+                }
+            ) {
+                break;
+            }
+            anyhow::ensure!(
+                lifted.elapsed() < Duration::from_secs(40),
+                "still {} after the block was lifted",
+                client.state()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let upgraded_after = lifted.elapsed();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = stop_tx.send(());
+        let rounds = tokio::task::spawn_blocking(move || live.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("live connection thread panicked"))??;
+        let (cs, ss) = (client.stats(), server.stats());
+        println!(
+            "relay -> direct {upgraded_after:?} after the block was lifted; live TCP connection: {rounds} echo rounds without a break; client path {:?} changes {}, server path {:?}, reconnects {}",
+            cs.path, cs.path_changes, ss.path, cs.reconnects
+        );
+        anyhow::ensure!(
+            cs.reconnects == 0 && ss.reconnects == 0,
+            "the same connection must continue"
+        );
+        anyhow::ensure!(cs.path_changes >= 1);
+        anyhow::ensure!(
+            ss.path == Some(PathKind::Direct),
+            "server path {:?}",
+            ss.path
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            client.stop(Duration::from_secs(2));
+            server.stop(Duration::from_secs(2));
+        })
+        .await;
+        Ok(())
+    });
+}

@@ -3,6 +3,7 @@
 //! not (the plain PHP mailbox). One keep-alive HTTP client serves the engine's whole
 //! life.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// Floor of the backoff start, so a zero setting cannot busy-loop.
 const BACKOFF_FLOOR: Duration = Duration::from_millis(10);
+
+/// Longest `Retry-After` honoured; a server asking for more is retried after this.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
 
 /// Time allowed on top of the asked `wait` for one request.
 const REQUEST_SLACK: Duration = Duration::from_secs(10);
@@ -50,12 +54,26 @@ impl SignalClient {
     /// A client for `room` on the mailbox at `url` (`http://` or `https://`; an
     /// existing query string is kept). `backoff_start` is the first backoff step against
     /// servers that do not long-poll (at least 10 ms is used); `requests` is incremented
-    /// once per HTTP request sent.
+    /// once per HTTP request sent. An `https://` server is verified against the
+    /// system's root certificates.
     pub fn new(
         url: &str,
         room: &str,
         backoff_start: Duration,
         requests: Arc<AtomicU64>,
+    ) -> Result<SignalClient> {
+        SignalClient::with_ca_file(url, room, backoff_start, requests, None)
+    }
+
+    /// Like [`SignalClient::new`], but when `ca_file` is given an `https://` server is
+    /// verified against the CA certificates in that PEM file only (the `signalCaFile`
+    /// setting), e.g. a private CA, instead of the system's roots.
+    pub fn with_ca_file(
+        url: &str,
+        room: &str,
+        backoff_start: Duration,
+        requests: Arc<AtomicU64>,
+        ca_file: Option<&Path>,
     ) -> Result<SignalClient> {
         let parsed = Url::parse(url).map_err(|e| {
             Error::config(
@@ -81,10 +99,17 @@ impl SignalClient {
                 format!("a name of 1 to {MAX_ROOM_LEN} bytes"),
             ));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .pool_idle_timeout(POOL_IDLE)
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("stunfwd/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("stunfwd/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_file {
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in read_ca_file(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::Signal(format!("cannot create the HTTP client: {e}")))?;
         Ok(SignalClient {
@@ -151,27 +176,41 @@ impl SignalClient {
         wait: Option<Duration>,
         since: Option<u64>,
     ) -> Result<Option<(String, Option<u64>)>> {
+        self.get_once(role, wait, since).await.map_err(|(e, _)| e)
+    }
+
+    /// [`SignalClient::get`], also returning the server's `Retry-After` with an error.
+    async fn get_once(
+        &self,
+        role: Role,
+        wait: Option<Duration>,
+        since: Option<u64>,
+    ) -> Result<Option<(String, Option<u64>)>, (Error, Option<Duration>)> {
         let wait_secs = wait.map(|w| w.as_secs()).filter(|s| *s > 0);
         let url = self.query_url(role, wait_secs, since);
         let timeout = Duration::from_secs(wait_secs.unwrap_or(0)) + REQUEST_SLACK;
         let req = self.http.get(url).timeout(timeout);
-        let resp = self.send(req, "GET").await?;
+        let resp = self.send(req, "GET").await.map_err(|e| (e, None))?;
         let status = resp.status();
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let version = resp
-            .headers()
-            .get(VERSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let text = read_body(resp).await?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let version = header(VERSION_HEADER);
+        let retry_after = header(reqwest::header::RETRY_AFTER.as_str()).map(Duration::from_secs);
+        let text = read_body(resp).await.map_err(|e| (e, None))?;
         if !status.is_success() {
-            return Err(Error::Signal(format!(
+            let e = Error::Signal(format!(
                 "GET of role {role} in room `{}` failed: {status}: {}",
                 self.room,
                 snippet(&text)
-            )));
+            ));
+            return Err((e, retry_after));
         }
         Ok(unwrap_data(text).map(|data| (data, version)))
     }
@@ -184,7 +223,8 @@ impl SignalClient {
     /// with exponential backoff (the configured start, ×2 per consecutive fast answer, at
     /// most 5 s). Rejected data is not fetched again: the next GET passes `since`, or,
     /// against a server without versions, waits a backoff step first. HTTP errors are
-    /// retried with the same backoff. Never busy-loops; cancel by dropping the future.
+    /// retried with the same backoff, or after the server's `Retry-After` (429, 503) when
+    /// that is longer. Never busy-loops; cancel by dropping the future.
     pub async fn wait_for<T>(
         &self,
         role: Role,
@@ -204,7 +244,8 @@ impl SignalClient {
             let remaining = deadline - now;
             let wait = LONG_POLL.min(remaining);
             let asked = Duration::from_secs(wait.as_secs());
-            let got = tokio::time::timeout_at(deadline, self.get(role, Some(wait), since)).await;
+            let got =
+                tokio::time::timeout_at(deadline, self.get_once(role, Some(wait), since)).await;
             let elapsed = now.elapsed();
             let pause = match got {
                 Err(_) => break,
@@ -234,10 +275,12 @@ impl SignalClient {
                         None
                     }
                 }
-                Ok(Err(e)) => {
+                Ok(Err((e, retry_after))) => {
                     tracing::debug!(room = %self.room, %role, error = %e, "rendezvous request failed; retrying");
                     last_problem = Some(e.to_string());
-                    Some(next_backoff(&mut backoff))
+                    // A busy server (429, 503) says when to come back; do not come sooner.
+                    let asked = retry_after.unwrap_or_default().min(RETRY_AFTER_CAP);
+                    Some(next_backoff(&mut backoff).max(asked))
                 }
             };
             if let Some(pause) = pause {
@@ -287,6 +330,26 @@ impl SignalClient {
         }
         url
     }
+}
+
+/// The CA certificates of a PEM bundle, for `signalCaFile`.
+fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    const EXPECTED: &str = "a readable PEM file with one or more CA certificates";
+    let invalid = |problem: String| {
+        Error::config(
+            "signalCaFile",
+            path.display().to_string(),
+            problem,
+            EXPECTED,
+        )
+    };
+    let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot be read ({e})")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| invalid(format!("is not PEM ({})", error_chain(&e))))?;
+    if certs.is_empty() {
+        return Err(invalid("holds no CERTIFICATE block".into()));
+    }
+    Ok(certs)
 }
 
 /// Returns the current backoff step and doubles it for next time, up to the cap.
@@ -388,6 +451,25 @@ mod tests {
         assert!(SignalClient::new("http://x/", &"r".repeat(129), Duration::ZERO, n()).is_err());
         let c = SignalClient::new("https://x/", &"r".repeat(128), Duration::ZERO, n()).unwrap();
         assert_eq!(c.backoff_start, BACKOFF_FLOOR);
+    }
+
+    #[test]
+    fn ca_file_errors_name_the_key() {
+        let n = Arc::<AtomicU64>::default;
+        let missing = Path::new("/nonexistent/ca.pem");
+        let err = SignalClient::with_ca_file("https://x/", "r", Duration::ZERO, n(), Some(missing))
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { key, .. } if key == "signalCaFile"),
+            "{err}"
+        );
+        let empty =
+            std::env::temp_dir().join(format!("stunfwd-empty-ca-{}.pem", std::process::id()));
+        std::fs::write(&empty, "no certificates here\n").unwrap();
+        let err = SignalClient::with_ca_file("https://x/", "r", Duration::ZERO, n(), Some(&empty))
+            .unwrap_err();
+        let _ = std::fs::remove_file(&empty);
+        assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
     }
 
     #[test]

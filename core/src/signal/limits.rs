@@ -212,8 +212,12 @@ mod tests {
         let retry = l.check(ip("10.0.0.1"), t0).unwrap_err();
         assert!(retry > Duration::ZERO && retry <= Duration::from_millis(100));
         assert!(l.check(ip("10.0.0.2"), t0).is_ok(), "per client");
-        assert!(l.check(ip("10.0.0.1"), t0 + Duration::from_millis(100)).is_ok());
-        assert!(l.check(ip("10.0.0.1"), t0 + Duration::from_millis(100)).is_err());
+        assert!(l
+            .check(ip("10.0.0.1"), t0 + Duration::from_millis(100))
+            .is_ok());
+        assert!(l
+            .check(ip("10.0.0.1"), t0 + Duration::from_millis(100))
+            .is_err());
         // Refilled completely after burst / rate, and then forgotten by the sweep.
         l.sweep(t0 + Duration::from_secs(1));
         assert_eq!(l.tracked(), 0);
@@ -235,14 +239,19 @@ mod tests {
         let s = Slots::new(3, 2);
         let a1 = s.take(ip("10.0.0.1")).unwrap();
         let _a2 = s.take(ip("10.0.0.1")).unwrap();
-        assert_eq!(s.take(ip("10.0.0.1")).unwrap_err(), SlotRefused::PerClient(2));
+        assert_eq!(
+            s.take(ip("10.0.0.1")).unwrap_err(),
+            SlotRefused::PerClient(2)
+        );
         let _b1 = s.take(ip("10.0.0.2")).unwrap();
         assert_eq!(s.take(ip("10.0.0.3")).unwrap_err(), SlotRefused::Total(3));
         drop(a1);
         assert_eq!(s.held(), 2);
         let _c = s.take(ip("10.0.0.3")).unwrap();
         let unlimited = Slots::new(0, 0);
-        let many: Vec<_> = (0..100).map(|_| unlimited.take(ip("10.0.0.1")).unwrap()).collect();
+        let many: Vec<_> = (0..100)
+            .map(|_| unlimited.take(ip("10.0.0.1")).unwrap())
+            .collect();
         assert_eq!(unlimited.held(), 100);
         drop(many);
         assert_eq!(unlimited.held(), 0);

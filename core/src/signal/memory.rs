@@ -110,7 +110,13 @@ impl MemoryStore {
         before - inner.rooms.len()
     }
 
-    fn post_now(&self, name: &str, role: Role, data: String, now: Instant) -> Result<u64, StoreError> {
+    fn post_now(
+        &self,
+        name: &str,
+        role: Role,
+        data: String,
+        now: Instant,
+    ) -> Result<u64, StoreError> {
         let mut inner = self.lock();
         let exists = self.live(&mut inner, name, now).is_some();
         let old = inner
@@ -161,7 +167,9 @@ impl MemoryStore {
         let Some(room) = self.live(&mut inner, name, now) else {
             return;
         };
-        let freed = room.mailboxes[slot(role)].take().map_or(0, |(d, _)| d.len());
+        let freed = room.mailboxes[slot(role)]
+            .take()
+            .map_or(0, |(d, _)| d.len());
         let empty = room.mailboxes.iter().all(Option::is_none);
         inner.bytes -= freed;
         if empty && !self.notifier.has_waiters(name) {
@@ -266,7 +274,8 @@ mod tests {
         let s = store(100, 10);
         let t0 = Instant::now();
         s.post_now("r", Role::Client, "12345".into(), t0).unwrap(); // 1 + 5
-        s.post_now("r", Role::Client, "123456789".into(), t0).unwrap(); // 1 + 9
+        s.post_now("r", Role::Client, "123456789".into(), t0)
+            .unwrap(); // 1 + 9
         assert!(s.post_now("r", Role::Server, "1".into(), t0).is_err());
         assert!(s.post_now("q", Role::Server, "".into(), t0).is_err());
         s.delete_now("r", Role::Client, t0);

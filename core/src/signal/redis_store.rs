@@ -189,9 +189,7 @@ impl RedisStore {
             .map_err(|e| cannot(&e))?;
 
         let pattern = format!("{}posted:*", glob_escape(prefix));
-        let pubsub = subscribe(&client, &pattern)
-            .await
-            .map_err(|e| cannot(&e))?;
+        let pubsub = subscribe(&client, &pattern).await.map_err(|e| cannot(&e))?;
         let channel_prefix = format!("{prefix}posted:");
         let listener = tokio::spawn(listen(
             client,
@@ -213,7 +211,10 @@ impl RedisStore {
             count: redis::Script::new(COUNT_SCRIPT),
             listener,
         };
-        store.maintain().await.map_err(|e| cannot(&format!("{e:?}")))?;
+        store
+            .maintain()
+            .await
+            .map_err(|e| cannot(&format!("{e:?}")))?;
         Ok(store)
     }
 
@@ -230,7 +231,10 @@ impl RedisStore {
     }
 }
 
-async fn subscribe(client: &redis::Client, pattern: &str) -> redis::RedisResult<redis::aio::PubSub> {
+async fn subscribe(
+    client: &redis::Client,
+    pattern: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.psubscribe(pattern).await?;

@@ -169,13 +169,21 @@ mod tests {
             b"\xff\xfe",
             b"",
         ] {
-            assert!(parse_post(body, 3).is_err(), "{}", String::from_utf8_lossy(body));
+            assert!(
+                parse_post(body, 3).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
     #[test]
     fn queries() {
-        let q = parse_query("room=my+room%2F%C3%BC&role=client&wait=2.5&since=7&x=y", 128).unwrap();
+        let q = parse_query(
+            "room=my+room%2F%C3%BC&role=client&wait=2.5&since=7&x=y",
+            128,
+        )
+        .unwrap();
         assert_eq!(q.room, "my room/ü");
         assert_eq!(q.role, Role::Client);
         assert_eq!(q.wait, Some(Duration::from_millis(2500)));

@@ -34,8 +34,8 @@ use super::memory::MemoryStore;
 use super::metrics::{self, Counters, Gauges};
 use super::redis_store::RedisStore;
 use super::request::{self, BadRequest};
-use super::store::{Notifier, Store, StoreError};
 pub use super::store::StoreConfig;
+use super::store::{Notifier, Store, StoreError};
 pub use super::tls::TlsFiles;
 use crate::stun::responder::StunResponder;
 use crate::{Error, Result};
@@ -236,8 +236,7 @@ impl SignalServer {
             kill.clone(),
         ));
 
-        let mut sweep_every =
-            (config.room_ttl / 2).clamp(MIN_SWEEP_INTERVAL, MAX_SWEEP_INTERVAL);
+        let mut sweep_every = (config.room_ttl / 2).clamp(MIN_SWEEP_INTERVAL, MAX_SWEEP_INTERVAL);
         if matches!(config.store, StoreConfig::Redis { .. }) {
             sweep_every = sweep_every.min(REDIS_COUNT_INTERVAL);
         }
@@ -342,8 +341,7 @@ impl SignalServer {
                 "rendezvous server did not drain within {timeout:?}; aborting"
             );
             self.kill.cancel();
-            let _ = tokio::time::timeout(Duration::from_millis(500), self.connections.wait())
-                .await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.connections.wait()).await;
         }
     }
 }
@@ -466,6 +464,11 @@ impl Shared {
     }
 }
 
+/// Resolves once shutdown has begun (or the server handle is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
 /// Accepts connections until shutdown, each on its own tracked task.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
@@ -476,16 +479,17 @@ async fn accept_loop(
 ) {
     let mut shutdown = shared.shutdown.clone();
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "rendezvous: accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-            _ = shutdown.wait_for(|stop| *stop) => return,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped(&mut shutdown) => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "rendezvous: accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
         };
         // Connection caps count the TCP peer: X-Forwarded-For is per request.
         let slot = match shared.connections.take(peer.ip()) {
@@ -508,10 +512,8 @@ async fn accept_loop(
             match tls {
                 None => serve_connection(tcp, peer, shared, kill).await,
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        shared.config.header_timeout,
-                        acceptor.accept(tcp),
-                    );
+                    let handshake =
+                        tokio::time::timeout(shared.config.header_timeout, acceptor.accept(tcp));
                     let stream = tokio::select! {
                         r = handshake => r,
                         _ = kill.cancelled() => return,
@@ -564,7 +566,7 @@ where
                 }
                 return;
             }
-            _ = shutdown.wait_for(|stop| *stop), if !draining => {
+            _ = stopped(&mut shutdown), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
@@ -679,7 +681,7 @@ async fn post(shared: &Shared, req: Request<Body>) -> Response {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Some(e.to_string()))?;
             if bytes.len() + chunk.len() > max_body {
-                return Err(None);
+                return Err(None::<String>);
             }
             bytes.extend_from_slice(&chunk);
         }
@@ -747,9 +749,7 @@ async fn get(shared: &Shared, client: IpAddr, q: request::Query) -> Response {
     loop {
         match shared.store.get(&q.room, q.role).await {
             // Versions never repeat, so "differs from since" means "newer".
-            Ok(Some((data, version))) if q.since != Some(version) => {
-                return found(data, version)
-            }
+            Ok(Some((data, version))) if q.since != Some(version) => return found(data, version),
             Ok(_) => {}
             Err(e) => return store_error(e),
         }
@@ -760,7 +760,7 @@ async fn get(shared: &Shared, client: IpAddr, q: request::Query) -> Response {
         tokio::select! {
             _ = waiter.changed() => {}
             _ = tokio::time::sleep_until((now + RECHECK).min(deadline)) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return not_found(),
+            _ = stopped(&mut shutdown) => return not_found(),
         }
     }
 }
@@ -842,7 +842,10 @@ mod tests {
         h.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
         h.append("x-forwarded-for", "3.3.3.3 , 4.4.4.4".parse().unwrap());
         assert_eq!(client_ip(peer, &h, false), peer.ip());
-        assert_eq!(client_ip(peer, &h, true), "4.4.4.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, &h, true),
+            "4.4.4.4".parse::<IpAddr>().unwrap()
+        );
         let mut bad = HeaderMap::new();
         bad.insert("x-forwarded-for", "unknown".parse().unwrap());
         assert_eq!(client_ip(peer, &bad, true), peer.ip());
