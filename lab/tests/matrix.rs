@@ -24,8 +24,17 @@ struct Cell {
 
 /// One cell: the server-role peer behind `a`, the client-role peer behind `b` (or both
 /// behind one port-restricted NAT with hairpinning off when `same_lan`).
-async fn cell(a: NatKind, b: NatKind, same_lan: bool) -> anyhow::Result<Cell> {
+async fn cell(a: NatKind, b: NatKind, same_lan: bool, relay: bool) -> anyhow::Result<Cell> {
     let world = World::new(WorldOptions::default()).await?;
+    let extra = if relay {
+        serde_json::json!({ "relay": {
+            "url": format!("turn:{}", world.coturn[0]),
+            "username": TURN_USER,
+            "credential": TURN_PASSWORD,
+        } })
+    } else {
+        serde_json::json!({})
+    };
     let (sdev, cdev) = if same_lan {
         let (_r, mut devs) = world.site("lan", NatKind::PortRestricted, 2, None).await?;
         let c = devs.pop().expect("two devices");
@@ -37,16 +46,11 @@ async fn cell(a: NatKind, b: NatKind, same_lan: bool) -> anyhow::Result<Cell> {
     };
     let echo = tcp_echo(&sdev).await?;
     let room = format!("matrix-{}", world.id());
-    let server = start_engine(&sdev, world.config("server", &room, serde_json::json!({})))?;
+    let server = start_engine(&sdev, world.config("server", &room, extra.clone()))?;
     let started = Instant::now();
-    let client = start_engine(
-        &cdev,
-        world.config(
-            "client",
-            &room,
-            serde_json::json!({ "mappings": [format!("tcp:0:{echo}")] }),
-        ),
-    )?;
+    let mut client_extra = extra;
+    client_extra["mappings"] = serde_json::json!([format!("tcp:0:{echo}")]);
+    let client = start_engine(&cdev, world.config("client", &room, client_extra))?;
     let client = Arc::new(client);
     let c2 = client.clone();
     let outcome =
@@ -140,21 +144,28 @@ fn traversal_matrix() {
     let started = Instant::now();
     let cells = rt.block_on(async {
         let mut jobs = Vec::new();
-        for (i, &a) in NatKind::ALL.iter().enumerate() {
-            for &b in &NatKind::ALL[i..] {
-                jobs.push((a, b, false));
+        for relay in [false, true] {
+            for (i, &a) in NatKind::ALL.iter().enumerate() {
+                for &b in &NatKind::ALL[i..] {
+                    jobs.push((a, b, false, relay));
+                }
             }
+            jobs.push((
+                NatKind::PortRestricted,
+                NatKind::PortRestricted,
+                true,
+                relay,
+            ));
         }
-        jobs.push((NatKind::PortRestricted, NatKind::PortRestricted, true));
         // A few labs at a time: the machine has two cores.
         let limit = Arc::new(tokio::sync::Semaphore::new(3));
         let handles: Vec<_> = jobs
             .into_iter()
-            .map(|(a, b, lan)| {
+            .map(|(a, b, lan, relay)| {
                 let limit = limit.clone();
                 tokio::spawn(async move {
                     let _permit = limit.acquire().await.expect("semaphore");
-                    cell(a, b, lan).await
+                    cell(a, b, lan, relay).await.map(|c| (relay, c))
                 })
             })
             .collect();
@@ -164,8 +175,19 @@ fn traversal_matrix() {
         }
         cells
     });
-    let table = table(&cells);
-    println!("\n{table}");
+    let direct_cells: Vec<Cell> = cells
+        .iter()
+        .filter(|(r, _)| !r)
+        .map(|(_, c)| c.clone())
+        .collect();
+    let relay_cells: Vec<Cell> = cells
+        .iter()
+        .filter(|(r, _)| *r)
+        .map(|(_, c)| c.clone())
+        .collect();
+    let table_direct = table(&direct_cells);
+    let table_relay = table(&relay_cells);
+    println!("\nwithout a relay:\n{table_direct}\nwith coturn as relay:\n{table_relay}");
     println!(
         "matrix measured in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -173,10 +195,12 @@ fn traversal_matrix() {
     if std::env::var_os("STUNFWD_WRITE_MATRIX").is_some() {
         let doc = format!(
             "# NAT traversal matrix\n\nMeasured by `STUNFWD_WRITE_MATRIX=1 cargo test -p stunfwd-lab --test matrix -- --nocapture` \
-             on {} (2 cores), no relay configured. Each cell is a fresh lab: Linux network namespaces, nftables NATs built by \
-             patchbay, our rendezvous server and coturn (STUN, RFC 5780) on an isolated \"internet\". The client peer forwards \
-             a TCP port to an echo service next to the server peer; a connected cell has echoed 64 KiB through the tunnel.\n\n{table}\n\
-             The NAT types in column 6 are what each engine detected (RFC 5780 against coturn); they must match the NAT the lab built.\n",
+             on {} (2 cores). Each cell is a fresh lab: Linux network namespaces, nftables NATs built by \
+             patchbay, our rendezvous server and coturn (STUN with RFC 5780, and TURN) on an isolated \"internet\". The client peer forwards \
+             a TCP port to an echo service next to the server peer; a connected cell has echoed 64 KiB through the tunnel.\n\n\
+             ## Without a relay\n\n{table_direct}\n## With coturn configured as relay (`relayPolicy: auto`)\n\n{table_relay}\n\
+             The NAT types in column 6 are what each engine detected (RFC 5780 against coturn); they must match the NAT the lab built. \
+             Times behind restricted NATs are dominated by the RFC 5780 filtering test, which waits 1.75 s for answers such NATs never let through.\n",
             std::process::Command::new("date")
                 .arg("-u")
                 .arg("+%Y-%m-%d")
@@ -193,7 +217,27 @@ fn traversal_matrix() {
         let strict = |s: &str| s == "symmetric" || s == "port-restricted";
         (a == "symmetric" && strict(b)) || (b == "symmetric" && strict(a))
     };
-    for c in &cells {
+    for c in &relay_cells {
+        if c.server == "same LAN" {
+            assert_eq!(c.path, Some(PathKind::Lan), "{c:?}");
+            continue;
+        }
+        assert!(c.connected, "with a relay every pair connects: {c:?}");
+        if hopeless(c.server, c.client) {
+            assert_eq!(
+                c.path,
+                Some(PathKind::Relay),
+                "hopeless pairs go through the relay: {c:?}"
+            );
+        } else {
+            assert_ne!(
+                c.path,
+                Some(PathKind::Relay),
+                "the relay is never chosen when direct works: {c:?}"
+            );
+        }
+    }
+    for c in &direct_cells {
         if c.server == "same LAN" {
             assert!(c.connected, "same LAN must connect: {c:?}");
             assert_eq!(
