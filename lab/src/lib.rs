@@ -122,6 +122,22 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Runs a lab test body on a fresh two-worker runtime, or prints why the lab is
+/// skipped here.
+pub fn run(body: impl std::future::Future<Output = Result<()>>) {
+    if skip() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(body) {
+        panic!("{e:#}");
+    }
+}
+
 /// Prints why the lab is skipped and returns true when it is.
 pub fn skip() -> bool {
     match unavailable() {

@@ -10,18 +10,6 @@ use patchbay::{Device, LinkCondition};
 use stunfwd_core::{Engine, State};
 use stunfwd_lab::*;
 
-fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) {
-    if skip() {
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(f).unwrap();
-}
-
 async fn wait_connected(engine: &Arc<Engine>, timeout: Duration) -> anyhow::Result<State> {
     let e = engine.clone();
     Ok(tokio::task::spawn_blocking(move || e.wait_connected(timeout)).await??)

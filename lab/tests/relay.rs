@@ -9,18 +9,6 @@ use std::time::{Duration, Instant};
 use stunfwd_core::{Engine, Error, PathKind, State};
 use stunfwd_lab::*;
 
-fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) {
-    if skip() {
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(f).unwrap();
-}
-
 fn relay_json(world: &World, password: &str) -> serde_json::Value {
     serde_json::json!({
         "url": format!("turn:{}?transport=udp", world.coturn[0]),
