@@ -198,16 +198,31 @@ pub fn run(bytes: usize) -> ExitCode {
         Err(e) => return fail(&format!("tcp echo: {e}")),
     }
 
-    // UDP: a few sizes, including ones larger than a QUIC datagram.
-    let udp_result = (|| -> std::io::Result<Vec<usize>> {
+    // UDP: a few sizes, including ones larger than a QUIC datagram. UDP may lose a
+    // datagram (so may the tunnel's QUIC DATAGRAM frames); an unanswered one is sent
+    // again, up to 3 times. What must hold is that every answer is intact.
+    let udp_result = (|| -> std::io::Result<(Vec<usize>, u32)> {
         let s = UdpSocket::bind("127.0.0.1:0")?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_read_timeout(Some(Duration::from_millis(700)))?;
         let mut ok = Vec::new();
+        let mut resent = 0;
         let mut buf = vec![0u8; 65_536];
-        for size in [1usize, 512, 1200, 4000, 9000] {
+        for size in [1usize, 512, 1200, 4000, 9000, 60_000] {
             let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
-            s.send_to(&data, udp_map.listen)?;
-            let (n, _) = s.recv_from(&mut buf)?;
+            let mut answer = None;
+            for attempt in 0..3 {
+                if attempt > 0 {
+                    resent += 1;
+                }
+                s.send_to(&data, udp_map.listen)?;
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    answer = Some(n);
+                    break;
+                }
+            }
+            let n = answer.ok_or_else(|| {
+                std::io::Error::other(format!("{size}-byte datagram not answered after 3 sends"))
+            })?;
             if buf[..n] != data[..] {
                 return Err(std::io::Error::other(format!(
                     "{size}-byte datagram differs"
@@ -215,14 +230,25 @@ pub fn run(bytes: usize) -> ExitCode {
             }
             ok.push(size);
         }
-        Ok(ok)
+        Ok((ok, resent))
     })();
     match udp_result {
-        Ok(sizes) => step(
+        Ok((sizes, resent)) => step(
             t0,
-            &format!("udp echo: datagrams of {sizes:?} bytes round-tripped intact"),
+            &format!(
+                "udp echo: datagrams of {sizes:?} bytes round-tripped intact ({resent} resent after loss)"
+            ),
         ),
-        Err(e) => return fail(&format!("udp echo: {e}")),
+        Err(e) => {
+            let (c, x) = (connecting.stats(), exposing.stats());
+            return fail(&format!(
+                "udp echo: {e} (client sent {} / received {} datagrams; server received {} / sent {})",
+                c.totals.datagrams_sent,
+                c.totals.datagrams_received,
+                x.totals.datagrams_received,
+                x.totals.datagrams_sent
+            ));
+        }
     }
 
     let stats = connecting.stats();

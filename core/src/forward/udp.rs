@@ -67,9 +67,13 @@ fn deliver(sink: &FlowSink, payload: &[u8]) {
     sink.idle.touch();
     // Counted as received from the tunnel before it is handed on (see tcp.rs).
     sink.meter.datagram_received(payload.len());
+    // A direct non-blocking send: tokio's try_send* answers WouldBlock until its
+    // reactor has seen the socket writable once, which dropped the first datagrams
+    // of new flows. The kernel decides here; only a full socket buffer drops.
+    let sock = socket2::SockRef::from(sink.socket.as_ref());
     let sent = match sink.dest {
-        Some(dest) => sink.socket.try_send_to(payload, dest),
-        None => sink.socket.try_send(payload),
+        Some(dest) => sock.send_to(payload, &dest.into()),
+        None => sock.send(payload),
     };
     if let Err(e) = sent {
         tracing::trace!(error = %e, "udp datagram from the tunnel not delivered locally");
