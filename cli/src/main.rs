@@ -39,6 +39,9 @@ enum Command {
     Run {
         /// The config file.
         config: PathBuf,
+        /// Serve Prometheus metrics at http://ADDR/metrics (overrides `metricsAddr`).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
     },
     /// Run the rendezvous (signaling) server and its STUN responder.
     Signal {
@@ -48,6 +51,8 @@ enum Command {
         /// UDP address of the STUN responder.
         #[arg(long, default_value = "0.0.0.0:3478")]
         stun: SocketAddr,
+        #[command(flatten)]
+        options: Box<SignalOptions>,
     },
     /// Detect this host's NAT: public address, mapping and filtering behaviour.
     /// With a server that supports RFC 5780 (two addresses, e.g. coturn) both are
@@ -87,13 +92,17 @@ fn init_logs(format: LogFormat, filter: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config, metrics } => {
             init_logs(cli.log_format, &cli.log);
-            run(config)
+            run(config, metrics)
         }
-        Command::Signal { http, stun } => {
+        Command::Signal {
+            http,
+            stun,
+            options,
+        } => {
             init_logs(cli.log_format, &cli.log);
-            signal(http, stun)
+            signal(http, stun, *options)
         }
         Command::Nat { stun, bind, json } => {
             init_logs(
@@ -145,14 +154,17 @@ fn wait_for_shutdown_signal() {
     });
 }
 
-fn run(path: PathBuf) -> ExitCode {
-    let config = match Config::from_path(&path) {
+fn run(path: PathBuf, metrics: Option<SocketAddr>) -> ExitCode {
+    let mut config = match Config::from_path(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("stunfwd: {e}");
             return ExitCode::from(2);
         }
     };
+    if metrics.is_some() {
+        config.metrics_addr = metrics;
+    }
     if config.secret.is_none() {
         eprintln!(
             "stunfwd: warning: no `secret` set: anyone who knows the room name (including the rendezvous operator) can join it"
@@ -166,6 +178,9 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     println!("local socket {}", engine.local_addr());
+    if let Some(addr) = engine.metrics_addr() {
+        println!("metrics on http://{addr}/metrics");
+    }
     for m in engine.mappings() {
         println!("mapping {} listening on {}", m.mapping, m.listen);
     }
@@ -182,7 +197,95 @@ fn run(path: PathBuf) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn signal(http: SocketAddr, stun: SocketAddr) -> ExitCode {
+/// Store, TLS and limits of `stunfwd signal`; each limit defaults to the library's
+/// (`SignalServerConfig::default()`, listed in docs/rendezvous.md).
+#[derive(clap::Args)]
+struct SignalOptions {
+    /// Where rooms are kept: `memory`, or a Redis URL (`redis://host:6379`) shared by
+    /// every instance behind a load balancer.
+    #[arg(long, default_value = "memory", value_name = "memory|URL")]
+    store: String,
+    /// Prefix of the Redis keys and channels.
+    #[arg(long, default_value = "stunfwd:")]
+    redis_prefix: String,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Seconds a room lives without activity [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    room_ttl: Option<u64>,
+    /// Most rooms held [default: 100000].
+    #[arg(long)]
+    max_rooms: Option<usize>,
+    /// Largest request body, bytes [default: 16384].
+    #[arg(long)]
+    max_body: Option<usize>,
+    /// Longest room name, bytes, 1-128 [default: 128].
+    #[arg(long)]
+    max_room_len: Option<usize>,
+    /// Requests per second per client address, 0 = unlimited [default: 20].
+    #[arg(long)]
+    rate_per_ip: Option<u32>,
+    /// Request burst per client address [default: 100].
+    #[arg(long)]
+    burst_per_ip: Option<u32>,
+    /// Concurrent long-polls, 0 = unlimited [default: 10000].
+    #[arg(long)]
+    max_polls: Option<usize>,
+    /// Concurrent long-polls per client address, 0 = unlimited [default: 100].
+    #[arg(long)]
+    max_polls_per_ip: Option<usize>,
+    /// Open connections, 0 = unlimited [default: 10000].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Open connections per client address, 0 = unlimited [default: 256].
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
+    /// Limit clients by the last X-Forwarded-For address (only behind a proxy that
+    /// appends it, and reachable only through it).
+    #[arg(long)]
+    trust_x_forwarded_for: bool,
+}
+
+impl SignalOptions {
+    fn into_config(self, http: SocketAddr, stun: SocketAddr) -> SignalServerConfig {
+        let d = SignalServerConfig::default();
+        SignalServerConfig {
+            http,
+            stun: Some(stun),
+            store: match self.store.as_str() {
+                "memory" => stunfwd_core::signal::StoreConfig::Memory,
+                url => stunfwd_core::signal::StoreConfig::Redis {
+                    url: url.to_owned(),
+                    prefix: self.redis_prefix,
+                },
+            },
+            tls: self
+                .tls_cert
+                .zip(self.tls_key)
+                .map(|(cert, key)| stunfwd_core::signal::TlsFiles { cert, key }),
+            room_ttl: self.room_ttl.map_or(d.room_ttl, Duration::from_secs),
+            max_rooms: self.max_rooms.unwrap_or(d.max_rooms),
+            max_body: self.max_body.unwrap_or(d.max_body),
+            max_room_len: self.max_room_len.unwrap_or(d.max_room_len),
+            rate_per_ip: self.rate_per_ip.unwrap_or(d.rate_per_ip),
+            burst_per_ip: self.burst_per_ip.unwrap_or(d.burst_per_ip),
+            max_polls: self.max_polls.unwrap_or(d.max_polls),
+            max_polls_per_ip: self.max_polls_per_ip.unwrap_or(d.max_polls_per_ip),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(d.max_connections_per_ip),
+            trust_forwarded_for: self.trust_x_forwarded_for,
+            ..d
+        }
+    }
+}
+
+fn signal(http: SocketAddr, stun: SocketAddr, options: SignalOptions) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -194,11 +297,7 @@ fn signal(http: SocketAddr, stun: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = SignalServerConfig {
-        http,
-        stun: Some(stun),
-        ..SignalServerConfig::default()
-    };
+    let config = options.into_config(http, stun);
     let server = match rt.block_on(SignalServer::start(config)) {
         Ok(s) => s,
         Err(e) => {
@@ -206,12 +305,18 @@ fn signal(http: SocketAddr, stun: SocketAddr) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("rendezvous on {}", server.url());
+    // A closed stdout must not stop the server or its drain (print would panic).
+    let say = |line: String| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
+    };
+    say(format!("rendezvous on {}", server.url()));
     if let Some(stun) = server.stun_addr() {
-        println!("stun on {stun}");
+        say(format!("stun on {stun}"));
     }
+    // SIGTERM or Ctrl-C: stop accepting, answer long-polls at once, wait for the rest.
     wait_for_shutdown_signal();
-    println!("draining");
+    say("draining".to_owned());
     rt.block_on(server.stop(Duration::from_secs(5)));
     drop(server);
     rt.shutdown_timeout(Duration::from_secs(1));

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -796,6 +796,9 @@ pub struct Config {
     /// `signalUrl` (aliases `signalURL`, `signalingUrl`, `signalingURL`): http or https
     /// URL of the rendezvous server. Required.
     pub signal_url: String,
+    /// `signalCaFile`: a PEM file of CA certificates; an `https://` rendezvous server is
+    /// verified against these only, instead of the system's root certificates.
+    pub signal_ca_file: Option<PathBuf>,
     /// `stunServers` (or the Go tool's single `stunServer`): `host:port` strings, port
     /// 3478 when it was omitted, IPv6 in brackets. Resolved by the engine.
     pub stun_servers: Vec<String>,
@@ -825,6 +828,7 @@ impl fmt::Debug for Config {
             .field("room", &self.room)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("signal_url", &self.signal_url)
+            .field("signal_ca_file", &self.signal_ca_file)
             .field("stun_servers", &self.stun_servers)
             .field("mappings", &self.mappings)
             .field("allow", &self.allow)
@@ -861,6 +865,7 @@ const SIGNAL_URL: Field = Field {
     name: "signalUrl",
     aliases: &["signalURL", "signalingUrl", "signalingURL"],
 };
+const SIGNAL_CA_FILE: Field = field("signalCaFile");
 const STUN_SERVERS: Field = Field {
     name: "stunServers",
     aliases: &["stunServer"],
@@ -878,6 +883,7 @@ const TOP_FIELDS: &[Field] = &[
     ROOM,
     SECRET,
     SIGNAL_URL,
+    SIGNAL_CA_FILE,
     STUN_SERVERS,
     MAPPINGS,
     ALLOW,
@@ -925,6 +931,8 @@ const MODE_EXPECTED: &str = "\"client\" or \"server\" (the Go tool's \"sender\" 
      also work)";
 const ROOM_EXPECTED: &str = "a room name of 1-128 bytes without whitespace or control characters";
 const SECRET_EXPECTED: &str = "a non-empty string shared by both peers";
+const SIGNAL_CA_FILE_EXPECTED: &str =
+    "the path of a PEM file with the CA certificates of the rendezvous server, e.g. \"/etc/stunfwd/ca.pem\"";
 const SIGNAL_URL_EXPECTED: &str =
     "an http:// or https:// URL of the rendezvous server, e.g. \"https://example.org/signal\"";
 const STUN_EXPECTED: &str = "\"host:port\" strings such as \"stun.example.org:3478\" \
@@ -1041,6 +1049,21 @@ impl Config {
         let signal_url = expect_str(&key, v, SIGNAL_URL_EXPECTED)?.to_owned();
         check_signal_url(&key, &signal_url)?;
 
+        let signal_ca_file = match top.get(&SIGNAL_CA_FILE)? {
+            None => None,
+            Some((key, v)) => match expect_str(&key, v, SIGNAL_CA_FILE_EXPECTED)? {
+                "" => {
+                    return Err(Error::config(
+                        key,
+                        "\"\"",
+                        "is empty",
+                        SIGNAL_CA_FILE_EXPECTED,
+                    ))
+                }
+                path => Some(PathBuf::from(path)),
+            },
+        };
+
         let stun_servers = match top.get(&STUN_SERVERS)? {
             None => Vec::new(),
             Some((key, Value::String(s))) => vec![parse_stun_server(&key, s)?],
@@ -1148,6 +1171,7 @@ impl Config {
             room,
             secret,
             signal_url,
+            signal_ca_file,
             stun_servers,
             mappings,
             allow,
@@ -1210,6 +1234,9 @@ impl Config {
             m.insert("secret".into(), secret.clone().into());
         }
         m.insert("signalUrl".into(), self.signal_url.clone().into());
+        if let Some(ca) = &self.signal_ca_file {
+            m.insert("signalCaFile".into(), ca.display().to_string().into());
+        }
         m.insert("stunServers".into(), self.stun_servers.clone().into());
         m.insert(
             "mappings".into(),

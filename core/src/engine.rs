@@ -241,6 +241,8 @@ struct Shared {
     /// A direct attempt failed: offer the relay from now on (policy auto).
     relay_wanted: std::sync::atomic::AtomicBool,
     incoming: tokio::sync::Mutex<mpsc::Receiver<quinn::Connection>>,
+    /// Where `/metrics` is served, when `metricsAddr` is set (port 0 resolved).
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Shared {
@@ -462,6 +464,12 @@ impl Engine {
         self.shared.local_addr
     }
 
+    /// Where `/metrics` is served (the bound address, port 0 resolved), when
+    /// `metricsAddr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.shared.metrics_addr
+    }
+
     /// Calls `callback` for every event from now on, on the engine's event thread.
     /// Callbacks may call any engine method, including `stop`.
     pub fn subscribe(&self, callback: impl Fn(&Event) + Send + Sync + 'static) {
@@ -589,6 +597,14 @@ async fn setup(config: Config) -> Result<Arc<Shared>> {
         .local_addr()
         .map_err(|e| Error::io("tunnel socket: local address", &e))?;
     let host_candidates = crate::socket::host_candidates(local_addr);
+    let metrics_listener = config.metrics_addr.map(crate::metrics::bind).transpose()?;
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|e| Error::io("metrics: local address", &e))?,
+        ),
+        None => None,
+    };
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let inner = runtime
         .wrap_udp_socket(std_socket)
@@ -612,11 +628,12 @@ async fn setup(config: Config) -> Result<Arc<Shared>> {
     let agent = StunAgent::new(demux);
 
     let signaling_requests = Arc::new(AtomicU64::new(0));
-    let signal = SignalClient::new(
+    let signal = SignalClient::with_ca_file(
         &config.signal_url,
         &config.room,
         config.performance.signal_backoff,
         signaling_requests.clone(),
+        config.signal_ca_file.as_deref(),
     )?;
     let totals = Arc::new(Counters::default());
     let (conn_tx, conn_rx) = watch::channel(None);
@@ -666,8 +683,18 @@ async fn setup(config: Config) -> Result<Arc<Shared>> {
         turn: Mutex::new(None),
         relay_wanted: std::sync::atomic::AtomicBool::new(false),
         incoming: tokio::sync::Mutex::new(incoming_rx),
+        metrics_addr,
         config,
     });
+    if let Some(listener) = metrics_listener {
+        let (s, token) = (shared.clone(), shared.root.clone());
+        tokio::spawn(async move {
+            let stats = move || snapshot(&s);
+            if let Err(e) = crate::metrics::serve(listener, stats, token).await {
+                tracing::warn!(error = %e, "metrics server stopped");
+            }
+        });
+    }
     tokio::spawn(stun_dispatch(shared.clone(), stun_rx));
     if role == Role::Server {
         tokio::spawn(accept_loop(endpoint, incoming_tx, shared.root.clone()));

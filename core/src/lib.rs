@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod forward;
+pub mod metrics;
 pub mod punch;
 pub(crate) mod relay;
 pub mod signal;

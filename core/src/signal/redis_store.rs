@@ -33,7 +33,7 @@ use crate::{Error, Result};
 const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Longest pause between two attempts to re-establish the pub/sub connection.
-const RESUBSCRIBE_MAX: Duration = Duration::from_secs(5);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(2);
 
 /// `POST`: create (bounded by the room count) or touch the room, store data and a new
 /// version, publish it. Returns the version, or -1 when the store is full.
@@ -142,6 +142,18 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
+/// Runs one store command with [`REDIS_TIMEOUT`] on top of the connection's own, so a
+/// request never hangs on a Redis that does not answer.
+async fn bounded<T>(
+    what: &str,
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(REDIS_TIMEOUT, command).await {
+        Ok(r) => r.map_err(|e| unavailable(what, e)),
+        Err(_) => Err(unavailable(what, "timed out")),
+    }
+}
+
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!(
         "the rendezvous server's Redis store failed ({what}: {e}); try again later"
@@ -172,10 +184,14 @@ impl RedisStore {
                 "redis://host:port or redis://user:password@host:port/db",
             )
         })?;
+        // One reconnect attempt per failed command, after 1 s (the crate's backoff
+        // starts at 1 s and multiplies by `factor`; capped at `max_delay` ms).
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(REDIS_TIMEOUT)
             .set_response_timeout(REDIS_TIMEOUT)
-            .set_number_of_retries(2);
+            .set_number_of_retries(1)
+            .set_factor(2)
+            .set_max_delay(1000);
         let mut conn = tokio::time::timeout(
             REDIS_TIMEOUT * 2,
             ConnectionManager::new_with_config(client.clone(), config),
@@ -320,8 +336,8 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let v: i64 = self
-                .post
+            let mut script = self.post.prepare_invoke();
+            script
                 .key(self.room_key(room))
                 .key(self.index_key())
                 .key(format!("{}version", self.prefix))
@@ -330,10 +346,8 @@ impl Store for RedisStore {
                 .arg(data)
                 .arg(self.ttl_ms)
                 .arg(self.max_rooms)
-                .arg(self.channel(room, role))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("POST", e))?;
+                .arg(self.channel(room, role));
+            let v: i64 = bounded("POST", script.invoke_async(&mut conn)).await?;
             if v < 0 {
                 return Err(StoreError::Full(format!(
                     "the rendezvous server holds its maximum of {} rooms; try again later",
@@ -351,16 +365,15 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Result<Option<Mail>, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let (data, version): (Option<Vec<u8>>, Option<u64>) = self
-                .get
+            let mut script = self.get.prepare_invoke();
+            script
                 .key(self.room_key(room))
                 .key(self.index_key())
                 .arg(room)
                 .arg(role.as_str())
-                .arg(self.ttl_ms)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("GET", e))?;
+                .arg(self.ttl_ms);
+            let (data, version): (Option<Vec<u8>>, Option<u64>) =
+                bounded("GET", script.invoke_async(&mut conn)).await?;
             Ok(match (data, version) {
                 (Some(d), Some(v)) => Some((String::from_utf8_lossy(&d).into_owned(), v)),
                 _ => None,
@@ -371,16 +384,14 @@ impl Store for RedisStore {
     fn delete<'a>(&'a self, room: &'a str, role: Role) -> StoreFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let _: i64 = self
-                .delete
+            let mut script = self.delete.prepare_invoke();
+            script
                 .key(self.room_key(room))
                 .key(self.index_key())
                 .arg(room)
                 .arg(role.as_str())
-                .arg(self.ttl_ms)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("DELETE", e))?;
+                .arg(self.ttl_ms);
+            let _: i64 = bounded("DELETE", script.invoke_async(&mut conn)).await?;
             Ok(())
         })
     }
@@ -388,12 +399,9 @@ impl Store for RedisStore {
     fn maintain(&self) -> StoreFuture<'_, Result<usize, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let n: usize = self
-                .count
-                .key(self.index_key())
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("counting rooms", e))?;
+            let mut script = self.count.prepare_invoke();
+            script.key(self.index_key());
+            let n: usize = bounded("counting rooms", script.invoke_async(&mut conn)).await?;
             self.rooms.store(n, Ordering::Relaxed);
             Ok(n)
         })

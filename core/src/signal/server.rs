@@ -514,8 +514,12 @@ async fn accept_loop(
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(shared.config.header_timeout, acceptor.accept(tcp));
+                    // A connection still shaking hands has no request to finish: on
+                    // shutdown it is dropped instead of holding up the drain.
+                    let mut shutdown = shared.shutdown.clone();
                     let stream = tokio::select! {
                         r = handshake => r,
+                        _ = stopped(&mut shutdown) => return,
                         _ = kill.cancelled() => return,
                     };
                     match stream {

@@ -1,6 +1,8 @@
 //! A tiny in-process STUN Binding responder (RFC 8489 §3: Binding request → success with
 //! XOR-MAPPED-ADDRESS). The rendezvous server runs one so that a deployment needs only
-//! one small server; tests and the demo run one on loopback.
+//! one small server; tests and the demo run one on loopback. It answers only plain
+//! Binding requests, and never with more bytes than the request plus the
+//! XOR-MAPPED-ADDRESS, so it cannot be used to amplify a spoofed-source flood.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +57,12 @@ impl Drop for StunResponder {
     }
 }
 
+/// Size of an XOR-MAPPED-ADDRESS attribute (header and value) for `addr`: the most an
+/// answer may exceed its request by.
+fn xor_mapped_len(addr: SocketAddr) -> usize {
+    4 + if addr.is_ipv4() { 8 } else { 20 }
+}
+
 async fn serve(socket: UdpSocket, answered: Arc<AtomicU64>) {
     let mut buf = vec![0u8; 2048];
     loop {
@@ -75,7 +83,11 @@ async fn serve(socket: UdpSocket, answered: Arc<AtomicU64>) {
         }) = message::parse(&buf[..n])
         {
             let reply = message::binding_success(tid, from, None);
-            if !reply.is_empty() && socket.send_to(&reply, from).await.is_ok() {
+            // Never amplify: the answer is the request's header plus where it came from.
+            if !reply.is_empty()
+                && reply.len() <= n + xor_mapped_len(from)
+                && socket.send_to(&reply, from).await.is_ok()
+            {
                 answered.fetch_add(1, Ordering::Relaxed);
             }
         }
