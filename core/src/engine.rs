@@ -619,7 +619,7 @@ async fn setup(config: Config) -> Result<Arc<Shared>> {
         Role::Client => None,
     };
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        tunnel::endpoint_config(),
         server_config,
         demux.clone(),
         runtime,
