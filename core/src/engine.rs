@@ -947,7 +947,7 @@ async fn ensure_relay(shared: &Arc<Shared>) -> std::result::Result<Arc<TurnClien
         }
     };
     *lock(&shared.turn) = Some(turn.clone());
-    let (t, token, sock) = (turn.clone(), shared.root.clone(), socket);
+    let (t, token) = (turn.clone(), shared.root.clone());
     tokio::spawn(async move {
         // Refresh allocation, permissions and channels well before they expire.
         let every = (t.lifetime / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -964,7 +964,6 @@ async fn ensure_relay(shared: &Arc<Shared>) -> std::result::Result<Arc<TurnClien
             } else {
                 tracing::debug!(server = %t.server(), "relay refreshed");
             }
-            let _ = &sock;
         }
     });
     Ok(turn)

@@ -339,28 +339,6 @@ impl World {
         Config::from_value(v).expect("lab config")
     }
 
-    /// Stops and restarts the rendezvous server on the same address.
-    pub async fn restart_signal(&mut self) -> Result<()> {
-        let old = self.signal.take().context("no rendezvous running")?;
-        let http = old.http_addr();
-        let stun = old.stun_addr();
-        old.stop(Duration::from_secs(1)).await;
-        drop(old);
-        let signal = self
-            .server
-            .spawn(move |_| async move {
-                SignalServer::start(SignalServerConfig {
-                    http,
-                    stun,
-                    ..SignalServerConfig::default()
-                })
-                .await
-            })?
-            .await??;
-        self.signal = Some(signal);
-        Ok(())
-    }
-
     /// Stops the rendezvous server (it stays down until [`World::start_signal`]).
     pub async fn stop_signal(&mut self) -> Result<(SocketAddr, Option<SocketAddr>)> {
         let s = self.signal.take().context("no rendezvous running")?;
@@ -447,9 +425,6 @@ impl Drop for World {
         if let Some(mut t) = self.turn.take() {
             let _ = t.start_kill();
             // Reap it (kill_on_drop alone leaves reaping to the runtime).
-            if let Ok(pid) = std::fs::read_to_string(self.dir.join("turnserver.pid")) {
-                let _ = pid;
-            }
             for _ in 0..50 {
                 if matches!(t.try_wait(), Ok(Some(_))) {
                     break;

@@ -98,7 +98,8 @@ pub(crate) fn server_config(
         .map_err(|e| Error::Tunnel(format!("quic server config: {e}")))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(Arc::new(transport_config(perf)));
-    // Peers are authenticated by certificate, not address; skip the Retry round trip.
+    // Follow a client whose NAT re-mapped it, or that moved from the relay to a direct
+    // path: peers are authenticated by certificate, not by address.
     cfg.migration(true);
     Ok(cfg)
 }
