@@ -21,7 +21,7 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax), e.g. `debug` or `stunfwd_core=trace`.
-    #[arg(long, default_value = "info", global = true)]
+    #[arg(long, default_value = "info", global = true, value_parser = check_filter)]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -77,11 +77,29 @@ enum Command {
     },
 }
 
+/// `--log` must parse as an `EnvFilter`; clap reports the error with the option's name.
+fn check_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| {
+            format!("{e} (valid: a level such as `debug`, or directives such as `warn,stunfwd_core=trace`)")
+        })
+}
+
+/// Logs go to stderr: human-readable lines, or one JSON object per line. Either way
+/// each line carries the fields of its spans (`engine{room, mode}`,
+/// `tunnel{peer, path}`, `mapping{id, mapping}`, `conn{from, peer}`).
 fn init_logs(format: LogFormat, filter: &str) {
+    // Checked by `check_filter` when the arguments were parsed.
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal (and never with NO_COLOR set): piped into a file or a
+    // log collector, escape codes are noise.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -177,23 +195,30 @@ fn run(path: PathBuf, metrics: Option<SocketAddr>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("local socket {}", engine.local_addr());
+    // A closed stdout (`stunfwd run … | head`) must not panic the process or a callback.
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), $($arg)*);
+        }};
+    }
+    say!("local socket {}", engine.local_addr());
     if let Some(addr) = engine.metrics_addr() {
-        println!("metrics on http://{addr}/metrics");
+        say!("metrics on http://{addr}/metrics");
     }
     for m in engine.mappings() {
-        println!("mapping {} listening on {}", m.mapping, m.listen);
+        say!("mapping {} listening on {}", m.mapping, m.listen);
     }
     engine.subscribe(|event| match event {
-        Event::State { state } => println!("state: {state}"),
-        Event::MappingAdded { id, spec, listen } => println!("mapping {id} {spec} on {listen}"),
-        Event::MappingRemoved { id } => println!("mapping {id} removed"),
-        Event::PeerRejected { reason } => println!("peer rejected: {reason}"),
+        Event::State { state } => say!("state: {state}"),
+        Event::MappingAdded { id, spec, listen } => say!("mapping {id} {spec} on {listen}"),
+        Event::MappingRemoved { id } => say!("mapping {id} removed"),
+        Event::PeerRejected { reason } => say!("peer rejected: {reason}"),
     });
     wait_for_shutdown_signal();
-    println!("stopping");
+    say!("stopping");
     engine.stop(Duration::from_secs(3));
-    println!("{}", engine.stats_json());
+    say!("{}", engine.stats_json());
     ExitCode::SUCCESS
 }
 

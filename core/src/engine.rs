@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::RelayPolicy;
 use crate::config::{Config, Mapping, Mode, Proto};
@@ -243,6 +244,9 @@ struct Shared {
     incoming: tokio::sync::Mutex<mpsc::Receiver<quinn::Connection>>,
     /// Where `/metrics` is served, when `metricsAddr` is set (port 0 resolved).
     metrics_addr: Option<SocketAddr>,
+    /// `engine{room, mode}`: the parent span of every task, so each log line carries
+    /// the room.
+    span: tracing::Span,
 }
 
 impl Shared {
@@ -255,7 +259,7 @@ impl Shared {
             *s = new.clone();
         }
         self.state.cv.notify_all();
-        tracing::info!(room = %self.config.room, state = %new, "state");
+        tracing::info!(state = %new, "state");
         self.emit(Event::State { state: new });
     }
 
@@ -338,9 +342,14 @@ impl Engine {
             .build()
             .map_err(|e| Error::io("cannot start the engine runtime", &e))?;
         let handle = rt.handle().clone();
+        let span = tracing::info_span!(
+            "engine",
+            room = %config.room,
+            mode = if config.mode == Mode::Client { "client" } else { "server" },
+        );
         let setup = {
             let config = config.clone();
-            run_blocking(&handle, async move { setup(config).await })
+            run_blocking(&handle, setup(config, span.clone()).instrument(span))
         };
         let shared = match setup {
             Some(Ok(s)) => s,
@@ -389,7 +398,8 @@ impl Engine {
                 return Err(e);
             }
         }
-        handle.spawn(drive(shared));
+        let span = shared.span.clone();
+        handle.spawn(drive(shared).instrument(span));
         Ok(engine)
     }
 
@@ -408,11 +418,9 @@ impl Engine {
             return Err(Error::Stopped);
         }
         let shared = self.shared.clone();
-        run_blocking(
-            &self.handle,
-            async move { add_mapping(shared, mapping).await },
-        )
-        .unwrap_or(Err(Error::Stopped))
+        let span = shared.span.clone();
+        run_blocking(&self.handle, add_mapping(shared, mapping).instrument(span))
+            .unwrap_or(Err(Error::Stopped))
     }
 
     /// Adds a mapping given as a spec string such as `tcp:8080:22`.
@@ -541,10 +549,14 @@ impl Engine {
         let started = Instant::now();
         let shared = self.shared.clone();
         let (tx, rx) = std_mpsc::channel();
-        rt.spawn(async move {
-            shutdown(&shared, timeout).await;
-            let _ = tx.send(());
-        });
+        let span = shared.span.clone();
+        rt.spawn(
+            async move {
+                shutdown(&shared, timeout).await;
+                let _ = tx.send(());
+            }
+            .instrument(span),
+        );
         let _ = rx.recv_timeout(timeout);
         self.shared.set_state(State::Stopped);
         let rest = timeout
@@ -582,7 +594,7 @@ fn port_busy(proto: Proto, addr: SocketAddr) -> bool {
     }
 }
 
-async fn setup(config: Config) -> Result<Arc<Shared>> {
+async fn setup(config: Config, span: tracing::Span) -> Result<Arc<Shared>> {
     let role = match config.mode {
         Mode::Client => Role::Client,
         Mode::Server => Role::Server,
@@ -684,20 +696,21 @@ async fn setup(config: Config) -> Result<Arc<Shared>> {
         relay_wanted: std::sync::atomic::AtomicBool::new(false),
         incoming: tokio::sync::Mutex::new(incoming_rx),
         metrics_addr,
+        span,
         config,
     });
     if let Some(listener) = metrics_listener {
         let (s, token) = (shared.clone(), shared.root.clone());
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let stats = move || snapshot(&s);
             if let Err(e) = crate::metrics::serve(listener, stats, token).await {
                 tracing::warn!(error = %e, "metrics server stopped");
             }
         });
     }
-    tokio::spawn(stun_dispatch(shared.clone(), stun_rx));
+    crate::spawn(stun_dispatch(shared.clone(), stun_rx));
     if role == Role::Server {
-        tokio::spawn(accept_loop(endpoint, incoming_tx, shared.root.clone()));
+        crate::spawn(accept_loop(endpoint, incoming_tx, shared.root.clone()));
     }
     Ok(shared)
 }
@@ -721,6 +734,7 @@ async fn add_mapping(shared: Arc<Shared>, mapping: Mapping) -> Result<MappingId>
     let meter = Meter::new(Some(counters.clone()), shared.totals.clone());
     let token = shared.root.child_token();
     let what = format!("mapping {mapping}");
+    let span = tracing::info_span!("mapping", id, mapping = %mapping);
     let listen = match mapping.proto {
         Proto::Tcp => {
             let listener = TcpListener::bind(mapping.listen)
@@ -729,13 +743,16 @@ async fn add_mapping(shared: Arc<Shared>, mapping: Mapping) -> Result<MappingId>
             let listen = listener
                 .local_addr()
                 .map_err(|e| Error::io("mapping listener", &e))?;
-            tokio::spawn(forward::tcp::run_listener(
-                listener,
-                mapping.clone(),
-                meter,
-                shared.ctx.clone(),
-                token.clone(),
-            ));
+            crate::spawn(
+                forward::tcp::run_listener(
+                    listener,
+                    mapping.clone(),
+                    meter,
+                    shared.ctx.clone(),
+                    token.clone(),
+                )
+                .instrument(span),
+            );
             listen
         }
         Proto::Udp => {
@@ -745,13 +762,16 @@ async fn add_mapping(shared: Arc<Shared>, mapping: Mapping) -> Result<MappingId>
             let listen = socket
                 .local_addr()
                 .map_err(|e| Error::io("mapping socket", &e))?;
-            tokio::spawn(forward::udp::run_listener(
-                Arc::new(socket),
-                mapping.clone(),
-                meter,
-                shared.ctx.clone(),
-                token.clone(),
-            ));
+            crate::spawn(
+                forward::udp::run_listener(
+                    Arc::new(socket),
+                    mapping.clone(),
+                    meter,
+                    shared.ctx.clone(),
+                    token.clone(),
+                )
+                .instrument(span),
+            );
             listen
         }
     };
@@ -768,7 +788,7 @@ async fn add_mapping(shared: Arc<Shared>, mapping: Mapping) -> Result<MappingId>
             counters,
         },
     );
-    tracing::info!(room = %shared.config.room, mapping = %mapping, %listen, id, "mapping added");
+    tracing::info!(mapping = %mapping, %listen, id, "mapping added");
     shared.emit(Event::MappingAdded {
         id,
         spec: mapping.to_string(),
@@ -824,7 +844,7 @@ fn bind_channel_later(shared: &Arc<Shared>, peer: SocketAddr) {
         return;
     };
     let socket = shared.agent.socket().clone();
-    tokio::spawn(async move {
+    crate::spawn(async move {
         match turn.bind_channel(peer).await {
             Ok(ch) => socket.set_channel(peer, ch),
             Err(e) => {
@@ -948,7 +968,7 @@ async fn ensure_relay(shared: &Arc<Shared>) -> std::result::Result<Arc<TurnClien
     };
     *lock(&shared.turn) = Some(turn.clone());
     let (t, token) = (turn.clone(), shared.root.clone());
-    tokio::spawn(async move {
+    crate::spawn(async move {
         // Refresh allocation, permissions and channels well before they expire.
         let every = (t.lifetime / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
         loop {
@@ -982,7 +1002,7 @@ async fn accept_loop(
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
         let tx = tx.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(10), incoming).await {
                 Ok(Ok(conn)) => {
                     let _ = tx.send(conn).await;
@@ -1019,14 +1039,20 @@ async fn drive(shared: Arc<Shared>) {
                     shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 connected_before = true;
+                // Every task of this tunnel logs with the peer's address and the path.
+                let span = tracing::info_span!(
+                    "tunnel",
+                    peer = %conn.remote_address(),
+                    path = path.as_str(),
+                );
                 let reason = tokio::select! {
                     _ = token.cancelled() => return,
-                    r = run_connected(&shared, conn, path) => r,
+                    r = run_connected(&shared, conn, path).instrument(span) => r,
                 };
                 if token.is_cancelled() {
                     return;
                 }
-                tracing::info!(room = %shared.config.room, %reason, "tunnel lost; reconnecting");
+                tracing::info!(%reason, "tunnel lost; reconnecting");
                 shared.fail_reason(reason.clone());
                 shared.set_state(State::Reconnecting { attempt: 0, reason });
                 // Give the peer a moment to notice too, then start over at once.
@@ -1039,7 +1065,7 @@ async fn drive(shared: Arc<Shared>) {
             Ok(None) => {}
             Err(Attempt::Fatal(e)) => {
                 let reason = e.to_string();
-                tracing::warn!(room = %shared.config.room, %reason, "giving up");
+                tracing::warn!(%reason, "giving up");
                 shared.fail_reason(reason.clone());
                 *lock(&shared.failure) = Some(e);
                 shared.set_state(State::Failed { reason });
@@ -1047,7 +1073,7 @@ async fn drive(shared: Arc<Shared>) {
             }
             Err(Attempt::Retry(reason)) => {
                 failures += 1;
-                tracing::info!(room = %shared.config.room, attempt = failures, %reason, "connect attempt failed");
+                tracing::info!(attempt = failures, %reason, "connect attempt failed");
                 shared.fail_reason(reason.clone());
                 shared.set_state(State::Reconnecting {
                     attempt: failures,
@@ -1166,7 +1192,7 @@ async fn wait_for_offer(
                 Err(e) => {
                     shared.offers_rejected.fetch_add(1, Ordering::Relaxed);
                     let reason = Error::from(e.clone()).to_string();
-                    tracing::warn!(room = %shared.config.room, %reason, "peer offer rejected");
+                    tracing::warn!(%reason, "peer offer rejected");
                     shared.fail_reason(reason.clone());
                     if matches!(e, OfferError::BadMac) {
                         shared.set_state(State::Reconnecting {
@@ -1337,7 +1363,7 @@ async fn connect_once(
         }
         Role::Server => {
             let agent = shared.agent.clone();
-            let punching = tokio::spawn(punch.run(agent, prflx_rx));
+            let punching = crate::spawn(punch.run(agent, prflx_rx));
             let wait = shared.config.punch_timeout + Duration::from_secs(5);
             let got = {
                 let mut incoming = shared.incoming.lock().await;
@@ -1404,12 +1430,12 @@ async fn run_connected(
         shared.conn_tx.send_replace(Some(conn.clone()));
         shared.set_state(State::Connected { path, peer });
         let conn_token = shared.root.child_token();
-        let datagrams = tokio::spawn(forward::udp::dispatch_datagrams(
+        let datagrams = crate::spawn(forward::udp::dispatch_datagrams(
             conn.clone(),
             shared.ctx.flows.clone(),
         ));
         if path == PathKind::Relay {
-            tokio::spawn(upgrade_to_direct(
+            crate::spawn(upgrade_to_direct(
                 shared.clone(),
                 conn.clone(),
                 conn_token.clone(),
@@ -1417,7 +1443,7 @@ async fn run_connected(
         }
         if shared.role == Role::Server {
             let (c, ctx, t) = (conn.clone(), shared.ctx.clone(), conn_token.clone());
-            tokio::spawn(async move {
+            crate::spawn(async move {
                 loop {
                     let stream = tokio::select! {
                         _ = t.cancelled() => return,
@@ -1425,7 +1451,7 @@ async fn run_connected(
                     };
                     match stream {
                         Ok((send, recv)) => {
-                            tokio::spawn(forward::tcp::serve_stream(
+                            crate::spawn(forward::tcp::serve_stream(
                                 send,
                                 recv,
                                 c.clone(),
@@ -1474,7 +1500,10 @@ async fn run_connected(
                         (Role::Server, Some(o)) => candidate_kind(shared, &o, now),
                     };
                     if now != current || Some(new_path) != reported {
-                        tracing::info!(room = %shared.config.room, old = %current, new = %now, path = new_path.as_str(), "tunnel path changed");
+                        tracing::info!(old = %current, new = %now, path = new_path.as_str(), "tunnel path changed");
+                        let span = tracing::Span::current();
+                        span.record("peer", tracing::field::display(now));
+                        span.record("path", new_path.as_str());
                         current = now;
                         shared.path_changes.fetch_add(1, Ordering::Relaxed);
                         {
@@ -1497,6 +1526,8 @@ async fn run_connected(
             }
             Ok(new_conn) => {
                 tracing::info!(old = %peer, new = %new_conn.remote_address(), "peer reconnected; switching tunnel");
+                tracing::Span::current()
+                    .record("peer", tracing::field::display(new_conn.remote_address()));
                 conn.close(0u32.into(), b"replaced");
                 shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 conn = new_conn;
@@ -1549,7 +1580,7 @@ async fn upgrade_to_direct(shared: Arc<Shared>, conn: quinn::Connection, token: 
             let conn_addr = conn.remote_address();
             shared.agent.socket().alias(conn_addr, sel.remote);
             let path = candidate_kind(&shared, &offer, sel.remote);
-            tracing::info!(room = %shared.config.room, from = %conn_addr, to = %sel.remote, "tunnel upgraded from relay to a direct path");
+            tracing::info!(from = %conn_addr, to = %sel.remote, "tunnel upgraded from relay to a direct path");
             shared.path_changes.fetch_add(1, Ordering::Relaxed);
             {
                 let mut p = lock(&shared.peer);

@@ -23,3 +23,14 @@ pub use engine::{Engine, Event, MappingId, MappingInfo, PathKind, State};
 pub use error::{Error, Result};
 pub use signal::server::{SignalServer, SignalServerConfig};
 pub use stats::{MappingStats, Stats, Timings, Traffic};
+
+/// `tokio::spawn` inside the current tracing span: a task's log lines keep the `room`,
+/// `peer` and `mapping` fields of the code that started it (tokio tasks do not inherit
+/// spans by themselves).
+pub(crate) fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(tracing::Instrument::in_current_span(fut))
+}

@@ -26,6 +26,16 @@ pub enum Kind {
     Udp = 2,
 }
 
+impl Kind {
+    /// `tcp` or `udp`, as in mapping specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Udp => "udp",
+        }
+    }
+}
+
 /// The server's one-byte answer to a stream header. Values are part of the wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

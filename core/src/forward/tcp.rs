@@ -9,6 +9,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::proto::{self, Header, Kind, Status};
 use super::{Ctx, RESET_CODE};
@@ -37,9 +38,9 @@ pub(crate) async fn run_listener(
                 tracing::debug!(%from, %target, "tcp connection accepted");
                 let (target, meter, ctx, token) =
                     (target.clone(), meter.clone(), ctx.clone(), token.clone());
-                tokio::spawn(async move {
-                    client_connection(tcp, target, meter, ctx, token).await;
-                });
+                // `peer` is filled in once the connection has a tunnel to go through.
+                let span = tracing::debug_span!("conn", %from, peer = tracing::field::Empty);
+                crate::spawn(client_connection(tcp, target, meter, ctx, token).instrument(span));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -63,6 +64,7 @@ async fn client_connection(
         meter.failed();
         return;
     };
+    tracing::Span::current().record("peer", tracing::field::display(conn.remote_address()));
     let opened = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let header = proto::encode_header(&Header {
@@ -98,6 +100,7 @@ async fn client_connection(
         }
     };
     meter.opened();
+    tracing::debug!(%target, "tcp connection forwarded");
     pipe(tcp, send, recv, ctx.perf.tcp_buffer_size, &meter, &token).await;
     meter.closed();
 }
@@ -144,6 +147,7 @@ pub(crate) async fn serve(
         return;
     }
     meter.opened();
+    tracing::debug!(%addr, "connected to the target");
     pipe(tcp, send, recv, ctx.perf.tcp_buffer_size, &meter, &token).await;
     meter.closed();
 }
@@ -287,9 +291,25 @@ pub(crate) async fn serve_stream(
     token: CancellationToken,
 ) {
     let meter = Meter::new(None, ctx.totals.clone());
-    match read_header(&mut recv).await {
-        Ok(h) if h.kind == Kind::Tcp => serve(send, recv, h, meter, ctx, token).await,
-        Ok(h) => super::udp::serve_flow(send, recv, h, conn, meter, ctx, token).await,
+    let header = read_header(&mut recv).await;
+    // The server's side of a mapping: what the client asked to reach.
+    let span = match &header {
+        Ok(h) => {
+            tracing::info_span!("stream", mapping = %format_args!("{}:{}", h.kind.as_str(), h.target))
+        }
+        Err(_) => tracing::Span::none(),
+    };
+    match header {
+        Ok(h) if h.kind == Kind::Tcp => {
+            serve(send, recv, h, meter, ctx, token)
+                .instrument(span)
+                .await
+        }
+        Ok(h) => {
+            super::udp::serve_flow(send, recv, h, conn, meter, ctx, token)
+                .instrument(span)
+                .await
+        }
         Err(status) => {
             let _ = send.write_all(&[status as u8]).await;
             let _ = send.finish();

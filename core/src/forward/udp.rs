@@ -13,6 +13,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::proto::{self, Header, Kind, Status, MAX_DATAGRAM};
 use super::tcp::WAIT_FOR_TUNNEL;
@@ -187,10 +188,15 @@ pub(crate) async fn run_listener(
                 token: token.clone(),
             };
             let done = done_tx.clone();
-            tokio::spawn(async move {
-                flow.run(rx).await;
-                let _ = done.send(src);
-            });
+            // `peer` is filled in once the flow has a tunnel to go through.
+            let span = tracing::debug_span!("flow", %src, peer = tracing::field::Empty);
+            crate::spawn(
+                async move {
+                    flow.run(rx).await;
+                    let _ = done.send(src);
+                }
+                .instrument(span),
+            );
             tx
         });
         if tx.try_send(payload).is_err() {
@@ -214,6 +220,7 @@ impl ClientFlow {
             self.meter.failed();
             return;
         };
+        tracing::Span::current().record("peer", tracing::field::display(conn.remote_address()));
         let id = self.ctx.next_flow.fetch_add(1, Ordering::Relaxed);
         let opened = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -253,7 +260,8 @@ impl ClientFlow {
         };
         table(&self.ctx.flows).insert(id, sink.clone());
         self.meter.opened();
-        let mut reader = tokio::spawn(read_stream_frames(recv, sink));
+        tracing::debug!(target = %self.target, id, "udp flow opened");
+        let mut reader = crate::spawn(read_stream_frames(recv, sink));
         let timeout = self.ctx.perf.udp_flow_timeout;
         loop {
             let wait = timeout.saturating_sub(idle.idle_for());
@@ -339,7 +347,7 @@ pub(crate) async fn serve_flow(
         return;
     }
     meter.opened();
-    let mut reader = tokio::spawn(read_stream_frames(recv, sink));
+    let mut reader = crate::spawn(read_stream_frames(recv, sink));
     let timeout = ctx.perf.udp_flow_timeout;
     let mut buf = vec![0u8; 65_536];
     loop {

@@ -325,7 +325,7 @@ pub(crate) async fn discover(
     let mut tasks = Vec::new();
     for &server in &rest {
         let (agent, tx) = (agent.clone(), tx.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.push(crate::spawn(async move {
             let tid = message::new_tid();
             let request = message::binding_request(tid);
             let r = agent
@@ -411,10 +411,10 @@ pub async fn detect_nat(servers: &[String], bind: SocketAddr) -> crate::Result<D
         .map_err(|e| Error::io("stun probe socket", &e))?;
     let (demux, mut rx) = DemuxSocket::new(inner);
     let agent = StunAgent::new(demux.clone());
-    let drainer = tokio::spawn(drain(demux));
+    let drainer = crate::spawn(drain(demux));
     let dispatcher = {
         let agent = agent.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             while let Some(d) = rx.recv().await {
                 if let Some(message::Parsed::Success {
                     tid, mapped, other, ..
