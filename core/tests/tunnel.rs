@@ -279,6 +279,55 @@ fn udp_two_source_ports_are_two_flows() {
 }
 
 #[test]
+fn udp_flow_closes_when_idle_and_reopens() {
+    // Once a flow is open its datagrams skip the flow's task (the listener sends them
+    // itself); after the idle timeout closes it, the next datagram must open a new flow
+    // rather than go out under the old, closed flow id.
+    let rv = Rendezvous::start();
+    let echo = udp_echo();
+    let room = room();
+    let perf = serde_json::json!({"performance": {"udpFlowTimeout": "1s"}});
+    let mk = |mode: &str, maps: &[String]| {
+        Engine::start(common::config_for(
+            &rv.url,
+            rv.stun,
+            mode,
+            &room,
+            "k",
+            maps,
+            perf.clone(),
+        ))
+        .unwrap()
+    };
+    let server = mk("server", &[]);
+    let client = mk("client", &[format!("udp:0:{}", echo.port())]);
+    client.wait_connected(Duration::from_secs(20)).unwrap();
+    server.wait_connected(Duration::from_secs(20)).unwrap();
+    let local = mapping_addr(&client, Proto::Udp);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 64];
+    let mut echoes = |round: u8| {
+        (0..200u8)
+            .filter(|i| {
+                s.send_to(&[round, *i], local).unwrap();
+                matches!(s.recv_from(&mut buf), Ok((2, _)) if buf[..2] == [round, *i])
+            })
+            .count()
+    };
+    // UDP may drop under load; nearly all must come back.
+    assert!(echoes(1) >= 195, "first flow");
+    let traffic = |e: &Engine| e.stats().mappings[0].traffic.clone();
+    assert_eq!(traffic(&client).connections_opened, 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(traffic(&client).connections_active, 0, "idle flow not closed");
+    assert!(echoes(2) >= 195, "after the idle timeout");
+    let t = traffic(&client);
+    assert_eq!(t.connections_opened, 2, "{t:?}");
+    assert!(t.datagrams_sent >= 390, "{t:?}");
+}
+
+#[test]
 fn target_forbidden_by_allow_rules_is_refused_and_counted() {
     let rv = Rendezvous::start();
     let (target, accepted) = tcp_counter();

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -156,14 +156,14 @@ pub(crate) async fn run_listener(
     token: CancellationToken,
 ) {
     let target = mapping.target();
-    let mut flows: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut flows: HashMap<SocketAddr, FlowEntry> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<SocketAddr>();
     let mut buf = vec![0u8; 65_536];
     loop {
         let (n, src) = tokio::select! {
             _ = token.cancelled() => return,
             Some(src) = done_rx.recv() => {
-                if flows.get(&src).is_some_and(|tx| tx.is_closed()) {
+                if flows.get(&src).is_some_and(|f| f.tx.is_closed()) {
                     flows.remove(&src);
                 }
                 continue;
@@ -176,9 +176,9 @@ pub(crate) async fn run_listener(
                 }
             },
         };
-        let payload = Bytes::copy_from_slice(&buf[..n]);
-        let tx = flows.entry(src).or_insert_with(|| {
+        let entry = flows.entry(src).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(1024);
+            let open = Arc::new(OnceLock::new());
             let flow = ClientFlow {
                 src,
                 socket: socket.clone(),
@@ -186,6 +186,7 @@ pub(crate) async fn run_listener(
                 meter: meter.clone(),
                 ctx: ctx.clone(),
                 token: token.clone(),
+                open: open.clone(),
             };
             let done = done_tx.clone();
             // `peer` is filled in once the flow has a tunnel to go through.
@@ -197,11 +198,61 @@ pub(crate) async fn run_listener(
                 }
                 .instrument(span),
             );
-            tx
+            FlowEntry { tx, open }
         });
-        if tx.try_send(payload).is_err() {
+        // Fast path: once the flow is open, a datagram that fits goes into the tunnel
+        // from here, without a hop through the flow's task.
+        if let Some(open) = entry.open.get() {
+            if open.send(&buf[..n]) {
+                meter.datagram_sent(n);
+                continue;
+            }
+        }
+        if entry
+            .tx
+            .try_send(Bytes::copy_from_slice(&buf[..n]))
+            .is_err()
+        {
             tracing::trace!(%src, "udp flow queue full or closed; datagram dropped");
         }
+    }
+}
+
+/// A client flow as its mapping's listener sees it.
+struct FlowEntry {
+    /// To the flow's task: datagrams before it is open, and those too big for a DATAGRAM
+    /// frame (they go on the flow's stream).
+    tx: mpsc::Sender<Bytes>,
+    /// Set by the flow's task once the peer accepted it.
+    open: Arc<OnceLock<OpenFlow>>,
+}
+
+/// What the listener needs to send a flow's datagrams itself.
+struct OpenFlow {
+    conn: quinn::Connection,
+    id: u64,
+    idle: Arc<IdleClock>,
+    /// Cleared when the flow's task ends: from then on datagrams wait for a new flow.
+    live: std::sync::atomic::AtomicBool,
+}
+
+impl OpenFlow {
+    /// Sends `payload` as a DATAGRAM frame; false when it does not fit or the
+    /// connection is gone (the flow's task then decides).
+    fn send(&self, payload: &[u8]) -> bool {
+        if !self.live.load(Ordering::Relaxed) {
+            return false;
+        }
+        let frame = proto::encode_datagram(self.id, payload);
+        let fits = self
+            .conn
+            .max_datagram_size()
+            .is_some_and(|max| frame.len() <= max);
+        if fits && self.conn.send_datagram(frame).is_ok() {
+            self.idle.touch();
+            return true;
+        }
+        false
     }
 }
 
@@ -212,6 +263,7 @@ struct ClientFlow {
     meter: Meter,
     ctx: Arc<Ctx>,
     token: CancellationToken,
+    open: Arc<OnceLock<OpenFlow>>,
 }
 
 impl ClientFlow {
@@ -259,6 +311,12 @@ impl ClientFlow {
             idle: idle.clone(),
         };
         table(&self.ctx.flows).insert(id, sink.clone());
+        let _ = self.open.set(OpenFlow {
+            conn: conn.clone(),
+            id,
+            idle: idle.clone(),
+            live: true.into(),
+        });
         self.meter.opened();
         tracing::debug!(target = %self.target, id, "udp flow opened");
         let mut reader = crate::spawn(read_stream_frames(recv, sink));
@@ -283,6 +341,9 @@ impl ClientFlow {
                     self.meter.datagram_sent(d.len());
                 }
             }
+        }
+        if let Some(open) = self.open.get() {
+            open.live.store(false, Ordering::Relaxed);
         }
         reader.abort();
         table(&self.ctx.flows).remove(&id);
