@@ -861,7 +861,7 @@ fn main() {
     let mut i = 0;
     while i < argv.len() {
         let k = argv[i].trim_start_matches("--").to_owned();
-        if k == "quick" {
+        if k == "quick" || k == "udp-only" || k == "latency-only" {
             args.insert(k, String::new());
             i += 1;
         } else {
@@ -881,7 +881,11 @@ fn main() {
         work: work.clone(),
         quick: args.contains_key("quick"),
     };
-    let table = run(&t);
+    let table = if args.contains_key("udp-only") || args.contains_key("latency-only") {
+        run_only(&t, args.contains_key("udp-only"))
+    } else {
+        run(&t)
+    };
     print!("{}", table.print());
     let _ = std::fs::remove_dir_all(&work);
 }
@@ -890,6 +894,24 @@ fn step(what: &str) {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let t0 = START.get_or_init(Instant::now);
     eprintln!("[bench {:>5.1} s] {what}", t0.elapsed().as_secs_f64());
+}
+
+/// `--udp-only` / `--latency-only`: just those rows, for trying a change quickly.
+fn run_only(t: &Tools, udp: bool) -> Table {
+    let mut table = Table::default();
+    let sig = match start_signal(t) {
+        Ok(s) => s,
+        Err(e) => {
+            table.row("rendezvous", &Err(e), "", "-", &Err("-".into()), None);
+            return table;
+        }
+    };
+    if udp {
+        udp_rows(t, &sig, &mut table);
+    } else {
+        latency_rows(t, &sig, &mut table, tcp_echo());
+    }
+    table
 }
 
 fn run(t: &Tools) -> Table {
@@ -932,6 +954,9 @@ fn run(t: &Tools) -> Table {
         let local = free_port();
         start_tunnel(t, &sig, &[format!("tcp:{local}:{iperf_port}")], true).and_then(|tun| {
             wait_tcp(local, Duration::from_secs(5))?;
+            // The probe above became a connection to `iperf3 -s`, which serves one test
+            // at a time: let it finish with that connection first.
+            thread::sleep(Duration::from_millis(300));
             reset_hwm(tun.client.pid());
             reset_hwm(tun.server.pid());
             let r = iperf3(t, local, secs);
@@ -992,66 +1017,11 @@ fn run(t: &Tools) -> Table {
         None,
     );
 
-    // 2. UDP packets per second below 1% loss.
-    for size in [64usize, 1200] {
-        step(&format!("udp {size} B"));
-        let (sink_port, sink) = udp_sink();
-        let direct = Ok(udp_max_rate(sink_port, &sink, size, t.quick));
-        let local = free_udp_port();
-        let tun = start_tunnel(t, &sig, &[format!("udp:{local}:{sink_port}")], true)
-            .map(|tun| (udp_max_rate(local, &sink, size, t.quick), tun))
-            .map(|(r, _tun)| r);
-        let target = (size == 64).then_some(("≥ 150000 pkt/s", 150_000.0, Better::Higher));
-        table.row(
-            &format!("UDP {size} B datagrams/s, < 1% loss"),
-            &tun,
-            "pkt/s",
-            "direct",
-            &direct,
-            target,
-        );
-    }
+    udp_rows(t, &sig, &mut table);
 
     // 3. Request/response latency.
-    step("latency");
     let echo = tcp_echo();
-    let n = if t.quick { 2000 } else { 10_000 };
-    let direct = latency(echo, n);
-    let local = free_port();
-    let tun = start_tunnel(t, &sig, &[format!("tcp:{local}:{echo}")], true).and_then(|_tun| {
-        wait_tcp(local, Duration::from_secs(5))?;
-        latency(local, n)
-    });
-    let p =
-        |r: &Res<(f64, f64)>, f: fn(&(f64, f64)) -> f64| r.as_ref().map(f).map_err(Clone::clone);
-    let added = match (&tun, &direct) {
-        (Ok(a), Ok(b)) => Ok(a.0 - b.0),
-        (Err(e), _) | (_, Err(e)) => Err(e.clone()),
-    };
-    table.row(
-        "TCP 64 B request/response p50",
-        &p(&tun, |x| x.0),
-        "µs",
-        "direct",
-        &p(&direct, |x| x.0),
-        None,
-    );
-    table.row(
-        "  added latency at p50 (tunnel − direct)",
-        &added,
-        "µs",
-        "direct p50",
-        &p(&direct, |x| x.0),
-        Some(("≤ 100 µs", 100.0, Better::Lower)),
-    );
-    table.row(
-        "TCP 64 B request/response p99",
-        &p(&tun, |x| x.1),
-        "µs",
-        "direct",
-        &p(&direct, |x| x.1),
-        None,
-    );
+    latency_rows(t, &sig, &mut table, echo);
 
     // 4. Time to connected (median of 20), and time to first byte, vs dumbpipe.
     step("time to connected");
@@ -1267,4 +1237,68 @@ fn run(t: &Tools) -> Table {
     drop(sig);
     step("done");
     table
+}
+
+/// 2. UDP packets per second below 1% loss, 64 and 1,200-byte datagrams.
+fn udp_rows(t: &Tools, sig: &Signal, table: &mut Table) {
+    for size in [64usize, 1200] {
+        step(&format!("udp {size} B"));
+        let (sink_port, sink) = udp_sink();
+        let direct = Ok(udp_max_rate(sink_port, &sink, size, t.quick));
+        let local = free_udp_port();
+        let tun = start_tunnel(t, sig, &[format!("udp:{local}:{sink_port}")], true)
+            .map(|tun| (udp_max_rate(local, &sink, size, t.quick), tun))
+            .map(|(r, _tun)| r);
+        let target = (size == 64).then_some(("≥ 150000 pkt/s", 150_000.0, Better::Higher));
+        table.row(
+            &format!("UDP {size} B datagrams/s, < 1% loss"),
+            &tun,
+            "pkt/s",
+            "direct",
+            &direct,
+            target,
+        );
+    }
+}
+
+/// 3. TCP request/response latency through the tunnel and directly.
+fn latency_rows(t: &Tools, sig: &Signal, table: &mut Table, echo: u16) {
+    step("latency");
+    let n = if t.quick { 2000 } else { 10_000 };
+    let direct = latency(echo, n);
+    let local = free_port();
+    let tun = start_tunnel(t, sig, &[format!("tcp:{local}:{echo}")], true).and_then(|_tun| {
+        wait_tcp(local, Duration::from_secs(5))?;
+        latency(local, n)
+    });
+    let p =
+        |r: &Res<(f64, f64)>, f: fn(&(f64, f64)) -> f64| r.as_ref().map(f).map_err(Clone::clone);
+    let added = match (&tun, &direct) {
+        (Ok(a), Ok(b)) => Ok(a.0 - b.0),
+        (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+    };
+    table.row(
+        "TCP 64 B request/response p50",
+        &p(&tun, |x| x.0),
+        "µs",
+        "direct",
+        &p(&direct, |x| x.0),
+        None,
+    );
+    table.row(
+        "  added latency at p50 (tunnel − direct)",
+        &added,
+        "µs",
+        "direct p50",
+        &p(&direct, |x| x.0),
+        Some(("≤ 100 µs", 100.0, Better::Lower)),
+    );
+    table.row(
+        "TCP 64 B request/response p99",
+        &p(&tun, |x| x.1),
+        "µs",
+        "direct",
+        &p(&direct, |x| x.1),
+        None,
+    );
 }
