@@ -171,6 +171,10 @@ fn run_with_json_logs_and_metrics() {
         "only {in_room} JSON lines name the room:\n{client_log}"
     );
     assert!(with_peer >= 1, "no JSON line names the peer:\n{client_log}");
+    assert!(
+        client_log.contains("\"level\":\"DEBUG\""),
+        "--log debug printed no debug line:\n{client_log}"
+    );
 
     // Text: spans are printed inline before the message, `engine{room=… mode=…}`, and
     // without colour codes when stderr is not a terminal.

@@ -79,10 +79,15 @@ fn assert_fields(line: &Value, room: &str, peer: &str, mapping: &str) {
 fn log_lines_carry_room_peer_and_mapping() {
     let buf = Buffer::default();
     let writer = buf.clone();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter: tracing_subscriber::filter::Targets = "stunfwd_core=debug".parse().unwrap();
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter("stunfwd_core=debug")
+        .with_max_level(tracing::Level::TRACE)
         .with_writer(move || writer.clone())
+        .finish()
+        .with(filter)
         .init();
 
     let rv = Rendezvous::start();
