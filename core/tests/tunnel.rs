@@ -320,7 +320,11 @@ fn udp_flow_closes_when_idle_and_reopens() {
     let traffic = |e: &Engine| e.stats().mappings[0].traffic.clone();
     assert_eq!(traffic(&client).connections_opened, 1);
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(traffic(&client).connections_active, 0, "idle flow not closed");
+    assert_eq!(
+        traffic(&client).connections_active,
+        0,
+        "idle flow not closed"
+    );
     assert!(echoes(2) >= 195, "after the idle timeout");
     let t = traffic(&client);
     assert_eq!(t.connections_opened, 2, "{t:?}");
