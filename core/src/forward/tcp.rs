@@ -5,6 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -191,24 +192,27 @@ async fn tcp_to_quic(
     buf_size: usize,
     meter: &Meter,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; buf_size];
+    // Each read lands in a buffer of its own that is handed to quinn as it is
+    // (`write_chunk`): no copy between the socket and the QUIC stream.
+    let mut buf = BytesMut::new();
     loop {
+        buf.reserve(buf_size);
         let n = read_half(r, &mut buf).await?;
         if n == 0 {
             let _ = send.finish();
             return Ok(());
         }
-        send.write_all(&buf[..n])
+        send.write_chunk(buf.split().freeze())
             .await
             .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e))?;
         meter.sent(n);
     }
 }
 
-async fn read_half(r: &OwnedReadHalf, buf: &mut [u8]) -> io::Result<usize> {
+async fn read_half(r: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
         r.readable().await?;
-        match r.try_read(buf) {
+        match r.try_read_buf(buf) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
@@ -222,14 +226,16 @@ async fn quic_to_tcp(
     buf_size: usize,
     meter: &Meter,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; buf_size];
+    // quinn's own buffers (about one packet each), written to the socket with one
+    // writev per batch instead of being copied into a buffer of ours first.
+    let mut chunks: Vec<Bytes> = vec![Bytes::new(); (buf_size / 1024).clamp(1, 64)];
     loop {
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => {
+        match recv.read_chunks(&mut chunks).await {
+            Ok(Some(k)) => {
                 // Counted as received from the tunnel before it is handed on, so a
                 // reader that saw the bytes also sees them counted.
-                meter.received(n);
-                write_half(w, &buf[..n]).await?;
+                meter.received(chunks[..k].iter().map(Bytes::len).sum());
+                write_chunks(w, &mut chunks[..k]).await?;
             }
             Ok(None) => {
                 // Half-close: FIN toward the local side, keep reading it.
@@ -241,11 +247,28 @@ async fn quic_to_tcp(
     }
 }
 
-async fn write_half(w: &OwnedWriteHalf, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
+/// Writes every chunk, in order, with vectored writes.
+async fn write_chunks(w: &OwnedWriteHalf, mut chunks: &mut [Bytes]) -> io::Result<()> {
+    while !chunks.is_empty() {
         w.writable().await?;
-        match w.try_write(data) {
-            Ok(n) => data = &data[n..],
+        let slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
+        match w.try_write_vectored(&slices) {
+            Ok(mut n) => {
+                while n > 0 {
+                    let first = &mut chunks[0];
+                    if n >= first.len() {
+                        n -= first.len();
+                        chunks = &mut chunks[1..];
+                    } else {
+                        first.advance(n);
+                        n = 0;
+                    }
+                }
+                // Chunks written whole are done; an empty one can be skipped too.
+                while chunks.first().is_some_and(Bytes::is_empty) {
+                    chunks = &mut chunks[1..];
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
