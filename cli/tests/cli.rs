@@ -1,6 +1,7 @@
 //! The `stunfwd` binary as a user runs it: `signal` and two `run` processes on loopback,
 //! JSON logs whose lines carry the room and the peer, `--metrics` serving Prometheus
 //! text, and a clear error for a bad `--log` filter.
+#![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -53,9 +54,10 @@ impl Proc {
 
     /// SIGTERM, then everything it wrote to stderr.
     fn terminate(mut self) -> String {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success(), "kill -TERM {pid}");
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child, which has not been waited for yet.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill({pid}, SIGTERM)");
         let mut err = String::new();
         self.child
             .stderr
