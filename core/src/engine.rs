@@ -247,6 +247,10 @@ struct Shared {
     /// `engine{room, mode}`: the parent span of every task, so each log line carries
     /// the room.
     span: tracing::Span,
+    /// The tunnel socket's descriptor, owned by quinn's endpoint (see
+    /// [`release_tunnel_port`]).
+    #[cfg(unix)]
+    tunnel_fd: std::os::fd::RawFd,
 }
 
 impl Shared {
@@ -313,6 +317,26 @@ fn run_blocking<T: Send + 'static>(
         let _ = tx.send(fut.await);
     });
     rx.recv().ok()
+}
+
+/// Frees the tunnel socket's local port once the runtime is shut down. quinn's endpoint
+/// (held until the `Engine` is dropped) owns the descriptor, so it cannot be closed
+/// here; instead a fresh, unbound UDP socket is `dup2`ed over it. That closes the bound
+/// socket (its port is free for a new engine at once), and the descriptor the endpoint
+/// closes later is the unbound stand-in.
+#[cfg(unix)]
+fn release_tunnel_port(shared: &Shared) {
+    let domain = socket2::Domain::for_address(shared.local_addr);
+    let Ok(spare) = socket2::Socket::new(domain, socket2::Type::DGRAM, None) else {
+        return;
+    };
+    // SAFETY: `tunnel_fd` is open: the endpoint that owns it lives as long as `shared`,
+    // and no task can use it any more (the runtime is shut down). dup2 replaces what
+    // the number refers to atomically and leaves `spare`'s own descriptor to its owner.
+    let rc = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&spare), shared.tunnel_fd) };
+    if rc < 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "tunnel port not released");
+    }
 }
 
 impl Engine {
@@ -567,6 +591,9 @@ impl Engine {
             rt.shutdown_background();
         } else {
             rt.shutdown_timeout(rest);
+            // Every task is gone; free the tunnel port now, not when the engine is dropped.
+            #[cfg(unix)]
+            release_tunnel_port(&self.shared);
         }
         // Closing the channel ends the event thread once it has delivered `Stopped`.
         lock(&self.shared.events_tx).take();
@@ -605,6 +632,8 @@ async fn setup(config: Config, span: tracing::Span) -> Result<Arc<Shared>> {
     let pinned = PinnedPeer::new();
 
     let std_socket = bind_tunnel_socket(config.bind, config.performance.udp_buffer_size)?;
+    #[cfg(unix)]
+    let tunnel_fd = std::os::fd::AsRawFd::as_raw_fd(&std_socket);
     let local_addr = std_socket
         .local_addr()
         .map_err(|e| Error::io("tunnel socket: local address", &e))?;
@@ -697,6 +726,8 @@ async fn setup(config: Config, span: tracing::Span) -> Result<Arc<Shared>> {
         incoming: tokio::sync::Mutex::new(incoming_rx),
         metrics_addr,
         span,
+        #[cfg(unix)]
+        tunnel_fd,
         config,
     });
     if let Some(listener) = metrics_listener {

@@ -179,3 +179,36 @@ fn dropping_the_engine_stops_it_and_frees_its_ports() {
     std::net::UdpSocket::bind(udp).expect("udp mapping port free");
     std::net::UdpSocket::bind(tunnel).expect("tunnel socket free");
 }
+
+#[test]
+fn stop_frees_every_port_before_the_engine_is_dropped() {
+    // An application that stops an engine and starts a new one on the same fixed port
+    // while still holding the old handle (to read its final stats, say).
+    let rv = Rendezvous::start();
+    let (server, client) = pair(&rv, &["tcp:0:22".into(), "udp:0:53".into()]);
+    let tcp = client.mappings()[0].listen;
+    let udp = client.mappings()[1].listen;
+    let tunnel = client.local_addr();
+    client.stop(LIMIT);
+    assert_eq!(client.state(), State::Stopped);
+    std::net::TcpListener::bind(tcp).expect("tcp mapping port free after stop");
+    std::net::UdpSocket::bind(udp).expect("udp mapping port free after stop");
+    drop(std::net::UdpSocket::bind(tunnel).expect("tunnel port free after stop"));
+    // A new engine on that very address, while the old handle still exists.
+    let again = Engine::start(common::config_for(
+        &rv.url,
+        rv.stun,
+        "client",
+        &room(),
+        "k",
+        &[],
+        serde_json::json!({ "bind": tunnel.to_string() }),
+    ))
+    .expect("a new engine binds the stopped engine's address");
+    assert_eq!(again.local_addr(), tunnel);
+    // The stopped handle still answers.
+    assert_eq!(client.stats().state, State::Stopped);
+    again.stop(LIMIT);
+    server.stop(LIMIT);
+    drop(client);
+}
