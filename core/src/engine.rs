@@ -263,6 +263,8 @@ impl Shared {
             *s = new.clone();
         }
         self.state.cv.notify_all();
+        // Also called from outside the engine's tasks (`stop` on the caller's thread).
+        let _in_engine = self.span.enter();
         tracing::info!(state = %new, "state");
         self.emit(Event::State { state: new });
     }
@@ -321,7 +323,7 @@ fn run_blocking<T: Send + 'static>(
 
 /// Frees the tunnel socket's local port once the runtime is shut down. quinn's endpoint
 /// (held until the `Engine` is dropped) owns the descriptor, so it cannot be closed
-/// here; instead a fresh, unbound UDP socket is `dup2`ed over it. That closes the bound
+/// here; instead a fresh, unbound UDP socket is `dup3`ed (or `dup2`ed) over it. That closes the bound
 /// socket (its port is free for a new engine at once), and the descriptor the endpoint
 /// closes later is the unbound stand-in.
 #[cfg(unix)]
@@ -330,10 +332,20 @@ fn release_tunnel_port(shared: &Shared) {
     let Ok(spare) = socket2::Socket::new(domain, socket2::Type::DGRAM, None) else {
         return;
     };
-    // SAFETY: `tunnel_fd` is open: the endpoint that owns it lives as long as `shared`,
-    // and no task can use it any more (the runtime is shut down). dup2 replaces what
-    // the number refers to atomically and leaves `spare`'s own descriptor to its owner.
-    let rc = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&spare), shared.tunnel_fd) };
+    let spare_fd = std::os::fd::AsRawFd::as_raw_fd(&spare);
+    // SAFETY: `tunnel_fd` is open: the endpoint that owns it lives as long as `shared`.
+    // dup2/dup3 replace what the number refers to atomically and leave `spare`'s own
+    // descriptor to its owner. The stand-in keeps close-on-exec, as the original had.
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    let rc = unsafe { libc::dup3(spare_fd, shared.tunnel_fd, libc::O_CLOEXEC) };
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    let rc = unsafe {
+        let rc = libc::dup2(spare_fd, shared.tunnel_fd);
+        if rc >= 0 {
+            libc::fcntl(shared.tunnel_fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        rc
+    };
     if rc < 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "tunnel port not released");
     }
@@ -591,7 +603,9 @@ impl Engine {
             rt.shutdown_background();
         } else {
             rt.shutdown_timeout(rest);
-            // Every task is gone; free the tunnel port now, not when the engine is dropped.
+            // Free the tunnel port now, not when the engine is dropped. The runtime's
+            // tasks are gone (should shutdown have timed out, a straggler can at worst
+            // send from the unbound stand-in, which the kernel binds to a random port).
             #[cfg(unix)]
             release_tunnel_port(&self.shared);
         }
@@ -1612,6 +1626,10 @@ async fn upgrade_to_direct(shared: Arc<Shared>, conn: quinn::Connection, token: 
             shared.agent.socket().alias(conn_addr, sel.remote);
             let path = candidate_kind(&shared, &offer, sel.remote);
             tracing::info!(from = %conn_addr, to = %sel.remote, "tunnel upgraded from relay to a direct path");
+            // This task runs in the tunnel's span: later lines name the new path.
+            let span = tracing::Span::current();
+            span.record("peer", tracing::field::display(sel.remote));
+            span.record("path", path.as_str());
             shared.path_changes.fetch_add(1, Ordering::Relaxed);
             {
                 let mut p = lock(&shared.peer);

@@ -164,4 +164,14 @@ fn log_lines_carry_room_peer_and_mapping() {
 
     client.stop(Duration::from_secs(2));
     server.stop(Duration::from_secs(2));
+    // `stop` runs on this thread, outside the engine's tasks: its lines name the room too.
+    let stopped: Vec<Value> = buf
+        .lines()
+        .into_iter()
+        .filter(|l| l["fields"]["message"] == "state" && l["fields"]["state"] == "stopped")
+        .collect();
+    assert_eq!(stopped.len(), 2, "one 'stopped' line per engine");
+    for l in &stopped {
+        assert_eq!(span_field(l, "room").as_deref(), Some(room.as_str()), "{l}");
+    }
 }

@@ -202,7 +202,10 @@ pub(crate) async fn run_listener(
         });
         // Fast path: once the flow is open, a datagram that fits goes into the tunnel
         // from here, without a hop through the flow's task.
-        if let Some(open) = entry.open.get() {
+        // Only with nothing queued for the task, so that datagrams queued while the flow
+        // opened are not overtaken.
+        let queued = entry.tx.capacity() < entry.tx.max_capacity();
+        if let Some(open) = entry.open.get().filter(|_| !queued) {
             if open.send(&buf[..n]) {
                 meter.datagram_sent(n);
                 continue;
