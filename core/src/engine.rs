@@ -323,9 +323,9 @@ fn run_blocking<T: Send + 'static>(
 
 /// Frees the tunnel socket's local port once the runtime is shut down. quinn's endpoint
 /// (held until the `Engine` is dropped) owns the descriptor, so it cannot be closed
-/// here; instead a fresh, unbound UDP socket is `dup3`ed (or `dup2`ed) over it. That closes the bound
-/// socket (its port is free for a new engine at once), and the descriptor the endpoint
-/// closes later is the unbound stand-in.
+/// here; instead a fresh, unbound UDP socket is `dup3`ed (or `dup2`ed) over it. That
+/// closes the bound socket (its port is free for a new engine at once), and the
+/// descriptor the endpoint closes later is the unbound stand-in.
 #[cfg(unix)]
 fn release_tunnel_port(shared: &Shared) {
     let domain = socket2::Domain::for_address(shared.local_addr);
