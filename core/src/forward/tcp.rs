@@ -228,7 +228,7 @@ async fn quic_to_tcp(
 ) -> io::Result<()> {
     // quinn's own buffers (about one packet each), written to the socket with one
     // writev per batch instead of being copied into a buffer of ours first.
-    let mut chunks: Vec<Bytes> = vec![Bytes::new(); (buf_size / 1024).clamp(1, 64)];
+    let mut chunks: Vec<Bytes> = vec![Bytes::new(); (buf_size / 1024).clamp(1, MAX_CHUNKS)];
     loop {
         match recv.read_chunks(&mut chunks).await {
             Ok(Some(k)) => {
@@ -247,12 +247,20 @@ async fn quic_to_tcp(
     }
 }
 
+/// Most chunks taken from quinn per batch (and so per `writev`).
+const MAX_CHUNKS: usize = 64;
+
 /// Writes every chunk, in order, with vectored writes.
 async fn write_chunks(w: &OwnedWriteHalf, mut chunks: &mut [Bytes]) -> io::Result<()> {
     while !chunks.is_empty() {
         w.writable().await?;
-        let slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
-        match w.try_write_vectored(&slices) {
+        // On the stack: this runs once per batch of packets.
+        let mut slices = [io::IoSlice::new(&[]); MAX_CHUNKS];
+        let k = chunks.len().min(MAX_CHUNKS);
+        for (slice, chunk) in slices.iter_mut().zip(&chunks[..k]) {
+            *slice = io::IoSlice::new(chunk);
+        }
+        match w.try_write_vectored(&slices[..k]) {
             Ok(mut n) => {
                 while n > 0 {
                     let first = &mut chunks[0];
