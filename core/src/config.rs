@@ -621,8 +621,13 @@ pub struct Performance {
 /// iperf3 through a loopback tunnel: 4.6-5.6 Gbit/s with 1 worker, 3.4-4.1 with 2
 /// (docs/benchmarks.md).
 pub fn default_workers() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cpus / 2).clamp(1, 2)
+    // Asked once: on Linux the answer reads the cgroup files, and every parsed config
+    // starts from `Performance::default()`.
+    static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WORKERS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cpus / 2).clamp(1, 2)
+    })
 }
 
 impl Default for Performance {
