@@ -593,6 +593,11 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// One figure of a measured pair, or the pair's error.
+fn part(r: &Res<(f64, f64)>, f: fn(&(f64, f64)) -> f64) -> Res<f64> {
+    r.as_ref().map(f).map_err(Clone::clone)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     pct(&v, 0.5)
@@ -994,7 +999,10 @@ fn run(t: &Tools) -> Table {
     }
     let median_of = |setup: Res<()>, runs: Vec<Res<f64>>| -> Res<f64> {
         setup?;
-        let ok: Vec<f64> = runs.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+        let ok: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
         match runs.into_iter().find_map(Result::err) {
             Some(e) if ok.is_empty() => Err(e),
             _ if ok.is_empty() => Err("no run".into()),
@@ -1128,22 +1136,20 @@ fn run(t: &Tools) -> Table {
             dp.listen.rss_kb() as f64 * 1024.0,
         ))
     });
-    let pick =
-        |r: &Res<(f64, f64)>, f: fn(&(f64, f64)) -> f64| r.as_ref().map(f).map_err(Clone::clone);
     table.row(
         "RSS idle, client engine, 10 mappings",
-        &pick(&idle, |x| x.0),
+        &part(&idle, |x| x.0),
         "MB",
         "dumbpipe connect-tcp, 1 pipe",
-        &pick(&dp_idle, |x| x.0),
+        &part(&dp_idle, |x| x.0),
         Some(("≤ 8 MB", 8.0e6, Better::Lower)),
     );
     table.row(
         "RSS idle, server engine",
-        &pick(&idle, |x| x.1),
+        &part(&idle, |x| x.1),
         "MB",
         "dumbpipe listen-tcp",
-        &pick(&dp_idle, |x| x.1),
+        &part(&dp_idle, |x| x.1),
         Some(("≤ 8 MB", 8.0e6, Better::Lower)),
     );
     // The peak over all throughput runs of that process.
@@ -1251,10 +1257,10 @@ fn run(t: &Tools) -> Table {
     });
     table.row(
         "rendezvous RSS with 10,000 rooms",
-        &pick(&mem, |x| x.0),
+        &part(&mem, |x| x.0),
         "MB",
         "same server, 0 rooms",
-        &pick(&mem, |x| x.1),
+        &part(&mem, |x| x.1),
         None,
     );
     drop(sig);
@@ -1294,18 +1300,16 @@ fn latency_rows(t: &Tools, sig: &Signal, table: &mut Table, echo: u16) {
         wait_tcp(local, Duration::from_secs(5))?;
         latency(local, n)
     });
-    let p =
-        |r: &Res<(f64, f64)>, f: fn(&(f64, f64)) -> f64| r.as_ref().map(f).map_err(Clone::clone);
     let added = match (&tun, &direct) {
         (Ok(a), Ok(b)) => Ok(a.0 - b.0),
         (Err(e), _) | (_, Err(e)) => Err(e.clone()),
     };
     table.row(
         "TCP 64 B request/response p50",
-        &p(&tun, |x| x.0),
+        &part(&tun, |x| x.0),
         "µs",
         "direct",
-        &p(&direct, |x| x.0),
+        &part(&direct, |x| x.0),
         None,
     );
     table.row(
@@ -1313,15 +1317,15 @@ fn latency_rows(t: &Tools, sig: &Signal, table: &mut Table, echo: u16) {
         &added,
         "µs",
         "direct p50",
-        &p(&direct, |x| x.0),
+        &part(&direct, |x| x.0),
         Some(("≤ 100 µs", 100.0, Better::Lower)),
     );
     table.row(
         "TCP 64 B request/response p99",
-        &p(&tun, |x| x.1),
+        &part(&tun, |x| x.1),
         "µs",
         "direct",
-        &p(&direct, |x| x.1),
+        &part(&direct, |x| x.1),
         None,
     );
 }
