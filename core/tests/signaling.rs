@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stunfwd_core::signal::{Offer, Role, RoomKey, SignalClient, SignalServer, SignalServerConfig};
+use stunfwd_core::signal::{
+    Offer, Role, RoomKey, SignalClient, SignalServer, SignalServerConfig, WAKE_GAP,
+};
 use stunfwd_core::Error;
 use tokio::time::Instant;
 
@@ -483,6 +485,65 @@ async fn backs_off_exponentially_against_a_mailbox_without_long_poll() {
     assert!(
         gaps.iter().all(|g| *g <= cap + Duration::from_secs(1)),
         "{gaps:?}"
+    );
+}
+
+/// A peer that shows it has posted (a check, a handshake) wakes a waiting client: the
+/// mailbox is read at once instead of at the next backoff step, and a flood of wakes
+/// costs at most one read per `WAKE_GAP`.
+#[tokio::test]
+async fn a_wake_reads_early_and_a_flood_of_wakes_is_bounded() {
+    let (addr, hits) = not_found_server().await;
+    let counter = Arc::new(AtomicU64::new(0));
+    // A backoff that reaches its 5 s cap at once: without wakes, one GET per 5 s.
+    let c = SignalClient::new(
+        &format!("http://{addr}/signal.php"),
+        "woken",
+        Duration::from_secs(5),
+        counter.clone(),
+    )
+    .unwrap();
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.wait_for(Role::Server, Duration::from_secs(4), |_| Some(()))
+                .await
+        })
+    };
+    // One wake after 1 s: one early GET, right away.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = hits.lock().unwrap().len();
+    let woke_at = std::time::Instant::now();
+    c.wake();
+    let limit = std::time::Instant::now() + Duration::from_secs(1);
+    while hits.lock().unwrap().len() == before && std::time::Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        hits.lock().unwrap().len() > before,
+        "a wake did not cause a GET within 1 s"
+    );
+    let early = hits.lock().unwrap()[before] - woke_at;
+    assert!(early < Duration::from_millis(300), "{early:?}");
+
+    // Then 2 s of wakes every millisecond: at most one GET per WAKE_GAP.
+    let flood_start = hits.lock().unwrap().len();
+    let flood = std::time::Instant::now();
+    while flood.elapsed() < Duration::from_secs(2) {
+        c.wake();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let during = hits.lock().unwrap().len() - flood_start;
+    let bound = (2_000 / WAKE_GAP.as_millis() as usize) + 2;
+    assert!(
+        (4..=bound).contains(&during),
+        "{during} GETs during 2 s of wakes (bound {bound})"
+    );
+    let err = waiter.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+    assert_eq!(
+        hits.lock().unwrap().len() as u64,
+        counter.load(Ordering::Relaxed)
     );
 }
 

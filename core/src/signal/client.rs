@@ -39,6 +39,10 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// TCP + TLS connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Least time between two GETs made early because of [`SignalClient::wake`]: however
+/// often it is called, wakes add at most four GETs a second to the backoff schedule.
+pub const WAKE_GAP: Duration = Duration::from_millis(250);
+
 /// A client of one room on one rendezvous server. Cheap to clone: clones share the
 /// connection pool and the request counter.
 #[derive(Debug, Clone)]
@@ -48,6 +52,7 @@ pub struct SignalClient {
     room: Arc<str>,
     backoff_start: Duration,
     requests: Arc<AtomicU64>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl SignalClient {
@@ -124,12 +129,23 @@ impl SignalClient {
             room: room.into(),
             backoff_start: backoff_start.max(BACKOFF_FLOOR),
             requests,
+            wake: Arc::default(),
         })
     }
 
     /// The room this client talks about.
     pub fn room(&self) -> &str {
         &self.room
+    }
+
+    /// Asks a [`SignalClient::wait_for`] that is sleeping between polls (against a
+    /// mailbox that does not long-poll) to read the mailbox now: the peer has shown
+    /// that it posted something (it sent us a check or a handshake). Cheap and safe to
+    /// call often: a wake that comes while no one sleeps is kept for the next pause,
+    /// several wakes count as one, and an early read comes at most once per
+    /// [`WAKE_GAP`].
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Posts `data` to `role`'s mailbox, replacing what was there.
@@ -227,7 +243,7 @@ impl SignalClient {
     /// Long-polls with `wait=25` (bounded by the time left). A 404 that comes back much
     /// faster than asked means the server does not long-poll: the client then sleeps
     /// with exponential backoff (the configured start, ×2 per consecutive fast answer, at
-    /// most 5 s). Rejected data is not fetched again: the next GET passes `since`, or,
+    /// most 5 s, or the start when that is longer). Rejected data is not fetched again: the next GET passes `since`, or,
     /// against a server without versions, waits a backoff step first. HTTP errors are
     /// retried with the same backoff, or after the server's `Retry-After` (429, 503) when
     /// that is longer. Never busy-loops; cancel by dropping the future.
@@ -239,7 +255,10 @@ impl SignalClient {
     ) -> Result<T> {
         let deadline = Instant::now() + timeout;
         let mut backoff = self.backoff_start;
+        // A configured start above the usual cap is kept, not halved after one step.
+        let cap = BACKOFF_CAP.max(self.backoff_start);
         let mut since: Option<u64> = None;
+        let mut last_early: Option<Instant> = None;
         let mut last_problem: Option<String> = None;
 
         loop {
@@ -269,13 +288,13 @@ impl SignalClient {
                             None
                         }
                         // No versions, or a server that ignores `since`.
-                        _ => Some(next_backoff(&mut backoff)),
+                        _ => Some(next_backoff(&mut backoff, cap)),
                     }
                 }
                 Ok(Ok(None)) => {
                     let fast = asked.is_zero() || elapsed < Duration::from_secs(1).min(asked / 2);
                     if fast {
-                        Some(next_backoff(&mut backoff))
+                        Some(next_backoff(&mut backoff, cap))
                     } else {
                         backoff = self.backoff_start;
                         None
@@ -286,11 +305,21 @@ impl SignalClient {
                     last_problem = Some(e.to_string());
                     // A busy server (429, 503) says when to come back; do not come sooner.
                     let asked = retry_after.unwrap_or_default().min(RETRY_AFTER_CAP);
-                    Some(next_backoff(&mut backoff).max(asked))
+                    Some(next_backoff(&mut backoff, cap).max(asked))
                 }
             };
             if let Some(pause) = pause {
-                tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
+                let woken = tokio::select! {
+                    _ = tokio::time::sleep_until((Instant::now() + pause).min(deadline)) => false,
+                    _ = self.wake.notified() => true,
+                };
+                if woken {
+                    if let Some(last) = last_early {
+                        tokio::time::sleep_until((last + WAKE_GAP).min(deadline)).await;
+                    }
+                    tracing::debug!(room = %self.room, %role, "woken: reading the mailbox early");
+                    last_early = Some(Instant::now());
+                }
             }
         }
 
@@ -358,10 +387,10 @@ fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>> {
     Ok(certs)
 }
 
-/// Returns the current backoff step and doubles it for next time, up to the cap.
-fn next_backoff(backoff: &mut Duration) -> Duration {
+/// Returns the current backoff step and doubles it for next time, up to `cap`.
+fn next_backoff(backoff: &mut Duration, cap: Duration) -> Duration {
     let current = *backoff;
-    *backoff = (current * 2).min(BACKOFF_CAP);
+    *backoff = (current * 2).min(cap);
     current
 }
 
@@ -498,7 +527,16 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let mut b = Duration::from_millis(50);
-        let steps: Vec<u128> = (0..9).map(|_| next_backoff(&mut b).as_millis()).collect();
+        let steps: Vec<u128> = (0..9)
+            .map(|_| next_backoff(&mut b, BACKOFF_CAP).as_millis())
+            .collect();
         assert_eq!(steps, [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        // A start above the cap (signalBackoff up to 60 s) stays the step.
+        let mut b = Duration::from_secs(20);
+        let cap = BACKOFF_CAP.max(b);
+        let steps: Vec<u64> = (0..3)
+            .map(|_| next_backoff(&mut b, cap).as_secs())
+            .collect();
+        assert_eq!(steps, [20, 20, 20]);
     }
 }

@@ -18,6 +18,6 @@ pub mod server;
 mod store;
 mod tls;
 
-pub use client::SignalClient;
+pub use client::{SignalClient, WAKE_GAP};
 pub use proto::{Offer, OfferError, Role, RoomKey};
 pub use server::{SignalServer, SignalServerConfig, StoreConfig, TlsFiles};
