@@ -294,4 +294,9 @@ export interface TrafficStats {
   datagramsReceived: number
   /** Connections refused by the server's allow rules. */
   refusedByPolicy: number
+  /**
+   * Local connections reset (UDP flows dropped) because the tunnel was not up
+   * within `performance.tunnelWait`.
+   */
+  tunnelWaitTimeouts: number
 }

@@ -213,6 +213,9 @@ pub struct TrafficStats {
     pub datagrams_received: i64,
     /// Connections refused by the server's allow rules.
     pub refused_by_policy: i64,
+    /// Local connections reset (UDP flows dropped) because the tunnel was not up
+    /// within `performance.tunnelWait`.
+    pub tunnel_wait_timeouts: i64,
 }
 
 impl From<&core::Traffic> for TrafficStats {
@@ -226,6 +229,7 @@ impl From<&core::Traffic> for TrafficStats {
             datagrams_sent: count(t.datagrams_sent),
             datagrams_received: count(t.datagrams_received),
             refused_by_policy: count(t.refused_by_policy),
+            tunnel_wait_timeouts: count(t.tunnel_wait_timeouts),
         }
     }
 }

@@ -612,6 +612,11 @@ pub struct Performance {
     /// `workers`: tokio worker threads of the engine's runtime, 1-64. Default: one per
     /// two CPUs, at most 2 (see [`default_workers`]).
     pub workers: usize,
+    /// `tunnelWait`: how long a local TCP connection or UDP flow accepted while the
+    /// tunnel is not up (starting, or reconnecting) waits for it. Its data is carried
+    /// once the tunnel is up; when the time runs out the TCP connection is reset and
+    /// counted in `tunnel_wait_timeouts`. Default 10 s, 100 ms-10 min.
+    pub tunnel_wait: Duration,
 }
 
 /// The default `workers`: one runtime thread per two CPUs, between 1 and 2. One QUIC
@@ -642,6 +647,7 @@ impl Default for Performance {
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
             workers: default_workers(),
+            tunnel_wait: Duration::from_secs(10),
         }
     }
 }
@@ -715,6 +721,12 @@ impl Performance {
             ));
         }
         check_int(&key("workers"), self.workers as u64, 1, 64, "threads")?;
+        check_duration(
+            &key("tunnelWait"),
+            self.tunnel_wait,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
         Ok(())
     }
 
@@ -735,6 +747,7 @@ impl Performance {
         m.insert("keepAlive".into(), fmt_duration(self.keep_alive).into());
         m.insert("idleTimeout".into(), fmt_duration(self.idle_timeout).into());
         m.insert("workers".into(), self.workers.into());
+        m.insert("tunnelWait".into(), fmt_duration(self.tunnel_wait).into());
         Value::Object(m)
     }
 }
@@ -921,6 +934,7 @@ const UDP_FLOW_TIMEOUT: Field = field("udpFlowTimeout");
 const KEEP_ALIVE: Field = field("keepAlive");
 const IDLE_TIMEOUT: Field = field("idleTimeout");
 const WORKERS: Field = field("workers");
+const TUNNEL_WAIT: Field = field("tunnelWait");
 const PERFORMANCE_FIELDS: &[Field] = &[
     STUN_CACHE,
     SIGNAL_BACKOFF,
@@ -931,6 +945,7 @@ const PERFORMANCE_FIELDS: &[Field] = &[
     KEEP_ALIVE,
     IDLE_TIMEOUT,
     WORKERS,
+    TUNNEL_WAIT,
 ];
 
 const URL: Field = field("url");
@@ -961,7 +976,7 @@ const RELAY_EXPECTED: &str = "an object {\"url\": \"turn:host:3478\", \"username
 const RELAY_URL_EXPECTED: &str = "\"turn:HOST[:PORT][?transport=udp]\"";
 const RELAY_POLICY_EXPECTED: &str = "\"auto\", \"never\" or \"always\"";
 const PERFORMANCE_EXPECTED: &str = "an object with keys stunCache, signalBackoff, tcpBufferSize, \
-     udpBufferSize, maxRetries, udpFlowTimeout, keepAlive, idleTimeout, workers";
+     udpBufferSize, maxRetries, udpFlowTimeout, keepAlive, idleTimeout, workers, tunnelWait";
 
 impl Config {
     /// Parses and validates a JSON document.
@@ -1330,6 +1345,9 @@ fn parse_performance(key: &str, v: &Value) -> Result<Performance> {
     }
     if let Some((k, v)) = fields.get(&WORKERS)? {
         p.workers = parse_usize(&k, v, "a number of threads, 1-64")?;
+    }
+    if let Some((k, v)) = fields.get(&TUNNEL_WAIT)? {
+        p.tunnel_wait = parse_duration(&k, v)?;
     }
     p.check(key)?;
     Ok(p)
@@ -2113,6 +2131,7 @@ mod tests {
         assert_eq!(p.idle_timeout, Duration::from_secs(15));
         assert_eq!(p.workers, default_workers());
         assert!((1..=2).contains(&p.workers));
+        assert_eq!(p.tunnel_wait, Duration::from_secs(10));
         c.validate().expect("defaults are valid");
     }
 
@@ -2260,7 +2279,7 @@ mod tests {
             "metricsAddr": "127.0.0.1:9100",
             "punchTimeout": 1.5,
             "performance": {"udpFlowTimeout": "2m", "keepAlive": "5s", "idleTimeout": "20s",
-                            "workers": 4}
+                            "workers": 4, "tunnelWait": "2s 500ms"}
         })));
         assert_eq!(c.mappings[2].listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.mappings[2].target(), "[::1]:22");
@@ -2271,6 +2290,7 @@ mod tests {
         assert_eq!(back.to_json(), json);
         assert_eq!(json["mappings"][0], "udp:127.0.0.1:5000:127.0.0.1:53");
         assert_eq!(json["punchTimeout"], "1s 500ms");
+        assert_eq!(c.performance.tunnel_wait, Duration::from_millis(2500));
     }
 
     #[test]

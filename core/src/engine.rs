@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -755,7 +755,12 @@ async fn setup(config: Config, span: tracing::Span) -> Result<Arc<Shared>> {
     }
     crate::spawn(stun_dispatch(shared.clone(), stun_rx));
     if role == Role::Server {
-        crate::spawn(accept_loop(endpoint, incoming_tx, shared.root.clone()));
+        crate::spawn(accept_loop(
+            shared.clone(),
+            endpoint,
+            incoming_tx,
+            shared.root.clone(),
+        ));
     }
     Ok(shared)
 }
@@ -923,10 +928,16 @@ async fn handle_stun(shared: &Arc<Shared>, d: StunDatagram) {
                 socket.send_direct(&reply, d.from).await
             };
             let prflx = lock(&shared.prflx).clone();
-            if let Some((peer_id, tx)) = prflx {
-                if peer_id == from_id {
+            let waiting = matches!(shared.state(), State::Discovering | State::Signaling);
+            match prflx {
+                Some((peer_id, tx)) if peer_id == from_id && !waiting => {
                     let _ = tx.try_send(d.from);
                 }
+                // An authentic check while we have not read the peer's offer of this
+                // attempt: it has posted one, so read the mailbox now rather than at
+                // the next poll (bounded by `WAKE_GAP`).
+                _ if waiting || !shared.state().is_connected() => shared.signal.wake(),
+                _ => {}
             }
         }
         Some(Parsed::Request { .. }) => {
@@ -1034,20 +1045,56 @@ async fn ensure_relay(shared: &Arc<Shared>) -> std::result::Result<Arc<TurnClien
     Ok(turn)
 }
 
+/// Longest a server holds an incoming handshake while it has not read the peer's offer
+/// (the client punched and dialled before our poll of the mailbox came round).
+const HOLD_FOR_OFFER: Duration = Duration::from_secs(5);
+
+/// Most handshakes held at once for [`HOLD_FOR_OFFER`]; further ones are not held (and
+/// fail in the verifier, as anything that is not the peer does), so a flood of QUIC
+/// Initials holds a bounded set of buffers and causes no more mailbox reads than one
+/// per [`crate::signal::WAKE_GAP`].
+const MAX_HELD: usize = 8;
+
 /// Server role: completes incoming QUIC handshakes (the pinned verifier rejects
 /// everyone but the peer) and hands the connections to the driver.
+///
+/// A handshake that arrives before we have read the peer's offer in this attempt (its
+/// poll of a mailbox without long-poll may be seconds away) is held, not refused: the
+/// mailbox is read at once ([`SignalClient::wake`]) and the handshake goes on when the
+/// offer is pinned, or after [`HOLD_FOR_OFFER`]. quinn buffers the client's
+/// retransmitted Initials meanwhile.
 async fn accept_loop(
+    shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     tx: mpsc::Sender<quinn::Connection>,
     token: CancellationToken,
 ) {
+    let held = Arc::new(AtomicUsize::new(0));
     loop {
         let incoming = tokio::select! {
             _ = token.cancelled() => return,
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
-        let tx = tx.clone();
+        let (tx, shared, held, token) = (tx.clone(), shared.clone(), held.clone(), token.clone());
         crate::spawn(async move {
+            if shared.pinned.get().is_none() {
+                if held.fetch_add(1, Ordering::Relaxed) < MAX_HELD {
+                    let from = incoming.remote_address();
+                    tracing::debug!(%from, "handshake before the peer's offer; reading the mailbox now");
+                    shared.signal.wake();
+                    let pinned = tokio::select! {
+                        _ = token.cancelled() => false,
+                        p = shared.pinned.wait_pinned(HOLD_FOR_OFFER) => p,
+                    };
+                    if !pinned {
+                        tracing::info!(%from, "no peer offer arrived for a held handshake");
+                    }
+                }
+                held.fetch_sub(1, Ordering::Relaxed);
+                if token.is_cancelled() {
+                    return;
+                }
+            }
             match tokio::time::timeout(Duration::from_secs(10), incoming).await {
                 Ok(Ok(conn)) => {
                     let _ = tx.send(conn).await;
@@ -1273,6 +1320,11 @@ async fn connect_once(
     shared: &Arc<Shared>,
 ) -> std::result::Result<Option<(quinn::Connection, PathKind)>, Attempt> {
     let t0 = Instant::now();
+    if shared.role == Role::Server {
+        // Until this attempt has read the peer's offer, handshakes are held for it
+        // (`accept_loop`), not checked against an earlier peer's certificate.
+        shared.pinned.set(None);
+    }
     shared.set_state(State::Discovering);
     let disc = discovery(shared).await;
     let stun_ms = disc.took;
@@ -1399,10 +1451,25 @@ async fn connect_once(
                 .endpoint
                 .connect_with(cfg, sel.remote, tunnel::SERVER_NAME)
                 .map_err(|e| format!("cannot open the tunnel: {e}"))?;
-            let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+            // Connected only once the server has authenticated us too: in TLS 1.3 our
+            // handshake completes before the server has checked our certificate, so
+            // wait for its welcome (a server that refuses us closes instead).
+            let handshake = async {
+                let conn = connecting
+                    .await
+                    .map_err(|e| format!("tunnel handshake with {} failed: {e}", sel.remote))?;
+                if let Err(e) = tunnel::await_welcome(&conn).await {
+                    conn.close(0u32.into(), b"no welcome");
+                    return Err(format!(
+                        "tunnel handshake with {}: the peer did not accept us: {e}",
+                        sel.remote
+                    ));
+                }
+                Ok(conn)
+            };
+            let conn = tokio::time::timeout(Duration::from_secs(10), handshake)
                 .await
-                .map_err(|_| format!("tunnel handshake with {} timed out", sel.remote))?
-                .map_err(|e| format!("tunnel handshake with {} failed: {e}", sel.remote))?;
+                .map_err(|_| format!("tunnel handshake with {} timed out", sel.remote))??;
             let path = candidate_kind(shared, &peer, sel.remote);
             (conn, path)
         }
@@ -1489,6 +1556,11 @@ async fn run_connected(
         if shared.role == Role::Server {
             let (c, ctx, t) = (conn.clone(), shared.ctx.clone(), conn_token.clone());
             crate::spawn(async move {
+                // The client reports connected only after this (see `await_welcome`).
+                if let Err(e) = tunnel::send_welcome(&c).await {
+                    tracing::debug!(error = %e, "welcome not sent");
+                    return;
+                }
                 loop {
                     let stream = tokio::select! {
                         _ = t.cancelled() => return,

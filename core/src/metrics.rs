@@ -102,7 +102,7 @@ impl Writer {
 /// What a traffic figure is called, its kind and its help text.
 type TrafficField = (&'static str, Kind, &'static str, fn(&Traffic) -> u64);
 
-const TRAFFIC: [TrafficField; 8] = [
+const TRAFFIC: [TrafficField; 9] = [
     (
         "connections_opened_total",
         Kind::Counter,
@@ -150,6 +150,12 @@ const TRAFFIC: [TrafficField; 8] = [
         Kind::Counter,
         "Connections refused by the allow rules.",
         |t| t.refused_by_policy,
+    ),
+    (
+        "tunnel_wait_timeouts_total",
+        Kind::Counter,
+        "Local connections reset (UDP flows dropped) because the tunnel was not up within tunnelWait.",
+        |t| t.tunnel_wait_timeouts,
     ),
 ];
 

@@ -19,6 +19,7 @@ pub(crate) struct Counters {
     datagrams_sent: AtomicU64,
     datagrams_received: AtomicU64,
     refused: AtomicU64,
+    tunnel_wait_timeouts: AtomicU64,
 }
 
 impl Counters {
@@ -33,6 +34,7 @@ impl Counters {
             datagrams_sent: g(&self.datagrams_sent),
             datagrams_received: g(&self.datagrams_received),
             refused_by_policy: g(&self.refused),
+            tunnel_wait_timeouts: g(&self.tunnel_wait_timeouts),
         }
     }
 }
@@ -84,6 +86,13 @@ impl Meter {
         });
     }
 
+    /// A local connection or flow gave up waiting for the tunnel (`tunnelWait`).
+    pub fn tunnel_wait_timeout(&self) {
+        self.each(|c| {
+            c.tunnel_wait_timeouts.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
     pub fn sent(&self, bytes: usize) {
         self.each(|c| {
             c.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -130,6 +139,10 @@ pub struct Traffic {
     pub datagrams_received: u64,
     /// Connections refused by the allow rules (counted where the refusal happened).
     pub refused_by_policy: u64,
+    /// Local TCP connections reset, and UDP flows dropped, because the tunnel was not
+    /// up within `performance.tunnelWait` of their arrival (client side; also counted
+    /// in `connections_failed`).
+    pub tunnel_wait_timeouts: u64,
 }
 
 /// One mapping's figures.

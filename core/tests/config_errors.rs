@@ -332,6 +332,12 @@ fn malformed_configs_name_the_key_and_value() {
             Some("0"),
         ),
         (
+            "tunnelWait too short",
+            config_with(json!({"performance": {"tunnelWait": "10ms"}})),
+            "performance.tunnelWait",
+            Some("10ms"),
+        ),
+        (
             "keepAlive not below idleTimeout",
             config_with(json!({"performance": {"keepAlive": "30s", "idleTimeout": "30s"}})),
             "performance.keepAlive",

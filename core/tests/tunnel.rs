@@ -548,3 +548,101 @@ fn tampered_offer_is_detected_and_rejected() {
         assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 }
+
+/// Connections made while the tunnel is not up yet wait for it (up to `tunnelWait`)
+/// and then carry their data: a TCP connection whose data was written before the
+/// server peer even started, and UDP datagrams sent at the same moment.
+#[test]
+fn a_connection_accepted_before_the_tunnel_waits_and_is_carried() {
+    let rv = Rendezvous::start();
+    let (tcp_target, udp_target) = (tcp_echo(), udp_echo());
+    let room = room();
+    let client = Engine::start(rv.config(
+        "client",
+        &room,
+        "k",
+        &[
+            format!("tcp:0:{}", tcp_target.port()),
+            format!("udp:0:{}", udp_target.port()),
+        ],
+    ))
+    .unwrap();
+    let mut tcp = connect(mapping_addr(&client, Proto::Tcp));
+    let data = pattern(256 * 1024, 13);
+    // Written from a thread: nothing reads the local socket until the tunnel is up.
+    let writer = {
+        let (mut w, data) = (tcp.try_clone().unwrap(), data.clone());
+        std::thread::spawn(move || w.write_all(&data))
+    };
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..5u8 {
+        udp.send_to(&[i; 100], mapping_addr(&client, Proto::Udp))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!client.state().is_connected());
+    let server = Engine::start(rv.config("server", &room, "k", &[])).unwrap();
+    let mut back = vec![0u8; data.len()];
+    tcp.read_exact(&mut back).unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        back == data,
+        "the bytes written before the tunnel came through"
+    );
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut buf = [0u8; 200];
+    while seen.len() < 5 {
+        let (n, _) = udp.recv_from(&mut buf).unwrap();
+        assert_eq!(n, 100);
+        seen.insert(buf[0]);
+    }
+    let totals = client.stats().totals;
+    assert_eq!(totals.tunnel_wait_timeouts, 0, "{totals:?}");
+    assert_eq!(totals.connections_failed, 0, "{totals:?}");
+    assert_eq!(totals.connections_opened, 2, "{totals:?}");
+    drop(server);
+}
+
+/// No tunnel within `tunnelWait`: the local TCP connection is reset (not closed as if
+/// the data had ended), the UDP flow is dropped, and both are counted.
+#[test]
+fn a_connection_that_waits_in_vain_is_reset_and_counted() {
+    let rv = Rendezvous::start();
+    let config = config_for(
+        &rv.url,
+        rv.stun,
+        "client",
+        &room(),
+        "k",
+        &["tcp:0:9".into(), "udp:0:9".into()],
+        serde_json::json!({"performance": {"tunnelWait": "700ms"}}),
+    );
+    let client = Engine::start(config).unwrap();
+    let mut tcp = connect(mapping_addr(&client, Proto::Tcp));
+    tcp.write_all(b"anyone there?").unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(b"hello?", mapping_addr(&client, Proto::Udp))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let err = tcp.read(&mut buf).expect_err("a reset, not an orderly end");
+    let waited = started.elapsed();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.stats().totals.tunnel_wait_timeouts < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = client.stats();
+    assert_eq!(stats.totals.tunnel_wait_timeouts, 2, "{:?}", stats.totals);
+    assert_eq!(stats.totals.connections_failed, 2, "{:?}", stats.totals);
+    for m in &stats.mappings {
+        assert_eq!(m.traffic.tunnel_wait_timeouts, 1, "{}", m.spec);
+    }
+    let json: serde_json::Value = serde_json::from_str(&client.stats_json()).unwrap();
+    assert_eq!(json["totals"]["tunnel_wait_timeouts"], 2);
+}

@@ -194,7 +194,8 @@ class Engine:
         ``nat_type``, ``peer_nat_type``, ``rtt_ms``, ``totals`` and, per mapping,
         ``mappings[i]["traffic"]`` (``connections_opened``, ``connections_active``,
         ``connections_failed``, ``bytes_sent``, ``bytes_received``, ``datagrams_sent``,
-        ``datagrams_received``, ``refused_by_policy``), ``timings`` (``*_ms``),
+        ``datagrams_received``, ``refused_by_policy``, ``tunnel_wait_timeouts``),
+        ``timings`` (``*_ms``),
         ``reconnects``, ``stun_discoveries``, ``signaling_requests``,
         ``offers_rejected``, ``checks_unauthenticated`` and ``last_error``. Addresses
         are ``"IP:PORT"`` strings; absent values are ``None``.

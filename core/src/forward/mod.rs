@@ -11,11 +11,17 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use quinn::{RecvStream, SendStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::config::{AllowRule, Performance, Proto};
 use crate::stats::Counters;
 use proto::{split_target, Status};
+
+/// How long the peer may take to answer a stream header with its status byte (it
+/// dials the target first, for up to 10 s).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// QUIC application error code used when a forwarded connection is reset.
 pub(crate) const RESET_CODE: u32 = 1;
@@ -64,6 +70,59 @@ impl Ctx {
                 .and_then(|c| c.clone())
         };
         tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+}
+
+/// Why [`open_stream`] did not get the peer's answer.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// No tunnel came up before the deadline (`performance.tunnelWait`).
+    NoTunnel,
+    /// The stream failed on a tunnel that is still up, or the peer did not answer.
+    Failed(String),
+}
+
+/// Client role: opens a stream through the tunnel, sends a header made by `header`
+/// (called once per attempt) and reads the peer's status byte.
+///
+/// A tunnel that is not up yet is waited for until `deadline`. A tunnel that is lost
+/// before the peer answered (a reconnect, or a tunnel that failed right after its
+/// handshake) is not a failure of this connection: nothing of the local side's data has
+/// been sent yet, so the header goes again through the next tunnel, as long as the
+/// deadline allows.
+pub(crate) async fn open_stream(
+    ctx: &Ctx,
+    mut header: impl FnMut() -> Vec<u8>,
+    deadline: Instant,
+) -> Result<(quinn::Connection, SendStream, RecvStream, Status), OpenError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(conn) = ctx.connection(left).await else {
+            return Err(OpenError::NoTunnel);
+        };
+        let header = header();
+        let attempt = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(&header).await.map_err(|e| e.to_string())?;
+            let mut status = [0u8; 1];
+            recv.read_exact(&mut status)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((send, recv, Status::from_byte(status[0])))
+        };
+        match tokio::time::timeout(STATUS_TIMEOUT, attempt).await {
+            Ok(Ok((send, recv, status))) => return Ok((conn, send, recv, status)),
+            Ok(Err(e)) if conn.close_reason().is_some() => {
+                tracing::debug!(error = %e, "tunnel lost before the peer answered; waiting for the next one");
+            }
+            Ok(Err(e)) => return Err(OpenError::Failed(e)),
+            Err(_) if conn.close_reason().is_some() => {}
+            Err(_) => {
+                return Err(OpenError::Failed(format!(
+                    "the peer did not answer within {STATUS_TIMEOUT:?}"
+                )))
+            }
+        }
     }
 }
 

@@ -9,16 +9,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::proto::{self, Header, Kind, Status};
-use super::{Ctx, RESET_CODE};
+use super::{Ctx, OpenError, RESET_CODE};
 use crate::config::{Mapping, Proto};
 use crate::stats::Meter;
-
-/// How long a new local connection waits for the tunnel before it is closed.
-pub(crate) const WAIT_FOR_TUNNEL: Duration = Duration::from_secs(10);
 
 /// Client role: accepts on `listener` until `token` is cancelled.
 pub(crate) async fn run_listener(
@@ -60,29 +58,20 @@ async fn client_connection(
     token: CancellationToken,
 ) {
     let _ = tcp.set_nodelay(true);
-    let Some(conn) = ctx.connection(WAIT_FOR_TUNNEL).await else {
-        tracing::debug!(%target, "no tunnel; closing local connection");
-        meter.failed();
-        return;
-    };
-    tracing::Span::current().record("peer", tracing::field::display(conn.remote_address()));
-    let opened = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let header = proto::encode_header(&Header {
+    let deadline = Instant::now() + ctx.perf.tunnel_wait;
+    let header = || {
+        proto::encode_header(&Header {
             kind: Kind::Tcp,
             target: target.clone(),
             flow_id: None,
-        });
-        send.write_all(&header).await.map_err(|e| e.to_string())?;
-        let mut status = [0u8; 1];
-        recv.read_exact(&mut status)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((send, recv, Status::from_byte(status[0])))
+        })
     };
-    let (send, recv) = match tokio::time::timeout(WAIT_FOR_TUNNEL, opened).await {
-        Ok(Ok((send, recv, Status::Ok))) => (send, recv),
-        Ok(Ok((_, _, status))) => {
+    let (send, recv) = match super::open_stream(&ctx, header, deadline).await {
+        Ok((conn, send, recv, Status::Ok)) => {
+            tracing::Span::current().record("peer", tracing::field::display(conn.remote_address()));
+            (send, recv)
+        }
+        Ok((_, _, _, status)) => {
             tracing::info!(%target, "peer refused connection: {}", status.describe());
             if status == Status::NotAllowed {
                 meter.refused();
@@ -90,12 +79,17 @@ async fn client_connection(
             meter.failed();
             return;
         }
-        Ok(Err(e)) => {
-            tracing::debug!(%target, error = %e, "tunnel stream failed");
+        Err(OpenError::NoTunnel) => {
+            tracing::info!(%target, wait = ?ctx.perf.tunnel_wait, "no tunnel within tunnelWait; resetting the local connection");
+            meter.tunnel_wait_timeout();
             meter.failed();
+            // Linger 0: the close sends RST, so the local program sees a reset, not
+            // an orderly end of data.
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
             return;
         }
-        Err(_) => {
+        Err(OpenError::Failed(e)) => {
+            tracing::debug!(%target, error = %e, "tunnel stream failed");
             meter.failed();
             return;
         }

@@ -6,18 +6,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant as StdInstant};
 
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::proto::{self, Header, Kind, Status, MAX_DATAGRAM};
-use super::tcp::WAIT_FOR_TUNNEL;
-use super::Ctx;
+use super::{Ctx, OpenError};
 use crate::config::{Mapping, Proto};
 use crate::stats::Meter;
 
@@ -41,14 +41,14 @@ fn table(t: &FlowTable) -> std::sync::MutexGuard<'_, HashMap<u64, FlowSink>> {
 /// Milliseconds since the flow's last activity, shared by its tasks.
 #[derive(Debug)]
 pub(crate) struct IdleClock {
-    base: Instant,
+    base: StdInstant,
     last_ms: AtomicU64,
 }
 
 impl IdleClock {
     fn new() -> Arc<Self> {
         Arc::new(IdleClock {
-            base: Instant::now(),
+            base: StdInstant::now(),
             last_ms: AtomicU64::new(0),
         })
     }
@@ -271,29 +271,22 @@ struct ClientFlow {
 
 impl ClientFlow {
     async fn run(self, mut rx: mpsc::Receiver<Bytes>) {
-        let Some(conn) = self.ctx.connection(WAIT_FOR_TUNNEL).await else {
-            self.meter.failed();
-            return;
-        };
-        tracing::Span::current().record("peer", tracing::field::display(conn.remote_address()));
-        let id = self.ctx.next_flow.fetch_add(1, Ordering::Relaxed);
-        let opened = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            let header = proto::encode_header(&Header {
+        let deadline = Instant::now() + self.ctx.perf.tunnel_wait;
+        // A new flow id per attempt: the peer may still hold the id of an attempt
+        // whose tunnel was lost.
+        let mut id = 0;
+        let header = || {
+            id = self.ctx.next_flow.fetch_add(1, Ordering::Relaxed);
+            proto::encode_header(&Header {
                 kind: Kind::Udp,
                 target: self.target.clone(),
                 flow_id: Some(id),
-            });
-            send.write_all(&header).await.map_err(|e| e.to_string())?;
-            let mut status = [0u8; 1];
-            recv.read_exact(&mut status)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((send, recv, Status::from_byte(status[0])))
+            })
         };
-        let (mut send, recv) = match tokio::time::timeout(WAIT_FOR_TUNNEL, opened).await {
-            Ok(Ok((s, r, Status::Ok))) => (s, r),
-            Ok(Ok((_, _, status))) => {
+        let opened = super::open_stream(&self.ctx, header, deadline).await;
+        let (conn, mut send, recv) = match opened {
+            Ok((conn, s, r, Status::Ok)) => (conn, s, r),
+            Ok((_, _, _, status)) => {
                 tracing::info!(target = %self.target, "udp flow refused: {}", status.describe());
                 if status == Status::NotAllowed {
                     self.meter.refused();
@@ -301,11 +294,19 @@ impl ClientFlow {
                 self.meter.failed();
                 return;
             }
-            _ => {
+            Err(OpenError::NoTunnel) => {
+                tracing::info!(target = %self.target, wait = ?self.ctx.perf.tunnel_wait, "no tunnel within tunnelWait; dropping the flow's datagrams");
+                self.meter.tunnel_wait_timeout();
+                self.meter.failed();
+                return;
+            }
+            Err(OpenError::Failed(e)) => {
+                tracing::debug!(target = %self.target, error = %e, "udp flow stream failed");
                 self.meter.failed();
                 return;
             }
         };
+        tracing::Span::current().record("peer", tracing::field::display(conn.remote_address()));
         let idle = IdleClock::new();
         let sink = FlowSink {
             socket: self.socket.clone(),

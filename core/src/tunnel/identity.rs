@@ -90,6 +90,7 @@ impl Identity {
 pub struct PinnedPeer {
     expected: RwLock<Option<Fingerprint>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    pinned: tokio::sync::Notify,
 }
 
 impl PinnedPeer {
@@ -98,12 +99,31 @@ impl PinnedPeer {
         Arc::new(PinnedPeer {
             expected: RwLock::new(None),
             provider: super::provider(),
+            pinned: tokio::sync::Notify::new(),
         })
     }
 
     /// Pins `fp` (from a verified offer).
     pub fn set(&self, fp: Option<Fingerprint>) {
         *self.expected.write().unwrap_or_else(|p| p.into_inner()) = fp;
+        if fp.is_some() {
+            self.pinned.notify_waiters();
+        }
+    }
+
+    /// Waits up to `limit` until a fingerprint is pinned; true when one is.
+    pub async fn wait_pinned(&self, limit: std::time::Duration) -> bool {
+        let wait = async {
+            loop {
+                // Registered before the check, so a `set` in between is not missed.
+                let notified = self.pinned.notified();
+                if self.get().is_some() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 
     /// The pinned fingerprint.

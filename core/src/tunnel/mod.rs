@@ -101,5 +101,74 @@ pub(crate) fn server_config(
     // Follow a client whose NAT re-mapped it, or that moved from the relay to a direct
     // path: peers are authenticated by certificate, not by address.
     cfg.migration(true);
+    // Packets of a handshake held while we read the peer's offer (`accept_loop`) are
+    // buffered; a client's Initials are a few KiB, so bound what a flood can pin.
+    cfg.incoming_buffer_size(64 * 1024);
+    cfg.incoming_buffer_size_total(1024 * 1024);
     Ok(cfg)
+}
+
+/// Version byte of the server's welcome.
+const WELCOME_VERSION: u8 = 1;
+/// Status byte of a welcome that accepts the client.
+const WELCOME_ACCEPTED: u8 = 0;
+/// Largest welcome read (version, status and a UTF-8 reason).
+const WELCOME_MAX: usize = 256;
+
+/// Server role: tells the client it is accepted, on the connection's first
+/// unidirectional stream: `[version = 1][status = 0]`, then FIN (`docs/protocol.md`).
+pub(crate) async fn send_welcome(conn: &quinn::Connection) -> std::result::Result<(), String> {
+    let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
+    s.write_all(&[WELCOME_VERSION, WELCOME_ACCEPTED])
+        .await
+        .map_err(|e| e.to_string())?;
+    s.finish().map_err(|e| e.to_string())
+}
+
+/// Client role: waits for the server's welcome. In TLS 1.3 the client's handshake
+/// completes one flight before the server has verified the client's certificate, so
+/// only the welcome shows that both sides have authenticated each other. A server that
+/// refused us closes the connection instead, and its reason is returned.
+pub(crate) async fn await_welcome(conn: &quinn::Connection) -> std::result::Result<(), String> {
+    let mut s = conn.accept_uni().await.map_err(|e| e.to_string())?;
+    let data = s
+        .read_to_end(WELCOME_MAX)
+        .await
+        .map_err(|e| format!("reading the welcome: {e}"))?;
+    parse_welcome(&data)
+}
+
+/// Checks a welcome's bytes.
+fn parse_welcome(data: &[u8]) -> std::result::Result<(), String> {
+    match data {
+        [WELCOME_VERSION, WELCOME_ACCEPTED, ..] => Ok(()),
+        [WELCOME_VERSION, status, reason @ ..] => Err(format!(
+            "refused (status {status}): {}",
+            String::from_utf8_lossy(reason)
+        )),
+        [WELCOME_VERSION] => Err("truncated welcome".into()),
+        [v, ..] => Err(format!(
+            "welcome version {v}, expected {WELCOME_VERSION} (peer runs another stunfwd version)"
+        )),
+        [] => Err("empty welcome".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_welcome;
+
+    #[test]
+    fn welcome_bytes() {
+        assert_eq!(parse_welcome(&[1, 0]), Ok(()));
+        assert_eq!(parse_welcome(&[1, 0, b'x']), Ok(()));
+        let refused = parse_welcome(b"\x01\x07room full").unwrap_err();
+        assert!(
+            refused.contains("status 7") && refused.contains("room full"),
+            "{refused}"
+        );
+        assert!(parse_welcome(&[2, 0]).unwrap_err().contains("version 2"));
+        assert!(parse_welcome(&[]).is_err());
+        assert!(parse_welcome(&[1]).unwrap_err().contains("truncated"));
+    }
 }
