@@ -1,7 +1,8 @@
-//! Compatibility with the Go tool's PHP mailbox: `core/tests/php/signaling_server.php`
-//! (the same POST/GET mailbox, no long-poll, no versions, no DELETE) runs under
-//! `php -S` on loopback, and two stunfwd engines meet through it, falling back to
-//! exponential backoff. Skips (printing `SKIPPED: ...`) when php is not installed.
+//! Compatibility with the Go tool's PHP mailboxes: `core/tests/php/signaling_server.php`
+//! (the same POST/GET mailbox, no long-poll, no versions, no DELETE) and
+//! `signaling_server_enhanced.php` (JSON store with versions, room-wide DELETE) run
+//! under `php -S` on loopback, and two stunfwd engines meet through them, falling back
+//! to exponential backoff. Skips (printing `SKIPPED: ...`) when php is not installed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signal_support::Php;
-use stunfwd_core::signal::{Offer, Role, RoomKey, SignalClient};
+use stunfwd_core::signal::{Offer, Role, RoomKey, SignalClient, WAKE_GAP};
 use stunfwd_core::stun::StunResponder;
 use stunfwd_core::Engine;
 
@@ -72,11 +73,9 @@ async fn the_client_speaks_the_plain_php_mailbox() {
     assert!((4..=10).contains(&gets), "{gets} GETs in {took:?}");
 }
 
-#[test]
-fn two_engines_connect_through_the_php_mailbox() {
-    let Some(php) = Php::start() else { return };
-    // Our STUN responder (the PHP deployment would use any public STUN server), on a
-    // runtime whose worker keeps serving while the test thread blocks.
+/// Our STUN responder (a PHP deployment would use any public STUN server), on a runtime
+/// whose worker keeps serving while the test thread blocks.
+fn stun_responder() -> (tokio::runtime::Runtime, StunResponder) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -85,6 +84,13 @@ fn two_engines_connect_through_the_php_mailbox() {
     let stun = rt
         .block_on(StunResponder::bind("127.0.0.1:0".parse().unwrap()))
         .unwrap();
+    (rt, stun)
+}
+
+#[test]
+fn two_engines_connect_through_the_php_mailbox() {
+    let Some(php) = Php::start() else { return };
+    let (_rt, stun) = stun_responder();
     let stun_addr = stun.local_addr();
 
     let echo = common::tcp_echo();
@@ -134,4 +140,120 @@ fn two_engines_connect_through_the_php_mailbox() {
     client.stop(Duration::from_secs(3));
     server.stop(Duration::from_secs(3));
     assert!(stopping.elapsed() < Duration::from_secs(4));
+}
+
+/// The client's side of the Go tool's enhanced mailbox: JSON answers, versions only
+/// inside the POST answer (no header), and a `DELETE` that removes the whole room.
+#[tokio::test]
+async fn the_client_speaks_the_enhanced_php_mailbox() {
+    let Some(php) = Php::start() else { return };
+    let c = SignalClient::new(
+        &php.enhanced_url(),
+        "enhanced room",
+        Duration::from_millis(50),
+        Arc::new(AtomicU64::new(0)),
+    )
+    .unwrap();
+    assert_eq!(c.get(Role::Server, None, None).await.unwrap(), None);
+    c.post(Role::Server, "{\"from\":\"server\"}").await.unwrap();
+    c.post(Role::Client, "{\"from\":\"client\"}").await.unwrap();
+    c.post(Role::Client, "{\"from\":\"client\",\"n\":2}")
+        .await
+        .unwrap();
+    let (data, version) = c.get(Role::Client, None, None).await.unwrap().unwrap();
+    assert_eq!(
+        data, "{\"from\":\"client\",\"n\":2}",
+        "the latest, as posted"
+    );
+    assert_eq!(version, None, "versions are not sent as a header");
+    // Our DELETE names a role, but this mailbox removes the whole room.
+    c.delete(Role::Client).await.unwrap();
+    assert_eq!(c.get(Role::Server, None, None).await.unwrap(), None);
+    assert_eq!(c.get(Role::Client, None, None).await.unwrap(), None);
+    // The POST answer carries the versions in JSON, and every answer is JSON.
+    let resp = reqwest::Client::new()
+        .post(php.enhanced_url())
+        .body(r#"{"room":"v","role":"server","data":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["participant_version"], 1);
+    assert_eq!(body["room_version"], 2);
+}
+
+/// A server peer that has not read the client's offer holds incoming handshakes and
+/// reads the mailbox early, but a flood of handshakes (anyone can send QUIC Initials)
+/// costs a bounded number of mailbox reads: held handshakes are capped, and early reads
+/// come at most once per `WAKE_GAP`.
+#[test]
+fn a_flood_of_handshakes_causes_a_bounded_number_of_mailbox_reads() {
+    let Some(php) = Php::start() else { return };
+    let (rt, stun) = stun_responder();
+    // A backoff of 60 s: after its first GET the server would not poll again within the
+    // test, so every later GET is an early read caused by a handshake.
+    let server = Engine::start(common::config_for(
+        &php.url(),
+        stun.local_addr(),
+        "server",
+        &common::room(),
+        "flood secret",
+        &[],
+        serde_json::json!({"performance": {"signalBackoff": "60s"}}),
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.stats().signaling_requests < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // POST of the offer and the first GET of the client's mailbox.
+    let before = server.stats().signaling_requests;
+    assert_eq!(before, 2, "{:?}", server.stats());
+
+    let target = server.local_addr();
+    let flood_for = Duration::from_secs(3);
+    let attempts = rt.block_on(async move {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        // Any client config: these handshakes are refused anyway, and only their
+        // Initials matter here.
+        let ca = rcgen::generate_simple_self_signed(vec!["elsewhere".to_owned()]).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert.der().clone()).unwrap();
+        let roots = Arc::new(roots);
+        endpoint
+            .set_default_client_config(quinn::ClientConfig::with_root_certificates(roots).unwrap());
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let mut pending = Vec::new();
+        while started.elapsed() < flood_for {
+            let connecting = endpoint.connect(target, "stunfwd").unwrap();
+            pending.push(tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(8), connecting).await;
+            }));
+            attempts += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for p in pending {
+            let _ = p.await;
+        }
+        attempts
+    });
+    let reads = server.stats().signaling_requests - before;
+    let bound = (flood_for.as_millis() / WAKE_GAP.as_millis()) as u64 + 2;
+    println!("{attempts} handshakes in {flood_for:?} caused {reads} mailbox reads (bound {bound})");
+    assert!(attempts > 200, "{attempts}");
+    assert!(reads >= 1, "a held handshake reads the mailbox early");
+    assert!(reads <= bound, "{reads} reads for {attempts} handshakes");
+    assert!(
+        !server.state().is_connected() && !server.state().is_final(),
+        "{}",
+        server.state()
+    );
+    server.stop(Duration::from_secs(2));
 }

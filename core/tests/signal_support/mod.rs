@@ -237,8 +237,8 @@ fn redis_cmd(port: u16, command: &str) -> Option<String> {
     Some(text.lines().next().unwrap_or("").to_owned())
 }
 
-/// PHP's built-in web server serving `core/tests/php/` on 127.0.0.1, with the
-/// mailbox's state file in a temp dir.
+/// PHP's built-in web server serving `core/tests/php/` on 127.0.0.1 (both of the Go
+/// tool's mailboxes), with their state files in a temp dir.
 pub struct Php {
     pub port: u16,
     _daemon: Daemon,
@@ -253,7 +253,8 @@ impl Php {
             println!("SKIPPED: php is not installed (Debian package `php-cli`)");
             return None;
         }
-        let docroot = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/php");
+        // Through the workspace root, so that other crates' tests can include this file.
+        let docroot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/php");
         let dir = TempDir::new("php");
         for _ in 0..5 {
             let port = free_port();
@@ -263,6 +264,10 @@ impl Php {
                 .arg("-t")
                 .arg(&docroot)
                 .env("STUNFWD_MAILBOX_FILE", dir.path().join("mailbox.json"))
+                .env(
+                    "STUNFWD_ENHANCED_MAILBOX_FILE",
+                    dir.path().join("enhanced.json"),
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -287,6 +292,15 @@ impl Php {
     /// The mailbox URL, as a deployment of the Go tool's server would have it.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/signaling_server.php", self.port)
+    }
+
+    /// The URL of the Go tool's enhanced mailbox (JSON store with versions, room-wide
+    /// DELETE, expiry; see `core/tests/php/signaling_server_enhanced.php`).
+    pub fn enhanced_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/signaling_server_enhanced.php",
+            self.port
+        )
     }
 }
 
