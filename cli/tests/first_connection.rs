@@ -317,3 +317,180 @@ fn first_connection_through_php_mailboxes_and_the_rendezvous() {
         all_failures.join("\n")
     );
 }
+
+/// Opens a TCP connection (1 MiB echoed) and 8 UDP datagrams through the client as soon
+/// as it lists its mappings, and returns how long the first echoed byte took.
+fn echo_through(client: &Proc, run: usize) -> Result<Duration, String> {
+    let limit = Duration::from_secs(10);
+    let tcp_line = client
+        .wait_line_within("mapping tcp:", limit)
+        .ok_or("no tcp mapping")?;
+    let udp_line = client
+        .wait_line_within("mapping udp:", limit)
+        .ok_or("no udp mapping")?;
+    let ready = Instant::now();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..DATAGRAMS {
+        udp.send_to(format!("datagram {i}").as_bytes(), listen_addr(&udp_line))
+            .unwrap();
+    }
+    let mut tcp = TcpStream::connect(listen_addr(&tcp_line)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let data = common::pattern(TCP_BYTES, run as u64 + 100);
+    let writer = {
+        let (mut w, data) = (tcp.try_clone().unwrap(), data.clone());
+        std::thread::spawn(move || w.write_all(&data))
+    };
+    let mut echoed = vec![0u8; TCP_BYTES];
+    let mut got = 0;
+    let mut first = None;
+    while got < TCP_BYTES {
+        match tcp.read(&mut echoed[got..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                first.get_or_insert_with(|| ready.elapsed());
+                got += n;
+            }
+            Err(e) => return Err(format!("tcp read after {got} bytes: {e}")),
+        }
+    }
+    writer.join().unwrap().map_err(|e| e.to_string())?;
+    if echoed != data {
+        return Err(format!("tcp echo: {got} bytes, or altered"));
+    }
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    for i in 0..DATAGRAMS {
+        udp.recv_from(&mut buf)
+            .map_err(|e| format!("udp echo {i} of {DATAGRAMS}: {e}"))?;
+    }
+    first.ok_or_else(|| "no byte came back".to_owned())
+}
+
+/// Restarts through the basic mailbox, which never deletes an offer: the peer left
+/// behind still holds a tunnel to a killed process, or a new peer finds the offer of a
+/// dead one in the mailbox. The first connection through the new process must work,
+/// well within `tunnelWait`, because authentic checks from the new process's offer make
+/// the other side start over at once instead of after its idle timeout.
+#[test]
+fn restarted_peers_through_the_basic_mailbox_connect_at_once() {
+    let Some(php) = signal_support::Php::start() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("stunfwd-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let signal = Proc::spawn(&["signal", "--http", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
+    let _ = signal.wait_line("rendezvous on ");
+    let stun = signal
+        .wait_line("stun on ")
+        .trim_start_matches("stun on ")
+        .to_owned();
+    let services = Services {
+        tcp_echo: common::tcp_echo(),
+        udp_echo: common::udp_echo(),
+        stun,
+        dir: dir.clone(),
+    };
+    let url = php.url();
+    let room = format!("restart-{}", std::process::id());
+    let server_cfg = write_go_config(&dir, "restart", "server", &room, &url, &services);
+    let client_cfg = write_go_config(&dir, "restart", "client", &room, &url, &services);
+    let mut failures = Vec::new();
+
+    // 1. The client is killed while connected; a new client starts at once. The server
+    //    still holds its tunnel to the dead one (15 s idle timeout).
+    let server = Proc::spawn(&["run", &server_cfg]);
+    let first = Proc::spawn(&["run", &client_cfg]);
+    match echo_through(&first, 1) {
+        Ok(t) => println!("first client: first echoed byte after {t:?}"),
+        Err(e) => failures.push(format!("first client: {e}")),
+    }
+    first.kill();
+    let second = Proc::spawn(&["run", &client_cfg]);
+    match echo_through(&second, 2) {
+        Ok(t) => {
+            println!("client killed and restarted: first echoed byte after {t:?}");
+            if t > Duration::from_secs(5) {
+                failures.push(format!("the restarted client waited {t:?}"));
+            }
+        }
+        Err(e) => failures.push(format!("restarted client: {e}")),
+    }
+
+    // 2. Both die; a new server starts and finds the dead client's offer in the
+    //    mailbox (punching it in vain), and a new client comes 3 s later.
+    second.kill();
+    server.kill();
+    let server = Proc::spawn(&["run", &server_cfg]);
+    std::thread::sleep(Duration::from_secs(3));
+    let third = Proc::spawn(&["run", &client_cfg]);
+    match echo_through(&third, 3) {
+        Ok(t) => {
+            println!(
+                "new server with a dead client's offer, new client: first echoed byte after {t:?}"
+            );
+            if t > Duration::from_secs(5) {
+                failures.push(format!("the new client waited {t:?}"));
+            }
+        }
+        Err(e) => failures.push(format!("new server, new client: {e}")),
+    }
+    drop(third);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The server dies without a word (SIGKILL): the client still holds the tunnel until
+/// its idle timeout (15 s). A connection opened meanwhile gives up at its `tunnelWait`
+/// (here 3 s) with a reset, because the tunnel stays silent after its header went out,
+/// instead of waiting for the idle timeout.
+#[test]
+fn a_connection_on_a_silently_dead_tunnel_gives_up_at_tunnel_wait() {
+    let dir = std::env::temp_dir().join(format!("stunfwd-silent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let signal = Proc::spawn(&["signal", "--http", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
+    let url = signal
+        .wait_line("rendezvous on ")
+        .trim_start_matches("rendezvous on ")
+        .to_owned();
+    let stun = signal
+        .wait_line("stun on ")
+        .trim_start_matches("stun on ")
+        .to_owned();
+    let services = Services {
+        tcp_echo: common::tcp_echo(),
+        udp_echo: common::udp_echo(),
+        stun,
+        dir: dir.clone(),
+    };
+    let room = format!("silent-{}", std::process::id());
+    let server_cfg = write_go_config(&dir, "silent", "server", &room, &url, &services);
+    let client_cfg = write_go_config(&dir, "silent", "client", &room, &url, &services);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&client_cfg).unwrap()).unwrap();
+    v["performance"] = serde_json::json!({"tunnelWait": "3s"});
+    std::fs::write(&client_cfg, v.to_string()).unwrap();
+
+    let server = Proc::spawn(&["run", &server_cfg]);
+    let client = Proc::spawn(&["run", &client_cfg]);
+    let tcp_line = client.wait_line("mapping tcp:");
+    client.wait_line("state: connected");
+    server.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut tcp = TcpStream::connect(listen_addr(&tcp_line)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    tcp.write_all(b"anyone?").unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 8];
+    let err = tcp.read(&mut buf).expect_err("a reset");
+    let took = t.elapsed();
+    println!("connection on a silently dead tunnel reset after {took:?}");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(8),
+        "{took:?} (tunnelWait 3 s, idle timeout 15 s)"
+    );
+    drop(client);
+    let _ = std::fs::remove_dir_all(&dir);
+}

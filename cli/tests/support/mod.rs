@@ -78,6 +78,12 @@ impl Proc {
         self.transcript.lock().unwrap().clone()
     }
 
+    /// SIGKILL: the process dies without a word to its peer or the rendezvous.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

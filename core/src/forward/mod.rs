@@ -23,6 +23,10 @@ use proto::{split_target, Status};
 /// dials the target first, for up to 10 s).
 const STATUS_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a tunnel that has just been given a stream header may stay silent before
+/// it counts as dead (once the connection's deadline has passed).
+const SILENCE_GRACE: Duration = Duration::from_secs(2);
+
 /// QUIC application error code used when a forwarded connection is reset.
 pub(crate) const RESET_CODE: u32 = 1;
 
@@ -101,6 +105,7 @@ pub(crate) async fn open_stream(
             return Err(OpenError::NoTunnel);
         };
         let header = header();
+        let heard_before = conn.stats().udp_rx.datagrams;
         let attempt = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             send.write_all(&header).await.map_err(|e| e.to_string())?;
@@ -110,8 +115,28 @@ pub(crate) async fn open_stream(
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((send, recv, Status::from_byte(status[0])))
         };
-        match tokio::time::timeout(STATUS_TIMEOUT, attempt).await {
-            Ok(Ok((send, recv, status))) => return Ok((conn, send, recv, status)),
+        let mut attempt = std::pin::pin!(attempt);
+        // Past the deadline, a tunnel that has sent us nothing since the header went
+        // out is taken for dead (its idle timeout may be seconds away): the connection
+        // gives up then. A tunnel that is heard from is alive, and the peer is only slow
+        // to dial the target, so the status is waited for up to STATUS_TIMEOUT.
+        let silent_past_deadline = async {
+            // At least SILENCE_GRACE after the header went out: a live tunnel acks it
+            // within a round trip.
+            tokio::time::sleep_until(deadline.max(Instant::now() + SILENCE_GRACE)).await;
+            loop {
+                if conn.stats().udp_rx.datagrams == heard_before {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(STATUS_TIMEOUT, &mut attempt) => r,
+            _ = silent_past_deadline => return Err(OpenError::NoTunnel),
+        };
+        match outcome {
+            Ok(Ok((send, recv, status))) => return Ok((conn.clone(), send, recv, status)),
             Ok(Err(e)) if conn.close_reason().is_some() => {
                 tracing::debug!(error = %e, "tunnel lost before the peer answered; waiting for the next one");
             }

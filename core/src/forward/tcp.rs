@@ -66,7 +66,17 @@ async fn client_connection(
             flow_id: None,
         })
     };
-    let (send, recv) = match super::open_stream(&ctx, header, deadline).await {
+    // Give up at once (with a reset) when the mapping is removed or the engine stops
+    // while this connection waits.
+    let opened = tokio::select! {
+        o = super::open_stream(&ctx, header, deadline) => o,
+        _ = token.cancelled() => {
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+            meter.failed();
+            return;
+        }
+    };
+    let (send, recv) = match opened {
         Ok((conn, send, recv, Status::Ok)) => {
             tracing::Span::current().record("peer", tracing::field::display(conn.remote_address()));
             (send, recv)

@@ -283,7 +283,13 @@ impl ClientFlow {
                 flow_id: Some(id),
             })
         };
-        let opened = super::open_stream(&self.ctx, header, deadline).await;
+        let opened = tokio::select! {
+            o = super::open_stream(&self.ctx, header, deadline) => o,
+            _ = self.token.cancelled() => {
+                self.meter.failed();
+                return;
+            }
+        };
         let (conn, mut send, recv) = match opened {
             Ok((conn, s, r, Status::Ok)) => (conn, s, r),
             Ok((_, _, _, status)) => {

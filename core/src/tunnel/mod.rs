@@ -18,8 +18,10 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use crate::config::Performance;
 use crate::error::{Error, Result};
 
-/// ALPN of the stunfwd tunnel protocol, version 1.
-pub const ALPN: &[u8] = b"stunfwd/1";
+/// ALPN of the stunfwd tunnel protocol, version 2 (version 1 had no welcome stream: a
+/// version-2 client would wait for a welcome that a version-1 server never sends, so
+/// the two refuse each other in the TLS handshake instead).
+pub const ALPN: &[u8] = b"stunfwd/2";
 /// The server name both sides use (certificates are pinned, so it carries no meaning).
 pub const SERVER_NAME: &str = "stunfwd";
 
