@@ -4,7 +4,7 @@
 //! (the tunnel socket, every mapping's listener) and returns; connecting runs in the
 //! background on the engine's own tokio runtime, so callers never need tokio.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -26,7 +26,7 @@ use crate::forward::{self, Ctx};
 use crate::punch::{self, Punch, Selected};
 use crate::relay::TurnClient;
 use crate::signal::client::SignalClient;
-use crate::signal::proto::{Offer, OfferError, Role, RoomKey};
+use crate::signal::proto::{unix_now, Offer, OfferError, OfferGuard, Role, RoomKey};
 use crate::socket::{DemuxSocket, StunDatagram};
 use crate::stats::{Counters, MappingStats, Meter, Stats, Timings};
 use crate::stun::client::{self as stun_client, Discovery, Response, StunAgent};
@@ -207,7 +207,23 @@ struct Shared {
     role: Role,
     key: RoomKey,
     password: String,
-    our_id: String,
+    /// Our offer id of this attempt and of the one before (checks addressed to either
+    /// are answered, so a peer still punching toward the previous attempt is heard).
+    our_ids: Mutex<(String, String)>,
+    /// Freshness of peer offers: role, timestamp window, nonces accepted.
+    offer_guard: Mutex<OfferGuard>,
+    /// Rejected offers are reported at most once per [`REJECT_REPORT_GAP`].
+    rejections: Mutex<RejectionReports>,
+    /// Why the last peer offer was rejected, until an attempt connects.
+    rejected: Mutex<Option<Error>>,
+    /// An authentic check came from a peer offer id other than the one this attempt or
+    /// tunnel uses: the peer started over (restarted, or began a new attempt).
+    new_peer: tokio::sync::Notify,
+    /// That offer id.
+    new_peer_id: Mutex<Option<String>>,
+    /// Where authentic checks came from recently (at most [`MAX_CHECK_SOURCES`]):
+    /// handshakes from these addresses are always held for the peer's offer.
+    check_sources: Mutex<HashMap<SocketAddr, Instant>>,
     identity: Identity,
     pinned: Arc<PinnedPeer>,
     state: StateCell,
@@ -286,6 +302,80 @@ impl Shared {
     fn mode_str(&self) -> &'static str {
         self.config.mode.as_str()
     }
+
+    /// Our offer id of the current attempt.
+    fn our_id(&self) -> String {
+        lock(&self.our_ids).0.clone()
+    }
+
+    /// Starts a new attempt's offer id; the last one is still answered in checks.
+    fn new_attempt_id(&self) -> String {
+        let mut ids = lock(&self.our_ids);
+        let new = Offer::new_id();
+        ids.1 = std::mem::replace(&mut ids.0, new.clone());
+        new
+    }
+
+    /// Counts a rejected peer offer, records it as the last error, and reports it (a
+    /// warning and a `PeerRejected` event) at most once per [`REJECT_REPORT_GAP`],
+    /// saying how many more were rejected in between. The state does not change: a forged or stale offer must not
+    /// knock a waiting peer out of its wait.
+    fn offer_rejected(&self, e: &OfferError) {
+        self.offers_rejected.fetch_add(1, Ordering::Relaxed);
+        let error = Error::from(e.clone());
+        let reason = error.to_string();
+        *lock(&self.rejected) = Some(error);
+        // Stats are read when asked: the last error is always the latest.
+        self.fail_reason(reason.clone());
+        let suppressed = {
+            let mut r = lock(&self.rejections);
+            if r.last.is_some_and(|t| t.elapsed() < REJECT_REPORT_GAP) {
+                r.suppressed += 1;
+                tracing::debug!(%reason, "peer offer rejected");
+                return;
+            }
+            r.last = Some(Instant::now());
+            std::mem::take(&mut r.suppressed)
+        };
+        let reason = if suppressed > 0 {
+            format!("{reason} ({suppressed} more rejected before this one)")
+        } else {
+            reason
+        };
+        tracing::warn!(%reason, "peer offer rejected");
+        self.emit(Event::PeerRejected { reason });
+    }
+}
+
+/// Least time between two reports of rejected peer offers.
+const REJECT_REPORT_GAP: Duration = Duration::from_secs(5);
+
+/// Most recent check sources remembered for holding their handshakes.
+const MAX_CHECK_SOURCES: usize = 64;
+
+/// How long a check source counts as recent.
+const CHECK_SOURCE_TTL: Duration = Duration::from_secs(30);
+
+/// Resolves when an authentic check shows that the peer started over with an offer id
+/// other than the one in use (see [`Shared::new_peer`]).
+async fn peer_started_over(shared: &Shared) -> String {
+    loop {
+        shared.new_peer.notified().await;
+        let seen = lock(&shared.new_peer_id).clone();
+        let current = lock(&shared.peer).offer_id.clone();
+        if let Some(seen) = seen {
+            if Some(&seen) != current.as_ref() {
+                return seen;
+            }
+        }
+    }
+}
+
+/// When a rejected offer was last reported, and how many were not reported since.
+#[derive(Debug, Default)]
+struct RejectionReports {
+    last: Option<Instant>,
+    suppressed: u64,
 }
 
 /// A running stunfwd peer. All methods are thread-safe; dropping it stops it.
@@ -554,10 +644,29 @@ impl Engine {
 
     fn not_connected(&self, timeout: Duration, state: &State) -> Error {
         let last = lock(&self.shared.last_error).clone();
+        // Still waiting because every offer we read was rejected: say so (a wrong
+        // secret, a tampering rendezvous), not just "timed out".
+        if let Some(Error::PeerAuth(reason)) = lock(&self.shared.rejected).clone() {
+            if !matches!(state, State::Punching) {
+                return Error::PeerAuth(format!(
+                    "not connected after {timeout:?} (state: {}): {reason}",
+                    state.name()
+                ));
+            }
+        }
         match (state, last) {
             (State::Reconnecting { reason, .. }, _) if reason.contains("authentication") => {
                 Error::PeerAuth(reason.clone())
             }
+            (State::Signaling, last) => Error::Timeout(format!(
+                "not connected after {timeout:?}: no valid offer from the {} peer yet: it is \
+                 not running, or it uses another room, secret or rendezvous URL (with a \
+                 secret, peers meet in a mailbox named after room and secret, so peers with \
+                 different secrets never see each other){}",
+                self.shared.role.peer(),
+                last.map(|l| format!("; last error: {l}"))
+                    .unwrap_or_default()
+            )),
             (_, Some(last)) => Error::Timeout(format!(
                 "not connected after {timeout:?}; state: {state}; last error: {last}"
             )),
@@ -683,9 +792,15 @@ async fn setup(config: Config, span: tracing::Span) -> Result<Arc<Shared>> {
     let agent = StunAgent::new(demux);
 
     let signaling_requests = Arc::new(AtomicU64::new(0));
+    // With a secret the rendezvous sees a name derived from the room key, so knowing
+    // the room name alone finds (and can overwrite or delete) nothing.
+    let mailbox = match config.secret.as_deref() {
+        Some(s) if !s.is_empty() => key.mailbox_name(),
+        _ => config.room.clone(),
+    };
     let signal = SignalClient::with_ca_file(
         &config.signal_url,
-        &config.room,
+        &mailbox,
         config.performance.signal_backoff,
         signaling_requests.clone(),
         config.signal_ca_file.as_deref(),
@@ -703,7 +818,13 @@ async fn setup(config: Config, span: tracing::Span) -> Result<Arc<Shared>> {
         role,
         password,
         key,
-        our_id: Offer::new_id(),
+        our_ids: Mutex::new((Offer::new_id(), String::new())),
+        offer_guard: Mutex::new(OfferGuard::new()),
+        rejections: Mutex::new(RejectionReports::default()),
+        rejected: Mutex::new(None),
+        new_peer: tokio::sync::Notify::new(),
+        new_peer_id: Mutex::new(None),
+        check_sources: Mutex::new(HashMap::new()),
         identity,
         pinned,
         state: StateCell {
@@ -912,7 +1033,11 @@ async fn handle_stun(shared: &Arc<Shared>, d: StunDatagram) {
             has_integrity: true,
         }) => {
             let (to, from_id) = username.split_once(':').unwrap_or(("", ""));
-            if to != shared.our_id || !message::verify_integrity(&d.data, &shared.password) {
+            let ours = {
+                let ids = lock(&shared.our_ids);
+                to == ids.0 || (!ids.1.is_empty() && to == ids.1)
+            };
+            if !ours || !message::verify_integrity(&d.data, &shared.password) {
                 shared
                     .checks_unauthenticated
                     .fetch_add(1, Ordering::Relaxed);
@@ -927,6 +1052,24 @@ async fn handle_stun(shared: &Arc<Shared>, d: StunDatagram) {
             } else {
                 socket.send_direct(&reply, d.from).await
             };
+            {
+                let mut sources = lock(&shared.check_sources);
+                if sources.len() >= MAX_CHECK_SOURCES {
+                    sources.retain(|_, at| at.elapsed() < CHECK_SOURCE_TTL);
+                }
+                if sources.len() < MAX_CHECK_SOURCES {
+                    sources.insert(d.from, Instant::now());
+                }
+            }
+            // Addressed to this attempt's offer, from an offer id other than the one we
+            // use: the peer started over. Start over too, at once, rather than punch or
+            // keep a tunnel toward what is gone.
+            let current = lock(&shared.peer).offer_id.clone();
+            if current.as_deref().is_some_and(|c| c != from_id) && to == shared.our_id() {
+                *lock(&shared.new_peer_id) = Some(from_id.to_owned());
+                shared.new_peer.notify_one();
+                shared.signal.wake();
+            }
             let prflx = lock(&shared.prflx).clone();
             let waiting = matches!(shared.state(), State::Discovering | State::Signaling);
             match prflx {
@@ -1078,8 +1221,13 @@ async fn accept_loop(
         let (tx, shared, held, token) = (tx.clone(), shared.clone(), held.clone(), token.clone());
         crate::spawn(async move {
             if shared.pinned.get().is_none() {
-                if held.fetch_add(1, Ordering::Relaxed) < MAX_HELD {
-                    let from = incoming.remote_address();
+                let from = incoming.remote_address();
+                // A handshake from where authentic checks came is the peer's: always
+                // held. Others share MAX_HELD places, so a flood cannot crowd it out.
+                let known = lock(&shared.check_sources)
+                    .get(&from)
+                    .is_some_and(|at| at.elapsed() < CHECK_SOURCE_TTL);
+                if known || held.fetch_add(1, Ordering::Relaxed) < MAX_HELD {
                     tracing::debug!(%from, "handshake before the peer's offer; reading the mailbox now");
                     shared.signal.wake();
                     let pinned = tokio::select! {
@@ -1090,7 +1238,9 @@ async fn accept_loop(
                         tracing::info!(%from, "no peer offer arrived for a held handshake");
                     }
                 }
-                held.fetch_sub(1, Ordering::Relaxed);
+                if !known {
+                    held.fetch_sub(1, Ordering::Relaxed);
+                }
                 if token.is_cancelled() {
                     return;
                 }
@@ -1123,6 +1273,11 @@ async fn drive(shared: Arc<Shared>) {
         let attempt = tokio::select! {
             _ = token.cancelled() => return,
             r = connect_once(&shared) => r,
+            id = peer_started_over(&shared) => {
+                tracing::info!(peer_offer = %id, "the peer started over; so do we");
+                failures = 0;
+                continue;
+            }
         };
         match attempt {
             Ok(Some((conn, path))) => {
@@ -1140,7 +1295,20 @@ async fn drive(shared: Arc<Shared>) {
                 let reason = tokio::select! {
                     _ = token.cancelled() => return,
                     r = run_connected(&shared, conn, path).instrument(span) => r,
+                    id = peer_started_over(&shared) => {
+                        // Our tunnel goes to what the peer left behind (it restarted):
+                        // drop it now instead of after the idle timeout.
+                        if let Some(c) = shared.conn_tx.send_replace(None) {
+                            c.close(0u32.into(), b"peer started over");
+                        }
+                        format!("the peer started over (checks from its new offer {id})")
+                    }
                 };
+                if shared.role == Role::Server {
+                    // A handshake of the peer's next incarnation is held for its offer,
+                    // not refused against the old certificate.
+                    shared.pinned.set(None);
+                }
                 if token.is_cancelled() {
                     return;
                 }
@@ -1175,6 +1343,10 @@ async fn drive(shared: Arc<Shared>) {
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
+                    id = peer_started_over(&shared) => {
+                        tracing::info!(peer_offer = %id, "the peer started over; retrying now");
+                        failures = 0;
+                    }
                 }
             }
         }
@@ -1259,7 +1431,10 @@ fn build_offer(
         relay_count = 1;
     }
     Offer {
-        id: shared.our_id.clone(),
+        role: shared.role,
+        id: shared.our_id(),
+        nonce: Offer::new_nonce(),
+        ts: unix_now(),
         candidates,
         host_count,
         relay_count,
@@ -1269,30 +1444,34 @@ fn build_offer(
     }
 }
 
-/// Waits for an authentic peer offer that `want` accepts (rejected ones are reported).
+/// Waits for an authentic, fresh peer offer that `want` accepts. Rejected offers are
+/// counted and reported (rate-limited) and the wait goes on; reading again the offer
+/// accepted last is not a rejection.
 async fn wait_for_offer(
     shared: &Arc<Shared>,
     timeout: Duration,
     want: impl Fn(&Offer) -> bool,
 ) -> Result<Offer> {
+    let expected = shared.role.peer();
     shared
         .signal
-        .wait_for(shared.role.peer(), timeout, |data| {
-            match Offer::decode(data, &shared.key) {
-                Ok(o) if o.id != shared.our_id && want(&o) => Some(o),
-                Ok(_) => None,
+        .wait_for(expected, timeout, |data| {
+            let offer = match Offer::decode(data, &shared.key, &shared.config.room) {
+                Ok(o) => o,
                 Err(e) => {
-                    shared.offers_rejected.fetch_add(1, Ordering::Relaxed);
-                    let reason = Error::from(e.clone()).to_string();
-                    tracing::warn!(%reason, "peer offer rejected");
-                    shared.fail_reason(reason.clone());
-                    if matches!(e, OfferError::BadMac) {
-                        shared.set_state(State::Reconnecting {
-                            attempt: 0,
-                            reason: reason.clone(),
-                        });
-                    }
-                    shared.emit(Event::PeerRejected { reason });
+                    shared.offer_rejected(&e);
+                    return None;
+                }
+            };
+            let mut guard = lock(&shared.offer_guard);
+            if guard.is_latest(&offer.nonce) {
+                return None;
+            }
+            match guard.check(&offer, expected, unix_now()) {
+                Ok(()) => want(&offer).then_some(offer),
+                Err(e) => {
+                    drop(guard);
+                    shared.offer_rejected(&e);
                     None
                 }
             }
@@ -1325,6 +1504,8 @@ async fn connect_once(
         // (`accept_loop`), not checked against an earlier peer's certificate.
         shared.pinned.set(None);
     }
+    shared.new_attempt_id();
+    lock(&shared.peer).offer_id = None;
     shared.set_state(State::Discovering);
     let disc = discovery(shared).await;
     let stun_ms = disc.took;
@@ -1341,7 +1522,7 @@ async fn connect_once(
     let ts = Instant::now();
     shared
         .signal
-        .post(shared.role, &offer.encode(&shared.key))
+        .post(shared.role, &offer.encode(&shared.key, &shared.config.room))
         .await
         .map_err(|e| format!("cannot post our offer: {e}"))?;
     let peer = wait_for_offer(shared, Duration::from_secs(60), |_| true).await;
@@ -1366,7 +1547,7 @@ async fn connect_once(
             offer = build_offer(shared, &disc, Some(turn.relayed), always, relay_allowed);
             shared
                 .signal
-                .post(shared.role, &offer.encode(&shared.key))
+                .post(shared.role, &offer.encode(&shared.key, &shared.config.room))
                 .await
                 .map_err(|e| format!("cannot post our relayed offer: {e}"))?;
         } else if peer.turn && shared.config.relay_policy != RelayPolicy::Never {
@@ -1421,7 +1602,7 @@ async fn connect_once(
     let (prflx_tx, prflx_rx) = mpsc::channel(16);
     *lock(&shared.prflx) = Some((peer.id.clone(), prflx_tx));
     let punch = Punch {
-        our_id: shared.our_id.clone(),
+        our_id: shared.our_id(),
         peer_id: peer.id.clone(),
         password: shared.password.clone(),
         remote,
@@ -1475,7 +1656,9 @@ async fn connect_once(
         }
         Role::Server => {
             let agent = shared.agent.clone();
-            let punching = crate::spawn(punch.run(agent, prflx_rx));
+            // Aborted also when the attempt is dropped (the peer started over, or stop).
+            let punching =
+                tokio_util::task::AbortOnDropHandle::new(crate::spawn(punch.run(agent, prflx_rx)));
             let wait = shared.config.punch_timeout + Duration::from_secs(5);
             let got = {
                 let mut incoming = shared.incoming.lock().await;
@@ -1492,7 +1675,7 @@ async fn connect_once(
                 })
                 .await
             };
-            punching.abort();
+            drop(punching);
             let conn = match got {
                 Ok(Some(c)) => c,
                 _ => {
@@ -1509,6 +1692,7 @@ async fn connect_once(
         }
     };
     *lock(&shared.prflx) = None;
+    *lock(&shared.rejected) = None;
     *lock(&shared.timings) = Timings {
         stun_discovery_ms: ms(stun_ms),
         signaling_wait_ms: ms(signal_ms),
@@ -1674,7 +1858,7 @@ async fn upgrade_to_direct(shared: Arc<Shared>, conn: quinn::Connection, token: 
             _ = tokio::time::sleep(wait) => {}
         }
         let punch = Punch {
-            our_id: shared.our_id.clone(),
+            our_id: shared.our_id(),
             peer_id: offer.id.clone(),
             password: shared.password.clone(),
             remote: remote.clone(),
@@ -1720,14 +1904,16 @@ async fn upgrade_to_direct(shared: Arc<Shared>, conn: quinn::Connection, token: 
 
 async fn shutdown(shared: &Arc<Shared>, timeout: Duration) {
     shared.root.cancel();
+    let budget = (timeout / 3).min(Duration::from_secs(1));
+    // Our offer goes before the tunnel: a peer that sees the tunnel close and reads the
+    // mailbox then must not find an offer of ours to punch toward for nothing.
+    let _ = tokio::time::timeout(budget, shared.signal.delete(shared.role)).await;
     let conn = shared.conn_tx.send_replace(None);
     if let Some(c) = conn {
         c.close(0u32.into(), b"stopped");
     }
     shared.endpoint.close(0u32.into(), b"stopped");
-    let budget = (timeout / 3).min(Duration::from_secs(1));
     let _ = tokio::time::timeout(budget, shared.endpoint.wait_idle()).await;
-    let _ = tokio::time::timeout(budget, shared.signal.delete(shared.role)).await;
 }
 
 fn snapshot(shared: &Shared) -> Stats {

@@ -36,6 +36,9 @@ fn stop_while_connecting_returns_quickly() {
     // client stays in the punching phase (for its 10 s punch timeout).
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let offer = Offer {
+        role: Role::Server,
+        nonce: Offer::new_nonce(),
+        ts: stunfwd_core::signal::unix_now(),
         id: Offer::new_id(),
         candidates: vec![silent.local_addr().unwrap()],
         host_count: 1,
@@ -47,12 +50,16 @@ fn stop_while_connecting_returns_quickly() {
     let key = RoomKey::derive(&room, Some("k"));
     let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let url = rv.url.clone();
-    let posted_room = room.clone();
+    // With a secret, engines meet in the mailbox named after the room key.
+    let posted_room = key.mailbox_name();
+    let offer_room = room.clone();
     rv.rt
         .block_on(async move {
             let signal =
                 SignalClient::new(&url, &posted_room, Duration::from_millis(100), requests)?;
-            signal.post(Role::Server, &offer.encode(&key)).await
+            signal
+                .post(Role::Server, &offer.encode(&key, &offer_room))
+                .await
         })
         .unwrap();
     let client = Engine::start(rv.config("client", &room, "k", &[])).unwrap();

@@ -41,6 +41,9 @@ fn raw() -> reqwest::Client {
 
 fn offer() -> Offer {
     Offer {
+        role: Role::Server,
+        nonce: Offer::new_nonce(),
+        ts: stunfwd_core::signal::unix_now(),
         host_count: 0,
         relay_count: 0,
         turn: false,
@@ -232,17 +235,19 @@ async fn waiting_10s_for_a_late_peer_costs_at_most_3_requests() {
     let server_before = srv.requests();
 
     let b_offer = offer();
-    let b_encoded = b_offer.encode(&key);
+    let b_encoded = b_offer.encode(&key, "late-peer");
     let late = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(10)).await;
         b.post(Role::Server, &b_encoded).await.unwrap();
     });
 
     let started = Instant::now();
-    a.post(Role::Client, &offer().encode(&key)).await.unwrap();
+    a.post(Role::Client, &offer().encode(&key, "late-peer"))
+        .await
+        .unwrap();
     let got = a
         .wait_for(Role::Server, Duration::from_secs(20), |data| {
-            Offer::decode(data, &key).ok()
+            Offer::decode(data, &key, "late-peer").ok()
         })
         .await
         .unwrap();
@@ -272,10 +277,10 @@ async fn rejected_data_is_not_fetched_again_until_new_data_arrives() {
     let (b, _) = client(&srv.url(), "tamper");
 
     // An offer under another secret (an impostor, or a tampering operator) is ignored.
-    let impostor = offer().encode(&RoomKey::derive("tamper", Some("theirs")));
+    let impostor = offer().encode(&RoomKey::derive("tamper", Some("theirs")), "tamper");
     b.post(Role::Server, &impostor).await.unwrap();
     let genuine = offer();
-    let encoded = genuine.encode(&key);
+    let encoded = genuine.encode(&key, "tamper");
     let later = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         b.post(Role::Server, &encoded).await.unwrap();
@@ -284,7 +289,7 @@ async fn rejected_data_is_not_fetched_again_until_new_data_arrives() {
     let mut rejected = 0;
     let got = a
         .wait_for(Role::Server, Duration::from_secs(10), |data| {
-            let r = Offer::decode(data, &key);
+            let r = Offer::decode(data, &key, "tamper");
             if matches!(r, Err(stunfwd_core::signal::OfferError::BadMac)) {
                 rejected += 1;
             }

@@ -44,6 +44,9 @@ async fn the_client_speaks_the_plain_php_mailbox() {
     let late = {
         let c = c.clone();
         let offer = Offer {
+            role: Role::Server,
+            nonce: Offer::new_nonce(),
+            ts: stunfwd_core::signal::unix_now(),
             id: Offer::new_id(),
             candidates: vec!["127.0.0.1:1".parse().unwrap()],
             host_count: 1,
@@ -52,7 +55,7 @@ async fn the_client_speaks_the_plain_php_mailbox() {
             fp: "cd".repeat(32),
             nat: "none".into(),
         };
-        let encoded = offer.encode(&key);
+        let encoded = offer.encode(&key, "php room");
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
             c.post(Role::Server, &encoded).await.unwrap();
@@ -61,7 +64,7 @@ async fn the_client_speaks_the_plain_php_mailbox() {
     };
     let got = c
         .wait_for(Role::Server, Duration::from_secs(15), |d| {
-            Offer::decode(d, &key).ok()
+            Offer::decode(d, &key, "php room").ok()
         })
         .await
         .unwrap();
@@ -197,11 +200,12 @@ fn a_flood_of_handshakes_causes_a_bounded_number_of_mailbox_reads() {
     let (rt, stun) = stun_responder();
     // A backoff of 60 s: after its first GET the server would not poll again within the
     // test, so every later GET is an early read caused by a handshake.
+    let room = common::room();
     let server = Engine::start(common::config_for(
         &php.url(),
         stun.local_addr(),
         "server",
-        &common::room(),
+        &room,
         "flood secret",
         &[],
         serde_json::json!({"performance": {"signalBackoff": "60s"}}),
@@ -218,32 +222,7 @@ fn a_flood_of_handshakes_causes_a_bounded_number_of_mailbox_reads() {
 
     let target = server.local_addr();
     let flood_for = Duration::from_secs(3);
-    let attempts = rt.block_on(async move {
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        // Any client config: these handshakes are refused anyway, and only their
-        // Initials matter here.
-        let ca = rcgen::generate_simple_self_signed(vec!["elsewhere".to_owned()]).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.cert.der().clone()).unwrap();
-        let roots = Arc::new(roots);
-        endpoint
-            .set_default_client_config(quinn::ClientConfig::with_root_certificates(roots).unwrap());
-        let started = Instant::now();
-        let mut attempts = 0u32;
-        let mut pending = Vec::new();
-        while started.elapsed() < flood_for {
-            let connecting = endpoint.connect(target, "stunfwd").unwrap();
-            pending.push(tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(8), connecting).await;
-            }));
-            attempts += 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        for p in pending {
-            let _ = p.await;
-        }
-        attempts
-    });
+    let attempts = rt.block_on(flood(target, flood_for));
     let reads = server.stats().signaling_requests - before;
     let bound = (flood_for.as_millis() / WAKE_GAP.as_millis()) as u64 + 2;
     println!("{attempts} handshakes in {flood_for:?} caused {reads} mailbox reads (bound {bound})");
@@ -255,5 +234,67 @@ fn a_flood_of_handshakes_causes_a_bounded_number_of_mailbox_reads() {
         "{}",
         server.state()
     );
+
+    // Under a flood that keeps every place for strangers' handshakes taken, the real
+    // client is still held for (its address sent authentic checks first): it connects
+    // without a failed attempt.
+    let flooding = rt.spawn(flood(target, Duration::from_secs(4)));
+    std::thread::sleep(Duration::from_millis(300));
+    let states = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = states.clone();
+    let client = Engine::start_with_events(
+        common::config_for(
+            &php.url(),
+            stun.local_addr(),
+            "client",
+            &room,
+            "flood secret",
+            &[],
+            serde_json::json!({}),
+        ),
+        move |e| {
+            if let stunfwd_core::Event::State { state } = e {
+                seen.lock().unwrap().push(state.to_string());
+            }
+        },
+    )
+    .unwrap();
+    client.wait_connected(Duration::from_secs(20)).unwrap();
+    let states = states.lock().unwrap().clone();
+    assert!(
+        !states.iter().any(|s| s.starts_with("reconnecting")),
+        "{states:?}"
+    );
+    let _ = rt.block_on(flooding);
+    client.stop(Duration::from_secs(2));
     server.stop(Duration::from_secs(2));
+}
+
+/// Starts QUIC handshakes to `target` every 5 ms for `duration` (each with a random
+/// certificate nobody pinned) and waits for them to end; returns how many.
+async fn flood(target: std::net::SocketAddr, duration: Duration) -> u32 {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    // Any client config: these handshakes are refused anyway, and only their Initials
+    // matter here.
+    let ca = rcgen::generate_simple_self_signed(vec!["elsewhere".to_owned()]).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    endpoint.set_default_client_config(
+        quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap(),
+    );
+    let started = Instant::now();
+    let mut attempts = 0u32;
+    let mut pending = Vec::new();
+    while started.elapsed() < duration {
+        let connecting = endpoint.connect(target, "stunfwd").unwrap();
+        pending.push(tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(8), connecting).await;
+        }));
+        attempts += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for p in pending {
+        let _ = p.await;
+    }
+    attempts
 }

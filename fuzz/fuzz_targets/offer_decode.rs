@@ -10,11 +10,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let key = RoomKey::derive("fuzz-room", Some("fuzz-secret"));
-    if let Ok(offer) = Offer::decode(text, &key) {
-        let again = Offer::decode(&offer.encode(&key), &key);
+    if let Ok(offer) = Offer::decode(text, &key, "fuzz-room") {
+        let again = Offer::decode(&offer.encode(&key, "fuzz-room"), &key, "fuzz-room");
         assert_eq!(again.as_ref(), Ok(&offer));
     }
     // Without a secret the key is public: the fuzzer can forge MACs only by chance,
     // but it exercises the unauthenticated path the same way.
-    let _ = Offer::decode(text, &RoomKey::derive("fuzz-room", None));
+    let _ = Offer::decode(text, &RoomKey::derive("fuzz-room", None), "fuzz-room");
 });

@@ -1,5 +1,5 @@
-//! Offer encoding and decoding from structured input: every field is arbitrary (ids and
-//! fingerprints need not be hex), so the decoder's checks *after* the MAC verified are
+//! Offer encoding and decoding from structured input: every field is arbitrary (ids,
+//! nonces and fingerprints need not be hex), so the decoder's checks *after* the MAC verified are
 //! reached too. A decoded offer must equal the encoded one; one with a bad id or
 //! fingerprint must be refused as malformed.
 #![no_main]
@@ -7,10 +7,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
-use stunfwd_core::signal::{Offer, OfferError, RoomKey};
+use stunfwd_core::signal::{Offer, OfferError, Role, RoomKey};
 
 type Input = (
-    String,
+    (String, String, u64, bool),
     String,
     String,
     Vec<(u128, u16, bool)>,
@@ -25,7 +25,8 @@ fn lower_hex(s: &str, len: usize) -> bool {
 }
 
 fuzz_target!(|input: Input| {
-    let (id, fp, nat, raw_candidates, host, relay, turn, room) = input;
+    let ((id, nonce, ts, server), fp, nat, raw_candidates, host, relay, turn, room) = input;
+    let role = if server { Role::Server } else { Role::Client };
     let candidates: Vec<SocketAddr> = raw_candidates
         .into_iter()
         .take(40)
@@ -41,7 +42,10 @@ fuzz_target!(|input: Input| {
     let host_count = usize::from(host) % (candidates.len() + 1);
     let relay_count = usize::from(relay) % (candidates.len() - host_count + 1);
     let offer = Offer {
+        role,
         id,
+        nonce,
+        ts,
         candidates,
         host_count,
         relay_count,
@@ -50,14 +54,17 @@ fuzz_target!(|input: Input| {
         nat,
     };
     let key = RoomKey::derive(&room, Some("fuzz-secret"));
-    let encoded = offer.encode(&key);
-    match Offer::decode(&encoded, &key) {
+    let encoded = offer.encode(&key, &room);
+    match Offer::decode(&encoded, &key, &room) {
         Ok(decoded) => {
             assert_eq!(decoded, offer);
-            assert!(lower_hex(&offer.id, 32) && lower_hex(&offer.fp, 64));
+            assert!(
+                lower_hex(&offer.id, 32) && lower_hex(&offer.nonce, 32) && lower_hex(&offer.fp, 64)
+            );
         }
         Err(OfferError::Malformed(_)) => {
             let valid = lower_hex(&offer.id, 32)
+                && lower_hex(&offer.nonce, 32)
                 && lower_hex(&offer.fp, 64)
                 && offer.candidates.len() <= 32
                 && encoded.len() <= 16 * 1024;

@@ -19,5 +19,5 @@ mod store;
 mod tls;
 
 pub use client::{SignalClient, WAKE_GAP};
-pub use proto::{Offer, OfferError, Role, RoomKey};
+pub use proto::{unix_now, Offer, OfferError, OfferGuard, Role, RoomKey, OFFER_WINDOW};
 pub use server::{SignalServer, SignalServerConfig, StoreConfig, TlsFiles};

@@ -15,8 +15,18 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The only offer version this build reads and writes.
-pub const OFFER_VERSION: u64 = 1;
+/// The only offer version this build reads and writes. Version 1 (whose MAC input was
+/// ambiguous) is refused with [`OfferError::OldVersion`].
+pub const OFFER_VERSION: u64 = 2;
+
+/// How far an offer's timestamp may be from the receiver's clock, either way. A waiting
+/// peer posts a new offer at least every ~70 s (one 60 s wait plus a backoff), so peers
+/// whose clocks differ by up to about 3.5 minutes still meet; an offer left in a
+/// mailbox for longer than this is refused as stale.
+pub const OFFER_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Most nonces an [`OfferGuard`] remembers.
+pub const MAX_NONCES: usize = 4096;
 
 /// Largest encoded offer [`Offer::decode`] accepts, in bytes (the rendezvous server's
 /// body limit, so an offer that fits the server also fits here).
@@ -31,8 +41,11 @@ const ID_HEX_LEN: usize = 32;
 /// Length in hex characters of a certificate fingerprint (SHA-256).
 const FP_HEX_LEN: usize = 64;
 
-/// Domain-separation prefix of the offer MAC's canonical bytes.
-const OFFER_MAC_DOMAIN: &str = "stunfwd-offer";
+/// Domain-separation tag that starts the offer MAC's canonical bytes.
+const OFFER_MAC_DOMAIN: &[u8] = b"stunfwd-offer-v2\0";
+
+/// Domain-separation message of the mailbox name derivation.
+const MAILBOX_DOMAIN: &str = "stunfwd/v2/mailbox";
 
 /// Domain-separation prefix of the room key derivation.
 const ROOM_KEY_DOMAIN: &str = "stunfwd/v1/";
@@ -124,6 +137,15 @@ impl RoomKey {
         hex::encode(self.0)
     }
 
+    /// The room name the rendezvous server sees when the peers share a secret: 64 hex
+    /// characters, HMAC-SHA256(room key, `"stunfwd/v2/mailbox"`). Without the secret,
+    /// knowing the room name finds nothing on the server.
+    pub fn mailbox_name(&self) -> String {
+        let mut mac = self.mac();
+        mac.update(MAILBOX_DOMAIN.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
     fn mac(&self) -> HmacSha256 {
         HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length")
     }
@@ -136,12 +158,20 @@ impl fmt::Debug for RoomKey {
 }
 
 /// What a peer tells the other through the rendezvous server: how to reach it and
-/// which certificate it will present. Authenticated with the room key.
+/// which certificate it will present. Authenticated with the room key, bound to the
+/// room and the sender's role, and fresh: a nonce and a timestamp let the receiver
+/// refuse replays and stale offers ([`OfferGuard`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offer {
+    /// The sender's role.
+    pub role: Role,
     /// Session id: 32 lowercase hex characters (16 random bytes), new for every
     /// connection attempt. Used in the STUN USERNAME of connectivity checks.
     pub id: String,
+    /// 32 lowercase hex characters (16 random bytes), new for every offer posted.
+    pub nonce: String,
+    /// When the offer was made: seconds since the Unix epoch, sender's clock.
+    pub ts: u64,
     /// Addresses the peer can be reached at (host, server-reflexive, relayed), at most
     /// [`MAX_CANDIDATES`].
     pub candidates: Vec<SocketAddr>,
@@ -162,42 +192,123 @@ pub struct Offer {
 /// Why an offer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OfferError {
-    /// Not a well-formed version-1 offer.
+    /// Not a well-formed version-2 offer.
     #[error("malformed offer: {0}; the peer runs an incompatible stunfwd or the rendezvous server mangled the data")]
     Malformed(String),
+    /// A version-1 offer: its MAC could be altered without the secret.
+    #[error("the peer runs an older stunfwd (offer version 1, which is no longer accepted); upgrade it to the same version as this one")]
+    OldVersion,
     /// A well-formed offer of a version this build does not speak.
-    #[error("offer version {0} is not supported (this build speaks version 1); run the same stunfwd version on both peers")]
+    #[error("offer version {0} is not supported (this build speaks version 2); run the same stunfwd version on both peers")]
     UnsupportedVersion(u64),
-    /// The MAC does not verify under our room key.
-    #[error("offer MAC does not verify: the peer uses a different secret, or the rendezvous server altered it")]
+    /// The MAC does not verify under our room key (and room).
+    #[error("offer MAC does not verify: the peer uses a different secret or room, or the rendezvous server altered it")]
     BadMac,
+    /// Authentic, but sent by a peer of the wrong role (e.g. our own offer reflected
+    /// back, or a second peer of our role).
+    #[error("offer from a {got} peer where a {expected} peer was expected: a reflected or misplaced offer")]
+    WrongRole {
+        /// The role the offer names.
+        got: Role,
+        /// The role we read.
+        expected: Role,
+    },
+    /// Authentic, but made too long ago or too far in the future.
+    #[error("stale offer: made {age} s from now by the sender's clock, outside the ±{window} s window (an old offer still in the mailbox, a replay, or clocks that differ by minutes)")]
+    Stale {
+        /// Receiver's clock minus the offer's timestamp, in seconds (negative: from
+        /// the future).
+        age: i64,
+        /// The window, in seconds.
+        window: u64,
+    },
+    /// Authentic and fresh, but its nonce was accepted before.
+    #[error("replayed offer: its nonce was already accepted")]
+    Replayed,
 }
 
 impl From<OfferError> for crate::Error {
     fn from(e: OfferError) -> crate::Error {
         match e {
-            OfferError::BadMac => crate::Error::PeerAuth(e.to_string()),
-            OfferError::Malformed(_) | OfferError::UnsupportedVersion(_) => {
-                crate::Error::Signal(e.to_string())
-            }
+            OfferError::BadMac
+            | OfferError::WrongRole { .. }
+            | OfferError::Stale { .. }
+            | OfferError::Replayed => crate::Error::PeerAuth(e.to_string()),
+            OfferError::Malformed(_)
+            | OfferError::OldVersion
+            | OfferError::UnsupportedVersion(_) => crate::Error::Signal(e.to_string()),
         }
     }
 }
 
-/// The JSON shape written by [`Offer::encode`]; field order is the wire order.
+/// The JSON shape written by [`Offer::encode`]; field order is the wire order. Every
+/// field is always present.
 #[derive(Serialize)]
 struct WireOffer<'a> {
     v: u64,
+    role: &'a str,
     id: &'a str,
+    nonce: &'a str,
+    ts: u64,
     candidates: &'a [String],
     host: usize,
-    #[serde(skip_serializing_if = "is_zero")]
     relay: usize,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     turn: bool,
     fp: &'a str,
     nat: &'a str,
     mac: String,
+}
+
+/// The authenticated content of an offer, as fed to the MAC.
+struct Canonical<'a> {
+    room: &'a str,
+    role: &'a str,
+    id: &'a str,
+    nonce: &'a str,
+    ts: u64,
+    candidates: &'a [String],
+    host: usize,
+    relay: usize,
+    turn: bool,
+    fp: &'a str,
+    nat: &'a str,
+}
+
+impl Canonical<'_> {
+    /// The canonical bytes (`docs/protocol.md` §3): the domain tag, then every field as
+    /// a 4-byte big-endian length and its bytes, in a fixed order. The candidate list
+    /// is one field whose bytes are each candidate, length-prefixed the same way.
+    fn bytes(&self) -> Vec<u8> {
+        fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+            // Offers are at most 16 KiB, so every length fits in 4 bytes.
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        }
+        let mut list = Vec::new();
+        for c in self.candidates {
+            field(&mut list, c.as_bytes());
+        }
+        let mut out = Vec::with_capacity(256 + list.len());
+        out.extend_from_slice(OFFER_MAC_DOMAIN);
+        field(&mut out, self.room.as_bytes());
+        field(&mut out, self.role.as_bytes());
+        field(&mut out, self.id.as_bytes());
+        field(&mut out, self.nonce.as_bytes());
+        field(&mut out, self.ts.to_string().as_bytes());
+        field(&mut out, &list);
+        field(&mut out, self.host.to_string().as_bytes());
+        field(&mut out, self.relay.to_string().as_bytes());
+        field(&mut out, if self.turn { b"1" } else { b"0" });
+        field(&mut out, self.fp.as_bytes());
+        field(&mut out, self.nat.as_bytes());
+        out
+    }
+
+    fn mac(&self, key: &RoomKey) -> [u8; 32] {
+        let mut mac = key.mac();
+        mac.update(&self.bytes());
+        mac.finalize().into_bytes().into()
+    }
 }
 
 impl Offer {
@@ -206,46 +317,55 @@ impl Offer {
         hex::encode(rand::random::<[u8; 16]>())
     }
 
-    /// Encodes and authenticates the offer:
-    /// `{"v":1,"id":..,"candidates":["ip:port",..],"host":N,"fp":..,"nat":..,"mac":..}`
-    /// (`host_count` is clamped to the number of candidates).
-    pub fn encode(&self, key: &RoomKey) -> String {
+    /// A fresh nonce, the same shape as an id.
+    pub fn new_nonce() -> String {
+        Offer::new_id()
+    }
+
+    /// Encodes and authenticates the offer for `room`:
+    /// `{"v":2,"role":..,"id":..,"nonce":..,"ts":..,"candidates":["ip:port",..],"host":N,
+    /// "relay":N,"turn":B,"fp":..,"nat":..,"mac":..}` (`host_count` and `relay_count`
+    /// are clamped to the number of candidates). The room is authenticated, not sent.
+    pub fn encode(&self, key: &RoomKey, room: &str) -> String {
         let candidates: Vec<String> = self.candidates.iter().map(|c| c.to_string()).collect();
         let host = self.host_count.min(candidates.len());
         let relay = self.relay_count.min(candidates.len() - host);
-        let kinds = Kinds {
-            host,
-            relay,
-            turn: self.turn,
-        };
-        let mac = offer_mac(
-            key,
-            OFFER_VERSION,
-            &self.id,
-            &candidates,
-            kinds,
-            &self.fp,
-            &self.nat,
-        );
-        let wire = WireOffer {
-            v: OFFER_VERSION,
+        let canonical = Canonical {
+            room,
+            role: self.role.as_str(),
             id: &self.id,
+            nonce: &self.nonce,
+            ts: self.ts,
             candidates: &candidates,
             host,
             relay,
             turn: self.turn,
             fp: &self.fp,
             nat: &self.nat,
-            mac: hex::encode(mac),
+        };
+        let wire = WireOffer {
+            v: OFFER_VERSION,
+            role: self.role.as_str(),
+            id: &self.id,
+            nonce: &self.nonce,
+            ts: self.ts,
+            candidates: &candidates,
+            host,
+            relay,
+            turn: self.turn,
+            fp: &self.fp,
+            nat: &self.nat,
+            mac: hex::encode(canonical.mac(key)),
         };
         serde_json::to_string(&wire).expect("a struct of strings always serializes")
     }
 
-    /// Decodes an offer and verifies its MAC with `key` (in constant time).
+    /// Decodes an offer posted in `room` and verifies its MAC with `key` (in constant
+    /// time). Freshness (role, timestamp, nonce) is [`OfferGuard::check`]'s job.
     ///
     /// Unknown JSON fields are ignored (forward compatibility) and are not covered by
     /// the MAC. Never panics, whatever `data` holds.
-    pub fn decode(data: &str, key: &RoomKey) -> Result<Offer, OfferError> {
+    pub fn decode(data: &str, key: &RoomKey, room: &str) -> Result<Offer, OfferError> {
         if data.len() > MAX_OFFER_LEN {
             return Err(malformed(format!(
                 "{} bytes, more than the {MAX_OFFER_LEN} allowed",
@@ -263,11 +383,16 @@ impl Offer {
             .ok_or_else(|| malformed("missing field `v`"))?
             .as_u64()
             .ok_or_else(|| malformed("field `v` is not an unsigned integer"))?;
-        if v != OFFER_VERSION {
-            return Err(OfferError::UnsupportedVersion(v));
+        match v {
+            1 => return Err(OfferError::OldVersion),
+            OFFER_VERSION => {}
+            other => return Err(OfferError::UnsupportedVersion(other)),
         }
 
+        let role = str_field(obj, "role")?;
         let id = str_field(obj, "id")?;
+        let nonce = str_field(obj, "nonce")?;
+        let ts = count_field(obj, "ts", u64::MAX)?;
         let fp = str_field(obj, "fp")?;
         let nat = str_field(obj, "nat")?;
         let mac_hex = str_field(obj, "mac")?;
@@ -290,54 +415,48 @@ impl Offer {
                     .ok_or_else(|| malformed("a candidate is not a string"))
             })
             .collect::<Result<Vec<String>, OfferError>>()?;
+        let n = candidates.len() as u64;
+        let host = count_field(obj, "host", n)? as usize;
+        let relay = count_field(obj, "relay", n - host as u64)? as usize;
+        let turn = obj
+            .get("turn")
+            .ok_or_else(|| malformed("missing field `turn`"))?
+            .as_bool()
+            .ok_or_else(|| malformed("field `turn` is not a boolean"))?;
 
         if !is_lower_hex(mac_hex, 64) {
             return Err(malformed("field `mac` is not 64 lowercase hex characters"));
         }
         let mac = hex::decode(mac_hex).map_err(|_| malformed("field `mac` is not hex"))?;
-        // `host` (interface candidates first) is optional on the wire and then 0.
-        let host = match obj.get("host") {
-            None => 0,
-            Some(h) => h
-                .as_u64()
-                .and_then(|h| usize::try_from(h).ok())
-                .filter(|h| *h <= candidates.len())
-                .ok_or_else(|| malformed("field `host` is not a count of candidates"))?,
-        };
-        // `relay` (relayed candidates last) and `turn` are optional too.
-        let relay = match obj.get("relay") {
-            None => 0,
-            Some(r) => r
-                .as_u64()
-                .and_then(|r| usize::try_from(r).ok())
-                .filter(|r| host + *r <= candidates.len())
-                .ok_or_else(|| malformed("field `relay` is not a count of candidates"))?,
-        };
-        let turn = match obj.get("turn") {
-            None => false,
-            Some(t) => t
-                .as_bool()
-                .ok_or_else(|| malformed("field `turn` is not a boolean"))?,
-        };
-        let mut expected = key.mac();
-        feed_canonical(
-            &mut expected,
-            v,
+        let canonical = Canonical {
+            room,
+            role,
             id,
-            &candidates,
-            Kinds { host, relay, turn },
+            nonce,
+            ts,
+            candidates: &candidates,
+            host,
+            relay,
+            turn,
             fp,
             nat,
-        );
+        };
+        let mut expected = key.mac();
+        expected.update(&canonical.bytes());
         expected
             .verify_slice(&mac)
             .map_err(|_| OfferError::BadMac)?;
 
         // Authentic from here on: what remains can only be a broken peer.
-        if !is_lower_hex(id, ID_HEX_LEN) {
-            return Err(malformed(format!(
-                "field `id` is not {ID_HEX_LEN} lowercase hex characters"
-            )));
+        let role = role
+            .parse::<Role>()
+            .map_err(|_| malformed("field `role` is not `client` or `server`"))?;
+        for (name, value) in [("id", id), ("nonce", nonce)] {
+            if !is_lower_hex(value, ID_HEX_LEN) {
+                return Err(malformed(format!(
+                    "field `{name}` is not {ID_HEX_LEN} lowercase hex characters"
+                )));
+            }
         }
         if !is_lower_hex(fp, FP_HEX_LEN) {
             return Err(malformed(format!(
@@ -357,7 +476,10 @@ impl Offer {
             .collect::<Result<Vec<SocketAddr>, OfferError>>()?;
 
         Ok(Offer {
+            role,
             id: id.to_owned(),
+            nonce: nonce.to_owned(),
+            ts,
             candidates,
             host_count: host,
             relay_count: relay,
@@ -368,78 +490,78 @@ impl Offer {
     }
 }
 
-/// Candidate kinds: how many are host (first) and relayed (last), and whether the
-/// peer can allocate a relay.
-#[derive(Debug, Clone, Copy, Default)]
-struct Kinds {
-    host: usize,
-    relay: usize,
-    turn: bool,
+/// Seconds since the Unix epoch by this machine's clock (0 if it is set before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-impl From<usize> for Kinds {
-    fn from(host: usize) -> Self {
-        Kinds {
-            host,
-            ..Kinds::default()
+/// The receiver's freshness checks: the sender's role, the timestamp window and the
+/// nonces already accepted. One per engine.
+#[derive(Debug, Default)]
+pub struct OfferGuard {
+    /// Accepted nonces with their offers' timestamps, oldest first.
+    seen: std::collections::VecDeque<(u64, String)>,
+}
+
+impl OfferGuard {
+    /// A guard that has accepted nothing yet.
+    pub fn new() -> OfferGuard {
+        OfferGuard::default()
+    }
+
+    /// True when `nonce` is the one accepted last: reading the same mailbox content
+    /// again, which is no attack and not worth a report.
+    pub fn is_latest(&self, nonce: &str) -> bool {
+        self.seen.back().is_some_and(|(_, n)| n == nonce)
+    }
+
+    /// Accepts `offer` when it comes from a peer of role `expected`, was made within
+    /// [`OFFER_WINDOW`] of `now` (Unix seconds) either way, and its nonce has not been
+    /// accepted before; the nonce is then remembered. Nonces are kept for as long as
+    /// their offers would pass the window (at most [`MAX_NONCES`]; with more, the
+    /// oldest are forgotten).
+    pub fn check(&mut self, offer: &Offer, expected: Role, now: u64) -> Result<(), OfferError> {
+        if offer.role != expected {
+            return Err(OfferError::WrongRole {
+                got: offer.role,
+                expected,
+            });
         }
-    }
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-/// HMAC-SHA256 under the room key of the canonical bytes:
-/// `"stunfwd-offer\n" + v + "\n" + id + "\n" + candidates joined with "," + "\n" + fp + "\n" + nat + "\n" + host`,
-/// followed by `"\n" + relay + "\n" + turn (0 or 1)` when the offer has relayed
-/// candidates or can relay.
-fn offer_mac(
-    key: &RoomKey,
-    v: u64,
-    id: &str,
-    candidates: &[String],
-    kinds: impl Into<Kinds>,
-    fp: &str,
-    nat: &str,
-) -> [u8; 32] {
-    let mut mac = key.mac();
-    feed_canonical(&mut mac, v, id, candidates, kinds.into(), fp, nat);
-    mac.finalize().into_bytes().into()
-}
-
-fn feed_canonical(
-    mac: &mut HmacSha256,
-    v: u64,
-    id: &str,
-    candidates: &[String],
-    kinds: Kinds,
-    fp: &str,
-    nat: &str,
-) {
-    mac.update(OFFER_MAC_DOMAIN.as_bytes());
-    mac.update(b"\n");
-    mac.update(v.to_string().as_bytes());
-    mac.update(b"\n");
-    mac.update(id.as_bytes());
-    mac.update(b"\n");
-    for (i, c) in candidates.iter().enumerate() {
-        if i > 0 {
-            mac.update(b",");
+        let window = OFFER_WINDOW.as_secs();
+        let age = now as i128 - offer.ts as i128;
+        if age.unsigned_abs() > u128::from(window) {
+            return Err(OfferError::Stale {
+                age: age.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
+                window,
+            });
         }
-        mac.update(c.as_bytes());
+        // Forget what the window refuses anyway.
+        self.seen
+            .retain(|(ts, _)| now.saturating_sub(*ts) <= window);
+        if self.seen.iter().any(|(_, n)| *n == offer.nonce) {
+            return Err(OfferError::Replayed);
+        }
+        if self.seen.len() >= MAX_NONCES {
+            self.seen.pop_front();
+        }
+        self.seen.push_back((offer.ts, offer.nonce.clone()));
+        Ok(())
     }
-    mac.update(b"\n");
-    mac.update(fp.as_bytes());
-    mac.update(b"\n");
-    mac.update(nat.as_bytes());
-    mac.update(b"\n");
-    mac.update(kinds.host.to_string().as_bytes());
-    if kinds.relay > 0 || kinds.turn {
-        mac.update(b"\n");
-        mac.update(kinds.relay.to_string().as_bytes());
-        mac.update(if kinds.turn { b"\n1" } else { b"\n0" });
-    }
+}
+
+/// A required unsigned integer field of at most `max`.
+fn count_field(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    max: u64,
+) -> Result<u64, OfferError> {
+    obj.get(name)
+        .ok_or_else(|| malformed(format!("missing field `{name}`")))?
+        .as_u64()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| malformed(format!("field `{name}` is not a count of at most {max}")))
 }
 
 fn malformed(what: impl Into<String>) -> OfferError {
@@ -476,9 +598,14 @@ mod tests {
         RoomKey::derive("room-1", Some("hunter2"))
     }
 
+    const ROOM: &str = "room-1";
+
     fn offer() -> Offer {
         Offer {
+            role: Role::Server,
             id: Offer::new_id(),
+            nonce: Offer::new_nonce(),
+            ts: unix_now(),
             candidates: vec![
                 "192.168.1.10:40000".parse().unwrap(),
                 "203.0.113.7:51234".parse().unwrap(),
@@ -500,6 +627,10 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(encoded).unwrap();
         f(v.as_object_mut().unwrap());
         v.to_string()
+    }
+
+    fn decode(data: &str) -> Result<Offer, OfferError> {
+        Offer::decode(data, &key(), ROOM)
     }
 
     #[test]
@@ -536,6 +667,25 @@ mod tests {
     }
 
     #[test]
+    fn mailbox_name_hides_the_room_and_depends_on_the_secret() {
+        let name = key().mailbox_name();
+        assert!(is_lower_hex(&name, 64), "{name}");
+        assert!(!name.contains("room"));
+        assert_eq!(name, key().mailbox_name());
+        assert_ne!(
+            name,
+            RoomKey::derive("room-1", Some("hunter3")).mailbox_name()
+        );
+        assert_ne!(
+            name,
+            RoomKey::derive("room-2", Some("hunter2")).mailbox_name()
+        );
+        let mut mac = HmacSha256::new_from_slice(key().as_bytes()).unwrap();
+        mac.update(b"stunfwd/v2/mailbox");
+        assert_eq!(name, hex::encode(mac.finalize().into_bytes()));
+    }
+
+    #[test]
     fn room_key_debug_hides_the_key() {
         let k = key();
         let dbg = format!("{k:?}");
@@ -549,91 +699,175 @@ mod tests {
         let b = Offer::new_id();
         assert!(is_lower_hex(&a, 32));
         assert_ne!(a, b);
+        assert_ne!(Offer::new_nonce(), Offer::new_nonce());
     }
 
     #[test]
-    fn round_trip() {
+    fn round_trip_writes_every_field() {
         let o = offer();
-        let encoded = o.encode(&key());
-        assert!(encoded.starts_with("{\"v\":1,\"id\":\""));
-        assert_eq!(Offer::decode(&encoded, &key()).unwrap(), o);
-    }
-
-    #[test]
-    fn relay_kinds_round_trip_and_are_authenticated() {
-        let mut o = offer();
-        o.relay_count = 1;
-        o.turn = true;
-        let encoded = o.encode(&key());
-        assert_eq!(Offer::decode(&encoded, &key()).unwrap(), o);
-        for (field, value) in [
-            ("relay", serde_json::json!(0)),
-            ("turn", serde_json::json!(false)),
+        let encoded = o.encode(&key(), ROOM);
+        assert!(encoded.starts_with("{\"v\":2,\"role\":\"server\",\"id\":\""));
+        for field in [
+            "role",
+            "id",
+            "nonce",
+            "ts",
+            "candidates",
+            "host",
+            "relay",
+            "turn",
+            "fp",
+            "nat",
+            "mac",
         ] {
-            let mut m: serde_json::Value = serde_json::from_str(&encoded).unwrap();
-            m[field] = value;
-            assert_eq!(
-                Offer::decode(&m.to_string(), &key()),
-                Err(OfferError::BadMac),
-                "{field} is covered by the MAC"
-            );
+            assert!(encoded.contains(&format!("\"{field}\":")), "{field}");
         }
+        assert!(
+            !encoded.contains(ROOM),
+            "the room is authenticated, not sent"
+        );
+        assert_eq!(decode(&encoded).unwrap(), o);
+        let mut relayed = offer();
+        relayed.relay_count = 1;
+        relayed.turn = true;
+        assert_eq!(decode(&relayed.encode(&key(), ROOM)).unwrap(), relayed);
+        let mut empty = offer();
+        empty.candidates.clear();
+        empty.host_count = 0;
+        empty.nat = String::new();
+        assert_eq!(decode(&empty.encode(&key(), ROOM)).unwrap(), empty);
     }
 
-    #[test]
-    fn round_trip_without_candidates() {
-        let mut o = offer();
-        o.candidates.clear();
-        o.host_count = 0;
-        o.nat = String::new();
-        assert_eq!(Offer::decode(&o.encode(&key()), &key()).unwrap(), o);
+    /// The canonical bytes as docs/protocol.md §3 specifies them, built independently.
+    fn documented_canonical(o: &Offer, room: &str) -> Vec<u8> {
+        fn lp(out: &mut Vec<u8>, b: &[u8]) {
+            out.extend_from_slice(&u32::try_from(b.len()).unwrap().to_be_bytes());
+            out.extend_from_slice(b);
+        }
+        let mut list = Vec::new();
+        for c in &o.candidates {
+            lp(&mut list, c.to_string().as_bytes());
+        }
+        let mut out = b"stunfwd-offer-v2\0".to_vec();
+        for f in [
+            room.as_bytes(),
+            o.role.as_str().as_bytes(),
+            o.id.as_bytes(),
+            o.nonce.as_bytes(),
+            o.ts.to_string().as_bytes(),
+            &list,
+            o.host_count.to_string().as_bytes(),
+            o.relay_count.to_string().as_bytes(),
+            if o.turn { b"1" } else { b"0" },
+            o.fp.as_bytes(),
+            o.nat.as_bytes(),
+        ] {
+            lp(&mut out, f);
+        }
+        out
     }
 
     #[test]
     fn mac_covers_the_documented_canonical_bytes() {
         let o = offer();
-        let encoded = o.encode(&key());
-        let v: serde_json::Value = serde_json::from_str(&encoded).unwrap();
-        let cands: Vec<String> = o.candidates.iter().map(|c| c.to_string()).collect();
-        let canonical = format!(
-            "stunfwd-offer\n1\n{}\n{}\n{}\n{}\n{}",
-            o.id,
-            cands.join(","),
-            o.fp,
-            o.nat,
-            o.host_count
-        );
+        let v: serde_json::Value = serde_json::from_str(&o.encode(&key(), ROOM)).unwrap();
         let mut mac = HmacSha256::new_from_slice(key().as_bytes()).unwrap();
-        mac.update(canonical.as_bytes());
+        mac.update(&documented_canonical(&o, ROOM));
         assert_eq!(v["mac"], hex::encode(mac.finalize().into_bytes()));
+    }
+
+    /// The test vectors published in docs/protocol.md verify, and their MACs are the
+    /// ones written there.
+    #[test]
+    fn published_test_vectors_verify() {
+        let doc = include_str!("../../../docs/protocol.md");
+        let mut vectors = 0;
+        for block in doc.split("```text\ntest vector\n").skip(1) {
+            let block = &block[..block.find("```").unwrap()];
+            let get = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .unwrap_or_else(|| panic!("no `{name}:` line in a test vector"))
+                    .to_owned()
+            };
+            let key_bytes: [u8; 32] = hex::decode(get("room key")).unwrap().try_into().unwrap();
+            let key = RoomKey(key_bytes);
+            assert_eq!(
+                key,
+                RoomKey::derive(&get("room"), Some(&get("secret"))),
+                "the vector's room key is derived from its room and secret"
+            );
+            let offer_json = get("offer");
+            let decoded = Offer::decode(&offer_json, &key, &get("room")).unwrap();
+            assert_eq!(decoded.encode(&key, &get("room")), offer_json);
+            let v: serde_json::Value = serde_json::from_str(&offer_json).unwrap();
+            assert_eq!(v["mac"], get("mac"));
+            assert_eq!(
+                hex::encode(documented_canonical(&decoded, &get("room"))),
+                get("canonical bytes (hex)")
+            );
+            assert_eq!(
+                Offer::decode(&offer_json, &key, "another room"),
+                Err(OfferError::BadMac)
+            );
+            vectors += 1;
+        }
+        assert!(
+            vectors >= 2,
+            "docs/protocol.md publishes {vectors} test vectors"
+        );
     }
 
     #[test]
     fn unknown_fields_are_ignored() {
-        let encoded = tamper(&offer().encode(&key()), |m| {
+        let encoded = tamper(&offer().encode(&key(), ROOM), |m| {
             m.insert("future".into(), serde_json::json!({"x": [1, 2]}));
         });
-        assert_eq!(
-            Offer::decode(&encoded, &key()).unwrap().nat,
-            "port-restricted"
-        );
+        assert_eq!(decode(&encoded).unwrap().nat, "port-restricted");
+    }
+
+    /// The finding of issue #14: under v1, `nat = "nat\nH\nR"`, `host = T` and no relay
+    /// fields produced the same MAC input as the genuine offer. Under v2 every such
+    /// rewrite is caught.
+    #[test]
+    fn moving_bytes_between_fields_breaks_the_mac() {
+        let mut o = offer();
+        o.relay_count = 1;
+        o.turn = true;
+        o.nat = "open".into();
+        let encoded = o.encode(&key(), ROOM);
+        let forged = tamper(&encoded, |m| {
+            m["nat"] = "open\n1\n1".into();
+            m["host"] = 1.into();
+            m["relay"] = 0.into();
+            m["turn"] = false.into();
+        });
+        assert_eq!(decode(&forged), Err(OfferError::BadMac));
+        let moved = tamper(&encoded, |m| {
+            m["fp"] = format!("{}o", o.fp).into();
+            m["nat"] = "pen".into();
+        });
+        assert_eq!(decode(&moved), Err(OfferError::BadMac));
     }
 
     #[test]
     fn tampering_with_any_field_breaks_the_mac() {
-        let encoded = offer().encode(&key());
+        let encoded = offer().encode(&key(), ROOM);
         let cases: Vec<(&str, String)> = vec![
+            ("host count", tamper(&encoded, |m| m["host"] = 2.into())),
+            ("relay count", tamper(&encoded, |m| m["relay"] = 1.into())),
+            ("turn", tamper(&encoded, |m| m["turn"] = true.into())),
+            ("role", tamper(&encoded, |m| m["role"] = "client".into())),
             (
-                "host count",
+                "ts",
                 tamper(&encoded, |m| {
-                    m["host"] = 2.into();
+                    m["ts"] = (m["ts"].as_u64().unwrap() + 1).into();
                 }),
             ),
             (
-                "host count removed",
-                tamper(&encoded, |m| {
-                    m.remove("host");
-                }),
+                "nonce",
+                tamper(&encoded, |m| m["nonce"] = Offer::new_nonce().into()),
             ),
             (
                 "candidate rewritten",
@@ -663,33 +897,28 @@ mod tests {
                 }),
             ),
             (
+                "two candidates joined",
+                tamper(&encoded, |m| {
+                    let c = m["candidates"].as_array_mut().unwrap();
+                    let second = c.remove(1);
+                    c[0] =
+                        format!("{},{}", c[0].as_str().unwrap(), second.as_str().unwrap()).into();
+                }),
+            ),
+            (
                 "fp rewritten",
-                tamper(&encoded, |m| {
-                    m["fp"] = hex::encode([0xcd; 32]).into();
-                }),
+                tamper(&encoded, |m| m["fp"] = hex::encode([0xcd; 32]).into()),
             ),
-            (
-                "nat",
-                tamper(&encoded, |m| {
-                    m["nat"] = "full-cone".into();
-                }),
-            ),
-            (
-                "id",
-                tamper(&encoded, |m| {
-                    m["id"] = Offer::new_id().into();
-                }),
-            ),
+            ("nat", tamper(&encoded, |m| m["nat"] = "full-cone".into())),
+            ("id", tamper(&encoded, |m| m["id"] = Offer::new_id().into())),
             (
                 "mac",
-                tamper(&encoded, |m| {
-                    m["mac"] = hex::encode([0u8; 32]).into();
-                }),
+                tamper(&encoded, |m| m["mac"] = hex::encode([0u8; 32]).into()),
             ),
         ];
         for (what, data) in cases {
             assert_eq!(
-                Offer::decode(&data, &key()),
+                decode(&data),
                 Err(OfferError::BadMac),
                 "tampering ({what}) must be detected"
             );
@@ -697,83 +926,95 @@ mod tests {
     }
 
     #[test]
-    fn wrong_key_is_bad_mac() {
-        let encoded = offer().encode(&key());
+    fn wrong_key_or_room_is_bad_mac() {
+        let encoded = offer().encode(&key(), ROOM);
         for other in [
             RoomKey::derive("room-1", None),
             RoomKey::derive("room-1", Some("hunter3")),
             RoomKey::derive("room-2", Some("hunter2")),
         ] {
-            assert_eq!(Offer::decode(&encoded, &other), Err(OfferError::BadMac));
+            assert_eq!(
+                Offer::decode(&encoded, &other, ROOM),
+                Err(OfferError::BadMac)
+            );
         }
-    }
-
-    #[test]
-    fn unsupported_version() {
-        let encoded = tamper(&offer().encode(&key()), |m| {
-            m["v"] = 2.into();
-        });
+        // Same secret, another room: an offer moved between rooms does not verify.
         assert_eq!(
-            Offer::decode(&encoded, &key()),
-            Err(OfferError::UnsupportedVersion(2))
+            Offer::decode(&encoded, &key(), "room-2"),
+            Err(OfferError::BadMac)
         );
     }
 
     #[test]
-    fn garbage_truncated_and_huge_are_malformed() {
-        let encoded = offer().encode(&key());
+    fn old_and_future_versions_are_named() {
+        let v1 = r#"{"v":1,"id":"5f0c6c1e9a3b47d2a1e0f3c4b5d6e7f8","candidates":[],"host":0,"fp":"ab","nat":"x","mac":"00"}"#;
+        let err = decode(v1).unwrap_err();
+        assert_eq!(err, OfferError::OldVersion);
+        assert!(err.to_string().contains("older stunfwd"), "{err}");
+        let v3 = tamper(&offer().encode(&key(), ROOM), |m| m["v"] = 3.into());
+        assert_eq!(decode(&v3), Err(OfferError::UnsupportedVersion(3)));
+    }
+
+    #[test]
+    fn garbage_truncated_missing_and_huge_are_malformed() {
+        let encoded = offer().encode(&key(), ROOM);
         let mut inputs: Vec<String> = vec![
             String::new(),
             "garbage".into(),
             "null".into(),
             "[]".into(),
             "{}".into(),
-            "{\"v\":\"1\"}".into(),
+            "{\"v\":\"2\"}".into(),
             "{\"v\":-1}".into(),
-            "{\"v\":1.5}".into(),
-            "{\"v\":1}".into(),
+            "{\"v\":2.5}".into(),
+            "{\"v\":2}".into(),
             "\u{0}\u{1}\u{fffd}".into(),
             "[".repeat(10_000),
             "x".repeat(MAX_OFFER_LEN + 1),
             format!("{encoded}{}", " ".repeat(MAX_OFFER_LEN)),
-            tamper(&encoded, |m| {
-                m["candidates"] = "1.2.3.4:5".into();
-            }),
-            tamper(&encoded, |m| {
-                m["candidates"][0] = 5.into();
-            }),
+            tamper(&encoded, |m| m["candidates"] = "1.2.3.4:5".into()),
+            tamper(&encoded, |m| m["candidates"][0] = 5.into()),
             tamper(&encoded, |m| {
                 m["candidates"] = serde_json::Value::Array(vec!["1.2.3.4:5".into(); 33]);
             }),
-            tamper(&encoded, |m| {
-                m["mac"] = "zz".into();
-            }),
+            tamper(&encoded, |m| m["mac"] = "zz".into()),
             tamper(&encoded, |m| {
                 m["mac"] = hex::encode([0xabu8; 32]).to_uppercase().into();
             }),
-            tamper(&encoded, |m| {
-                m.remove("fp");
-            }),
-            tamper(&encoded, |m| {
-                m["nat"] = serde_json::Value::Null;
-            }),
-            tamper(&encoded, |m| {
-                m["host"] = 4.into();
-            }),
-            tamper(&encoded, |m| {
-                m["host"] = (-1).into();
-            }),
-            tamper(&encoded, |m| {
-                m["host"] = "1".into();
-            }),
+            tamper(&encoded, |m| m["nat"] = serde_json::Value::Null),
+            tamper(&encoded, |m| m["host"] = 4.into()),
+            tamper(&encoded, |m| m["host"] = (-1).into()),
+            tamper(&encoded, |m| m["host"] = "1".into()),
+            tamper(&encoded, |m| m["relay"] = 3.into()),
+            tamper(&encoded, |m| m["turn"] = 1.into()),
+            tamper(&encoded, |m| m["ts"] = (-5).into()),
+            tamper(&encoded, |m| m["ts"] = "now".into()),
         ];
+        // Every field is required.
+        for field in [
+            "role",
+            "id",
+            "nonce",
+            "ts",
+            "candidates",
+            "host",
+            "relay",
+            "turn",
+            "fp",
+            "nat",
+            "mac",
+        ] {
+            inputs.push(tamper(&encoded, |m| {
+                m.remove(field);
+            }));
+        }
         for cut in 0..encoded.len() {
             if encoded.is_char_boundary(cut) {
                 inputs.push(encoded[..cut].to_owned());
             }
         }
         for input in inputs {
-            match Offer::decode(&input, &key()) {
+            match decode(&input) {
                 Err(OfferError::Malformed(_)) => {}
                 other => panic!(
                     "expected Malformed for {:?}, got {other:?}",
@@ -786,28 +1027,147 @@ mod tests {
     #[test]
     fn authentic_but_invalid_fields_are_malformed() {
         let k = key();
-        for (id, fp, cand) in [
-            ("xyz", hex::encode([1u8; 32]), "1.2.3.4:5"),
+        let good = offer();
+        let fp = hex::encode([1u8; 32]);
+        let cases: Vec<(&str, String, String, String, &str)> = vec![
             (
-                "0123456789ABCDEF0123456789ABCDEF",
-                hex::encode([1u8; 32]),
+                "server",
+                "xyz".into(),
+                good.nonce.clone(),
+                fp.clone(),
                 "1.2.3.4:5",
             ),
-            (&*Offer::new_id(), "abcd".to_owned(), "1.2.3.4:5"),
-            (&*Offer::new_id(), hex::encode([1u8; 32]), "1.2.3.4"),
-            (&*Offer::new_id(), hex::encode([1u8; 32]), "example.com:80"),
-        ] {
+            (
+                "server",
+                "0123456789ABCDEF0123456789ABCDEF".into(),
+                good.nonce.clone(),
+                fp.clone(),
+                "1.2.3.4:5",
+            ),
+            (
+                "server",
+                good.id.clone(),
+                "short".into(),
+                fp.clone(),
+                "1.2.3.4:5",
+            ),
+            (
+                "server",
+                good.id.clone(),
+                good.nonce.clone(),
+                "abcd".into(),
+                "1.2.3.4:5",
+            ),
+            (
+                "server",
+                good.id.clone(),
+                good.nonce.clone(),
+                fp.clone(),
+                "1.2.3.4",
+            ),
+            (
+                "server",
+                good.id.clone(),
+                good.nonce.clone(),
+                fp.clone(),
+                "example.com:80",
+            ),
+            (
+                "peer",
+                good.id.clone(),
+                good.nonce.clone(),
+                fp.clone(),
+                "1.2.3.4:5",
+            ),
+        ];
+        for (role, id, nonce, fp, cand) in cases {
             let cands = vec![cand.to_owned()];
-            let mac = offer_mac(&k, 1, id, &cands, 0, &fp, "x");
+            let canonical = Canonical {
+                room: ROOM,
+                role,
+                id: &id,
+                nonce: &nonce,
+                ts: 1,
+                candidates: &cands,
+                host: 0,
+                relay: 0,
+                turn: false,
+                fp: &fp,
+                nat: "x",
+            };
             let data = serde_json::json!({
-                "v": 1, "id": id, "candidates": cands, "fp": fp, "nat": "x", "mac": hex::encode(mac)
+                "v": 2, "role": role, "id": id, "nonce": nonce, "ts": 1, "candidates": cands,
+                "host": 0, "relay": 0, "turn": false, "fp": fp, "nat": "x",
+                "mac": hex::encode(canonical.mac(&k))
             })
             .to_string();
             assert!(
-                matches!(Offer::decode(&data, &k), Err(OfferError::Malformed(_))),
+                matches!(
+                    Offer::decode(&data, &k, ROOM),
+                    Err(OfferError::Malformed(_))
+                ),
                 "{data}"
             );
         }
+    }
+
+    #[test]
+    fn the_guard_checks_role_window_and_nonce() {
+        let now = 1_800_000_000;
+        let window = OFFER_WINDOW.as_secs();
+        let mut g = OfferGuard::new();
+        let mut o = offer();
+        o.ts = now;
+        assert_eq!(
+            g.check(&o, Role::Client, now),
+            Err(OfferError::WrongRole {
+                got: Role::Server,
+                expected: Role::Client
+            })
+        );
+        assert!(!g.is_latest(&o.nonce));
+        assert_eq!(g.check(&o, Role::Server, now), Ok(()));
+        assert!(g.is_latest(&o.nonce));
+        assert_eq!(
+            g.check(&o, Role::Server, now + 1),
+            Err(OfferError::Replayed)
+        );
+        // The window, both ways: a clock up to `window` behind or ahead is tolerated.
+        for (ts, ok) in [
+            (now - window, true),
+            (now - window - 1, false),
+            (now + window, true),
+            (now + window + 1, false),
+            (0, false),
+            (u64::MAX, false),
+        ] {
+            let mut fresh = offer();
+            fresh.ts = ts;
+            let got = g.check(&fresh, Role::Server, now);
+            if ok {
+                assert_eq!(got, Ok(()), "ts {ts}");
+            } else {
+                assert!(
+                    matches!(got, Err(OfferError::Stale { .. })),
+                    "ts {ts}: {got:?}"
+                );
+            }
+        }
+        let err = OfferError::Stale { age: 301, window };
+        assert!(err.to_string().contains("±300 s"), "{err}");
+        // Old nonces are forgotten once their offers would be stale anyway, and the
+        // memory is bounded.
+        let mut g = OfferGuard::new();
+        for i in 0..(MAX_NONCES as u64 + 10) {
+            let mut n = offer();
+            n.ts = now;
+            assert_eq!(g.check(&n, Role::Server, now + i % 2), Ok(()));
+        }
+        assert!(g.seen.len() <= MAX_NONCES);
+        let mut later = offer();
+        later.ts = now + 2 * window;
+        assert_eq!(g.check(&later, Role::Server, now + 2 * window), Ok(()));
+        assert_eq!(g.seen.len(), 1, "expired nonces were dropped");
     }
 
     #[test]
@@ -815,6 +1175,14 @@ mod tests {
         assert_eq!(
             crate::Error::from(OfferError::BadMac).code(),
             "ERR_PEER_AUTH"
+        );
+        assert_eq!(
+            crate::Error::from(OfferError::Replayed).code(),
+            "ERR_PEER_AUTH"
+        );
+        assert_eq!(
+            crate::Error::from(OfferError::OldVersion).code(),
+            "ERR_SIGNAL"
         );
         assert_eq!(
             crate::Error::from(OfferError::Malformed("x".into())).code(),
