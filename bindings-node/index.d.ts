@@ -24,7 +24,8 @@ export declare class Engine {
    * background. Returns at once; watch `state` events or await `waitConnected()`.
    *
    * `onEvent`, if given, receives every event (`{ type: 'state', state }`,
-   * `{ type: 'mapping', mapping }`, `{ type: 'error', error }`) from the first
+   * `{ type: 'mapping', mapping }`, `{ type: 'error', error }`,
+   * `{ type: 'warning', warning }`) from the first
    * state change on. Listeners added with `on()` right after `start` see every
    * event too: events are delivered on later turns of the event loop.
    *
@@ -81,8 +82,9 @@ export declare class Engine {
   /**
    * Calls `listener` for every `event`: `'state'` with an `EngineState`,
    * `'mapping'` with a `MappingEvent`, `'error'` with an `Error` that has a `code`
-   * (a rejected peer offer, `ERR_PEER_AUTH`; giving up for good, e.g. `ERR_NO_PATH`).
-   * Listeners run on the main thread; unlike an EventEmitter, an `'error'` event
+   * (a rejected peer offer, `ERR_PEER_AUTH`; giving up for good, e.g. `ERR_NO_PATH`),
+   * `'warning'` with a string (e.g. running without a secret). Listeners run on the
+   * main thread; unlike an EventEmitter, an `'error'` event
    * without a listener is ignored (the engine keeps retrying). Returns the engine.
    */
   on<K extends keyof EngineEvents>(event: K, listener: (arg: EngineEvents[K]) => void): this
@@ -156,6 +158,7 @@ export type EngineEvent =
   | { type: 'state'; state: EngineState }
   | { type: 'mapping'; mapping: MappingEvent }
   | { type: 'error'; error: Error & { code: string } }
+  | { type: 'warning'; warning: string }
 
 /** The payload type of each event name, for `on`, `once` and `off`. */
 export interface EngineEvents {
@@ -168,6 +171,11 @@ export interface EngineEvents {
    * (state `failed`; e.g. `ERR_NO_PATH`).
    */
   error: Error & { code: string }
+  /**
+   * Something to know that is not a failure (an engine without a `secret` says so
+   * once, at start).
+   */
+  warning: string
 }
 
 /** Where an engine is in its life, with the details of that state. */
@@ -195,6 +203,8 @@ export interface EngineStats {
   mode: 'client' | 'server'
   /** The room. */
   room: string
+  /** No `secret` is set: anyone who knows the room name can join it. */
+  insecure: boolean
   /** Current state. */
   state: EngineState
   /** Path of the tunnel, when connected. */

@@ -132,9 +132,15 @@ typedef enum stunfwd_event_kind {
    */
   STUNFWD_EVENT_KIND_MAPPING_REMOVED = 2,
   /**
-   * A peer offer was rejected (wrong secret or tampering); see `message`.
+   * A peer offer was rejected (tampering, stale, replayed; at most one report per
+   * 5 s); see `message`.
    */
   STUNFWD_EVENT_KIND_PEER_REJECTED = 3,
+  /**
+   * Something to know that is not a failure, e.g. running without a secret; see
+   * `message`.
+   */
+  STUNFWD_EVENT_KIND_WARNING = 4,
 } stunfwd_event_kind;
 
 /**

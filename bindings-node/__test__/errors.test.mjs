@@ -40,6 +40,17 @@ test('ERR_CONFIG names the key, the value and what is valid', async (t) => {
   throwsCode(() => Engine.start('{"mode": "client",'), 'ERR_CONFIG', /not valid JSON/)
   throwsCode(() => Engine.start('[1, 2]'), 'ERR_CONFIG', /not an object/)
   throwsCode(() => Engine.start({ mode: 'client' }), 'ERR_CONFIG', /room/)
+  // No open door by default: a server without a secret names `secret` and the opt-out.
+  const { secret, ...open } = config(signal, 'server', room())
+  assert.equal(typeof secret, 'string')
+  throwsCode(() => Engine.start(open), 'ERR_CONFIG', /`secret`.*"insecure": true/)
+  const warnings = []
+  const insecure = Engine.start({ ...open, insecure: true }, (e) => { if (e.type === 'warning') warnings.push(e.warning) })
+  t.after(() => insecure.stop())
+  assert.equal(insecure.stats().insecure, true)
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  assert.equal(warnings.length, 1)
+  assert.match(warnings[0], /WITHOUT A SECRET/)
 
   const client = Engine.start(config(signal, 'client', room()))
   t.after(() => client.stop())

@@ -23,7 +23,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The event names `on` accepts.
-const EVENT_NAMES: [&str; 3] = ["state", "mapping", "error"];
+const EVENT_NAMES: [&str; 4] = ["state", "mapping", "error", "warning"];
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -162,7 +162,8 @@ impl Engine {
     /// background. Returns at once; watch `state` events or await `waitConnected()`.
     ///
     /// `onEvent`, if given, receives every event (`{ type: 'state', state }`,
-    /// `{ type: 'mapping', mapping }`, `{ type: 'error', error }`) from the first
+    /// `{ type: 'mapping', mapping }`, `{ type: 'error', error }`,
+    /// `{ type: 'warning', warning }`) from the first
     /// state change on. Listeners added with `on()` right after `start` see every
     /// event too: events are delivered on later turns of the event loop.
     ///
@@ -341,8 +342,9 @@ impl Engine {
 
     /// Calls `listener` for every `event`: `'state'` with an `EngineState`,
     /// `'mapping'` with a `MappingEvent`, `'error'` with an `Error` that has a `code`
-    /// (a rejected peer offer, `ERR_PEER_AUTH`; giving up for good, e.g. `ERR_NO_PATH`).
-    /// Listeners run on the main thread; unlike an EventEmitter, an `'error'` event
+    /// (a rejected peer offer, `ERR_PEER_AUTH`; giving up for good, e.g. `ERR_NO_PATH`),
+    /// `'warning'` with a string (e.g. running without a secret). Listeners run on the
+    /// main thread; unlike an EventEmitter, an `'error'` event
     /// without a listener is ignored (the engine keeps retrying). Returns the engine.
     #[napi(
         ts_generic_types = "K extends keyof EngineEvents",
@@ -464,14 +466,14 @@ impl Engine {
 }
 
 fn event_name(value: &Unknown) -> Result<&'static str> {
-    let name = args::string(value, "`event` ('state', 'mapping' or 'error')")?;
+    let name = args::string(value, "`event` ('state', 'mapping', 'error' or 'warning')")?;
     EVENT_NAMES
         .iter()
         .find(|n| **n == name)
         .copied()
         .ok_or_else(|| {
             invalid_arg(format!(
-                "unknown event {name:?}; valid: 'state', 'mapping', 'error'"
+                "unknown event {name:?}; valid: 'state', 'mapping', 'error', 'warning'"
             ))
         })
 }
@@ -502,4 +504,7 @@ pub struct EngineEvents {
     /// (state `failed`; e.g. `ERR_NO_PATH`).
     #[napi(ts_type = "Error & { code: string }")]
     pub error: Failure,
+    /// Something to know that is not a failure (an engine without a `secret` says so
+    /// once, at start).
+    pub warning: String,
 }

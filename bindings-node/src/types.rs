@@ -133,6 +133,10 @@ pub enum EngineEvent {
         #[napi(ts_type = "Error & { code: string }")]
         error: Failure,
     },
+    /// Something to know that is not a failure: `warning` says what (an engine without
+    /// a `secret` says so once, at start).
+    #[allow(missing_docs)]
+    Warning { warning: String },
 }
 
 impl EngineEvent {
@@ -142,6 +146,7 @@ impl EngineEvent {
             EngineEvent::State { .. } => "state",
             EngineEvent::Mapping { .. } => "mapping",
             EngineEvent::Error { .. } => "error",
+            EngineEvent::Warning { .. } => "warning",
         }
     }
 
@@ -185,6 +190,9 @@ impl EngineEvent {
             }],
             core::Event::PeerRejected { reason } => vec![EngineEvent::Error {
                 error: Failure::from(core::Error::PeerAuth(reason.clone())),
+            }],
+            core::Event::Warning { message } => vec![EngineEvent::Warning {
+                warning: message.clone(),
             }],
             // The core may grow events; they are not part of this API until mapped here.
             #[allow(unreachable_patterns)]
@@ -272,6 +280,8 @@ pub struct EngineStats {
     pub mode: String,
     /// The room.
     pub room: String,
+    /// No `secret` is set: anyone who knows the room name can join it.
+    pub insecure: bool,
     /// Current state.
     pub state: EngineState,
     /// Path of the tunnel, when connected.
@@ -314,6 +324,7 @@ impl From<&core::Stats> for EngineStats {
         EngineStats {
             mode: s.mode.clone(),
             room: s.room.clone(),
+            insecure: s.insecure,
             state: (&s.state).into(),
             path: s.path.map(|p| p.as_str().to_owned()),
             peer_addr: s.peer_addr.map(|a| a.to_string()),

@@ -45,6 +45,18 @@ def test_config_error_names_the_key(change: Dict[str, Any], key: str) -> None:
     assert isinstance(err, ValueError)
 
 
+def test_a_server_without_a_secret_is_refused_unless_insecure() -> None:
+    with pytest.raises(stunfwd.ConfigError) as caught:
+        stunfwd.Engine({**BASE, "mode": "server"})
+    assert caught.value.key == "secret"
+    assert '"insecure": true' in str(caught.value)
+    engine = stunfwd.Engine({**BASE, "mode": "server", "insecure": True})
+    try:
+        assert engine.stats()["insecure"] is True
+    finally:
+        engine.stop()
+
+
 def test_missing_key_is_named() -> None:
     with pytest.raises(stunfwd.ConfigError) as caught:
         stunfwd.Engine({"mode": "client", "signalUrl": "http://127.0.0.1:9/"})

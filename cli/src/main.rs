@@ -222,6 +222,7 @@ fn run(path: PathBuf, metrics: Option<SocketAddr>) -> ExitCode {
         Event::MappingAdded { id, spec, listen } => say!("mapping {id} {spec} on {listen}"),
         Event::MappingRemoved { id } => say!("mapping {id} removed"),
         Event::PeerRejected { reason } => say!("peer rejected: {reason}"),
+        Event::Warning { message } => say!("warning: {message}"),
     });
     wait_for_shutdown_signal();
     say!("stopping");

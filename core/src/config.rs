@@ -821,8 +821,13 @@ pub struct Config {
     /// characters. Required.
     pub room: String,
     /// `secret`: pre-shared key that authenticates the peers' offers. Redacted from
-    /// `Debug` output.
+    /// `Debug` output. A server without one refuses to start unless `insecure` is set.
     pub secret: Option<String>,
+    /// `insecure`: `true` lets a server run without a `secret`, so that anyone who
+    /// knows (or guesses) the room name can reach what its `allow` rules permit.
+    /// Default `false`. A running engine without a secret says so (a warning at start,
+    /// a `Warning` event, `insecure` in its stats), whatever this is.
+    pub insecure: bool,
     /// `signalUrl` (aliases `signalURL`, `signalingUrl`, `signalingURL`): http or https
     /// URL of the rendezvous server. Required.
     pub signal_url: String,
@@ -857,6 +862,7 @@ impl fmt::Debug for Config {
             .field("mode", &self.mode)
             .field("room", &self.room)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("insecure", &self.insecure)
             .field("signal_url", &self.signal_url)
             .field("signal_ca_file", &self.signal_ca_file)
             .field("stun_servers", &self.stun_servers)
@@ -891,6 +897,7 @@ const ROOM: Field = Field {
     aliases: &["roomId"],
 };
 const SECRET: Field = field("secret");
+const INSECURE: Field = field("insecure");
 const SIGNAL_URL: Field = Field {
     name: "signalUrl",
     aliases: &["signalURL", "signalingUrl", "signalingURL"],
@@ -912,6 +919,7 @@ const TOP_FIELDS: &[Field] = &[
     MODE,
     ROOM,
     SECRET,
+    INSECURE,
     SIGNAL_URL,
     SIGNAL_CA_FILE,
     STUN_SERVERS,
@@ -1076,6 +1084,17 @@ impl Config {
                 Some(secret)
             }
         };
+        let insecure = match top.get(&INSECURE)? {
+            None => false,
+            Some((key, v)) => v.as_bool().ok_or_else(|| {
+                Error::config(
+                    key,
+                    v.to_string(),
+                    "is not a boolean",
+                    "true (run a server without a secret, on purpose) or false",
+                )
+            })?,
+        };
 
         let (key, v) = top.require(&SIGNAL_URL, SIGNAL_URL_EXPECTED)?;
         let signal_url = expect_str(&key, v, SIGNAL_URL_EXPECTED)?.to_owned();
@@ -1199,6 +1218,7 @@ impl Config {
         };
 
         let config = Config {
+            insecure,
             mode,
             room,
             secret,
@@ -1224,6 +1244,16 @@ impl Config {
         check_room("room", &self.room)?;
         if let Some(secret) = &self.secret {
             check_secret("secret", secret)?;
+        }
+        if self.mode == Mode::Server && self.secret.is_none() && !self.insecure {
+            return Err(Error::config(
+                "secret",
+                "(not set)",
+                "a server without a secret lets anyone who knows or guesses the room name \
+                 reach every service its allow rules permit (by default every loopback port)",
+                "\"secret\": a long random string that both peers share; or \"insecure\": \
+                 true to run an open server on purpose",
+            ));
         }
         check_signal_url("signalUrl", &self.signal_url)?;
         for (i, server) in self.stun_servers.iter().enumerate() {
@@ -1264,6 +1294,9 @@ impl Config {
         m.insert("room".into(), self.room.clone().into());
         if let Some(secret) = &self.secret {
             m.insert("secret".into(), secret.clone().into());
+        }
+        if self.insecure {
+            m.insert("insecure".into(), true.into());
         }
         m.insert("signalUrl".into(), self.signal_url.clone().into());
         if let Some(ca) = &self.signal_ca_file {
@@ -2135,6 +2168,47 @@ mod tests {
         c.validate().expect("defaults are valid");
     }
 
+    /// Issue #14, finding 2: no open door by default.
+    #[test]
+    fn a_server_without_a_secret_needs_insecure() {
+        let err = Config::from_value(with(json!({"mode": "server"}))).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, Error::Config { key, .. } if key == "secret"),
+            "{err:?}"
+        );
+        assert!(
+            text.contains("\"secret\"") && text.contains("\"insecure\": true"),
+            "{text}"
+        );
+        // The Go tool's spellings: the same clear error instead of an open server.
+        let go = r#"{"mode":"receiver","roomId":"r","signalURL":"http://h/index.php","stunServer":"s:3478"}"#;
+        let err = Config::from_json(go).unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { key, .. } if key == "secret"),
+            "{err:?}"
+        );
+        // Opting out on purpose, or a client without a secret: allowed, and said.
+        let open = parse(with(json!({"mode": "server", "insecure": true})));
+        assert!(open.insecure && open.secret.is_none());
+        assert_eq!(Config::from_value(open.to_json()).unwrap(), open);
+        let client = parse(minimal());
+        assert!(!client.insecure && client.secret.is_none());
+        parse(with(
+            json!({"mode": "server", "secret": "s", "insecure": false}),
+        ));
+        let err =
+            Config::from_value(with(json!({"mode": "server", "insecure": "yes"}))).unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { key, .. } if key == "insecure"),
+            "{err:?}"
+        );
+        // A config changed in code is checked the same way.
+        let mut c = parse(with(json!({"mode": "server", "secret": "s"})));
+        c.secret = None;
+        assert!(c.validate().is_err());
+    }
+
     #[test]
     fn go_tool_config_parses_unchanged() {
         let c = Config::from_json(
@@ -2157,7 +2231,7 @@ mod tests {
     #[test]
     fn go_tool_receiver_with_room_id_and_signaling_url() {
         let c = Config::from_json(
-            r#"{"mode":"receiver","roomId":"room-1","signalingUrl":"https://h/s"}"#,
+            r#"{"mode":"receiver","roomId":"room-1","signalingUrl":"https://h/s","secret":"k"}"#,
         )
         .expect("parses");
         assert_eq!(c.mode, Mode::Server);
@@ -2181,6 +2255,7 @@ mod tests {
                         m.insert(mode_key.into(), mode.into());
                         m.insert(room_key.into(), "x".into());
                         m.insert(url_key.into(), "http://h".into());
+                        m.insert("secret".into(), "k".into());
                         let c = parse(Value::Object(m));
                         assert_eq!(c.mode, want);
                         assert_eq!(c.room, "x");
@@ -2513,7 +2588,7 @@ mod tests {
     #[test]
     fn yaml_and_files() {
         let c = Config::from_yaml(
-            "mode: server\nroom: r\nsignalUrl: https://h/s\nallow:\n  - \"tcp:*:22\"\n\
+            "mode: server\nroom: r\nsecret: k\nsignalUrl: https://h/s\nallow:\n  - \"tcp:*:22\"\n\
              performance:\n  tcpBufferSize: 131072\n",
         )
         .expect("yaml parses");

@@ -156,11 +156,31 @@ pub enum Event {
         /// Its id.
         id: MappingId,
     },
-    /// A peer offer was rejected (bad MAC, malformed).
+    /// A peer offer was rejected (bad MAC, stale, replayed, wrong role, malformed);
+    /// reported at most once per 5 s.
     PeerRejected {
         /// Why.
         reason: String,
     },
+    /// Something the user should know that is not a failure: an engine running without
+    /// a `secret` says so once, at start.
+    Warning {
+        /// What, and what to do about it.
+        message: String,
+    },
+}
+
+/// The warning of an engine without a secret.
+fn insecure_warning(role: Role) -> String {
+    match role {
+        Role::Server => "running WITHOUT A SECRET (insecure: true): anyone who knows or \
+                         guesses the room name can reach every service the allow rules \
+                         permit; set a \"secret\" that both peers share"
+            .to_owned(),
+        Role::Client => "running without a secret: anyone who knows the room name can \
+                         pose as the server peer; set a \"secret\" that both peers share"
+            .to_owned(),
+    }
 }
 
 /// A mapping as registered in the engine.
@@ -523,6 +543,14 @@ impl Engine {
                 engine.stop(Duration::from_secs(2));
                 return Err(e);
             }
+        }
+        if shared.config.secret.is_none() {
+            let message = insecure_warning(shared.role);
+            {
+                let _in_engine = shared.span.enter();
+                tracing::warn!("{message}");
+            }
+            shared.emit(Event::Warning { message });
         }
         let span = shared.span.clone();
         handle.spawn(drive(shared).instrument(span));
@@ -1934,6 +1962,7 @@ fn snapshot(shared: &Shared) -> Stats {
     Stats {
         mode: shared.mode_str().to_owned(),
         room: shared.config.room.clone(),
+        insecure: shared.config.secret.is_none(),
         path: if connected { peer.path } else { None },
         relay_server: match (connected, peer.path, lock(&shared.turn).as_ref()) {
             (true, Some(PathKind::Relay), Some(t)) => Some(format!("{} ({})", t.url(), t.server())),

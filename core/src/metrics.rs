@@ -205,6 +205,12 @@ pub fn render(stats: &Stats) -> String {
         "1 while the tunnel is up.",
         flag(matches!(stats.state, State::Connected { .. })),
     );
+    w.one(
+        "stunfwd_insecure",
+        Kind::Gauge,
+        "1 when the engine runs without a secret (anyone who knows the room name can join).",
+        flag(stats.insecure),
+    );
     let paths: Vec<(String, f64)> = PATHS
         .iter()
         .map(|p| {
@@ -286,7 +292,7 @@ pub fn render(stats: &Stats) -> String {
         ),
         (
             "stunfwd_offers_rejected_total",
-            "Peer offers rejected (MAC did not verify, malformed).",
+            "Peer offers rejected (MAC did not verify, stale, replayed, wrong role, malformed).",
             stats.offers_rejected,
         ),
         (
@@ -384,6 +390,7 @@ mod tests {
         Stats {
             mode: "client".into(),
             room: "r\"oom".into(),
+            insecure: false,
             state: State::Connected {
                 path: PathKind::Lan,
                 peer: "127.0.0.1:2".parse().expect("addr"),

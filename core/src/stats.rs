@@ -178,6 +178,8 @@ pub struct Stats {
     pub mode: String,
     /// The room.
     pub room: String,
+    /// No `secret` is set: anyone who knows the room name can join it.
+    pub insecure: bool,
     /// Current state.
     pub state: State,
     /// Path of the tunnel, when connected.
@@ -211,7 +213,8 @@ pub struct Stats {
     pub stun_discoveries: u64,
     /// HTTP requests sent to the rendezvous server.
     pub signaling_requests: u64,
-    /// Peer offers rejected (MAC did not verify, malformed).
+    /// Peer offers rejected (MAC did not verify, stale, replayed, wrong role,
+    /// malformed).
     pub offers_rejected: u64,
     /// Connectivity checks dropped because they were not authentic.
     pub checks_unauthenticated: u64,

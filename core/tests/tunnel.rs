@@ -685,3 +685,77 @@ fn a_waiting_connection_is_reset_when_its_mapping_goes_or_the_engine_stops() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+/// Issue #14, finding 2: a server runs without a secret only when told to
+/// (`insecure: true`), and then says so: a warning log line, a `Warning` event, and
+/// `insecure` in its stats (and metrics). A client without a secret may connect to it.
+#[test]
+fn an_insecure_server_runs_only_on_purpose_and_says_so() {
+    let rv = Rendezvous::start();
+    let room = room();
+    let open = |mode: &str, extra: serde_json::Value| {
+        let mut v = rv.config(mode, &room, "unused", &[]).to_json();
+        v.as_object_mut().unwrap().remove("secret");
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        stunfwd_core::Config::from_value(v)
+    };
+    let err = open("server", serde_json::json!({})).unwrap_err();
+    assert!(err.to_string().contains("\"insecure\": true"), "{err}");
+
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let writer = {
+        let logs = logs.clone();
+        move || LogSink(logs.clone())
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .finish();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let config = open("server", serde_json::json!({"insecure": true})).unwrap();
+    let server = tracing::subscriber::with_default(subscriber, || {
+        Engine::start_with_events(config, move |e| {
+            if let stunfwd_core::Event::Warning { message } = e {
+                seen.lock().unwrap().push(message.clone());
+            }
+        })
+    })
+    .unwrap();
+    let log = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("WITHOUT A SECRET")),
+        "{log}"
+    );
+    let client = Engine::start(open("client", serde_json::json!({})).unwrap()).unwrap();
+    client.wait_connected(Duration::from_secs(20)).unwrap();
+    assert!(server.stats().insecure && client.stats().insecure);
+    let json: serde_json::Value = serde_json::from_str(&server.stats_json()).unwrap();
+    assert_eq!(json["insecure"], true);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while events.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let warnings = events.lock().unwrap().clone();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("WITHOUT A SECRET"), "{warnings:?}");
+    // With a secret, none of this.
+    let (server, _client) = pair(&rv, &[]);
+    assert!(!server.stats().insecure);
+}
+
+/// A `tracing` writer into a shared buffer.
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

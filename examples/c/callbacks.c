@@ -43,12 +43,12 @@ int main(void) {
   int tag = 42;
 
   snprintf(cfg, sizeof cfg,
-           "{\"mode\":\"server\",\"room\":\"c-callbacks\",\"signalUrl\":\"%s\","
+           "{\"mode\":\"server\",\"room\":\"c-callbacks\",\"secret\":\"c callbacks\",\"signalUrl\":\"%s\","
            "\"stunServers\":[\"%s\"],\"bind\":\"127.0.0.1:0\"}", url, stun);
   stunfwd_engine *server = NULL;
   CHECK(stunfwd_engine_start(cfg, NULL, NULL, &server));
   snprintf(cfg, sizeof cfg,
-           "{\"mode\":\"client\",\"room\":\"c-callbacks\",\"signalUrl\":\"%s\","
+           "{\"mode\":\"client\",\"room\":\"c-callbacks\",\"secret\":\"c callbacks\",\"signalUrl\":\"%s\","
            "\"stunServers\":[\"%s\"],\"bind\":\"127.0.0.1:0\",\"mappings\":[\"tcp:0:22\"]}",
            url, stun);
   stunfwd_engine *client = NULL;

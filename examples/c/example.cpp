@@ -45,7 +45,7 @@ int main() try {
   std::string url = take(s);
   check(stunfwd_signal_server_stun_addr(rendezvous.get(), &s), "stun");
   std::string stun = take(s);
-  std::string common = "\"room\":\"cpp\",\"signalUrl\":\"" + url + "\",\"stunServers\":[\"" + stun +
+  std::string common = "\"room\":\"cpp\",\"secret\":\"c++ example\",\"signalUrl\":\"" + url + "\",\"stunServers\":[\"" + stun +
                        "\"],\"bind\":\"127.0.0.1:0\"";
   Engine server = start("{\"mode\":\"server\"," + common + "}");
   Engine client = start("{\"mode\":\"client\"," + common + "}");

@@ -48,6 +48,16 @@ int main(void) {
             stunfwd_last_error_message());
     failures++;
   }
+  /* A server without a secret refuses to start, naming `secret` and the opt-out. */
+  EXPECT(stunfwd_engine_start("{\"mode\":\"server\",\"room\":\"r\",\"signalUrl\":\"http://127.0.0.1:1/\"}",
+                              NULL, NULL, &engine),
+         STUNFWD_RESULT_CONFIG);
+  if (strstr(stunfwd_last_error_message(), "secret") == NULL ||
+      strstr(stunfwd_last_error_message(), "\"insecure\": true") == NULL) {
+    fprintf(stderr, "FAIL: a server without a secret is not refused clearly: %s\n",
+            stunfwd_last_error_message());
+    failures++;
+  }
   EXPECT(stunfwd_engine_start("{\"mode\":\"client\",\"room\":\"r\",\"signalUrl\":\"ftp://x\"}",
                               NULL, NULL, &engine),
          STUNFWD_RESULT_CONFIG);

@@ -62,8 +62,12 @@ pub enum stunfwd_event_kind {
     MappingAdded = 1,
     /// A mapping was removed; see `mapping_id`.
     MappingRemoved = 2,
-    /// A peer offer was rejected (wrong secret or tampering); see `message`.
+    /// A peer offer was rejected (tampering, stale, replayed; at most one report per
+    /// 5 s); see `message`.
     PeerRejected = 3,
+    /// Something to know that is not a failure, e.g. running without a secret; see
+    /// `message`.
+    Warning = 4,
 }
 
 /// An event, valid only during the callback (copy what you keep).
@@ -175,6 +179,7 @@ fn deliver(sink: EventSink, event: &Event, state: &State, path: Option<PathKind>
             format!("mapping {id} removed"),
         ),
         Event::PeerRejected { reason } => (stunfwd_event_kind::PeerRejected, 0, reason.clone()),
+        Event::Warning { message } => (stunfwd_event_kind::Warning, 0, message.clone()),
     };
     let state = match event {
         Event::State { state } => state.clone(),

@@ -45,6 +45,7 @@ from ._signal import SignalServer
 from ._stunfwd import __version__
 from ._types import (
     Address,
+    EngineWarning,
     Event,
     MappingAdded,
     MappingInfo,
@@ -72,6 +73,7 @@ __all__ = [
     "MappingAdded",
     "MappingRemoved",
     "PeerRejected",
+    "EngineWarning",
     "StunfwdError",
     "ConfigError",
     "AddressInUseError",

@@ -189,7 +189,7 @@ class Engine:
     def stats(self) -> Dict[str, Any]:
         """A snapshot of the engine's figures, as a dict.
 
-        Keys: ``mode``, ``room``, ``state`` (``{"state": "connected", "path": ...,
+        Keys: ``mode``, ``room``, ``insecure`` (no ``secret`` set), ``state`` (``{"state": "connected", "path": ...,
         "peer": ...}``), ``path``, ``peer_addr``, ``local_addr``, ``public_addr``,
         ``nat_type``, ``peer_nat_type``, ``rtt_ms``, ``totals`` and, per mapping,
         ``mappings[i]["traffic"]`` (``connections_opened``, ``connections_active``,
@@ -240,7 +240,8 @@ class Engine:
         ``callback`` (so it also works as a decorator).
 
         Events are :class:`StateChanged`, :class:`MappingAdded`,
-        :class:`MappingRemoved` and :class:`PeerRejected`. Callbacks run one at a time
+        :class:`MappingRemoved`, :class:`PeerRejected` and :class:`EngineWarning`
+        (an engine without a ``secret`` says so at start). Callbacks run one at a time
         on the engine's event thread, in the order the events happened, and may call
         any method of the engine, including :meth:`stop`. An exception raised by a
         callback is logged on the ``stunfwd`` logger with its traceback; the callback

@@ -17,6 +17,7 @@ __all__ = [
     "MappingAdded",
     "MappingRemoved",
     "PeerRejected",
+    "EngineWarning",
     "Event",
 ]
 
@@ -169,7 +170,15 @@ class PeerRejected:
     reason: str
 
 
-Event = Union[StateChanged, MappingAdded, MappingRemoved, PeerRejected]
+@dataclass(frozen=True)
+class EngineWarning:
+    """Something to know that is not a failure: an engine without a ``secret`` says so
+    once, at start."""
+
+    message: str
+
+
+Event = Union[StateChanged, MappingAdded, MappingRemoved, PeerRejected, EngineWarning]
 """What :meth:`Engine.on_event` callbacks receive."""
 
 
@@ -186,5 +195,7 @@ def _event_from_native(document: str, description: str) -> Optional[Event]:
         return MappingRemoved(id=d["id"])
     if kind == "peer_rejected":
         return PeerRejected(reason=d["reason"])
+    if kind == "warning":
+        return EngineWarning(message=d["message"])
     return None
 
