@@ -567,16 +567,26 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
+/// Whether `ip` is in `net/prefix`. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`), of the
+/// destination and of the rule alike, are treated as the IPv4 addresses they are: an
+/// IPv6 rule such as `[::]/0` admits IPv6 destinations only, never all of IPv4 through
+/// `::ffff:0:0/96`.
 fn net_contains(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
-    let ip = match (net, ip) {
-        (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => return false,
-        },
-        (IpAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
-        _ => ip,
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     };
-    mask(ip, prefix) == net
+    let (net, prefix) = match net {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) if prefix >= 96 => (IpAddr::V4(v4), prefix - 96),
+            _ => (net, prefix),
+        },
+        v4 => (v4, prefix),
+    };
+    match (net, ip) {
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => mask(ip, prefix) == net,
+        _ => false,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -863,7 +873,7 @@ impl fmt::Debug for Config {
             .field("room", &self.room)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("insecure", &self.insecure)
-            .field("signal_url", &self.signal_url)
+            .field("signal_url", &crate::redact::url(&self.signal_url))
             .field("signal_ca_file", &self.signal_ca_file)
             .field("stun_servers", &self.stun_servers)
             .field("mappings", &self.mappings)
@@ -1532,7 +1542,10 @@ fn check_secret(key: &str, secret: &str) -> Result<()> {
 }
 
 fn check_signal_url(key: &str, text: &str) -> Result<()> {
-    let fail = |problem: String| Error::config(key, text, problem, SIGNAL_URL_EXPECTED);
+    // Errors quote the URL without its credentials or token.
+    let fail = |problem: String| {
+        Error::config(key, crate::redact::url(text), problem, SIGNAL_URL_EXPECTED)
+    };
     let url = reqwest::Url::parse(text).map_err(|e| fail(format!("not a URL: {e}")))?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(fail(format!(
@@ -2468,6 +2481,33 @@ mod tests {
         assert!(!allowed(Proto::Tcp, "::2", "::2", 22));
         let shown: Vec<String> = rules.iter().map(ToString::to_string).collect();
         assert_eq!(shown, vec!["*:127.0.0.0/8:*", "*:[::1]:*"]);
+    }
+
+    /// Issue #14, finding 8: an IPv6 rule that covers `::ffff:0:0/96` does not admit
+    /// IPv4; mapped addresses are IPv4 for matching, on both sides.
+    #[test]
+    fn v4_mapped_addresses_match_as_ipv4() {
+        let all_v6 = rule("*:[::]/0:*");
+        for v4 in [
+            "10.0.0.1",
+            "::ffff:10.0.0.1",
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!all_v6.permits(Proto::Tcp, "h", ip(v4), 22), "{v4}");
+        }
+        assert!(all_v6.permits(Proto::Tcp, "h", ip("2001:db8::1"), 22));
+        let mapped_range = rule("*:[::ffff:0:0]/96:*");
+        assert!(!mapped_range.permits(Proto::Tcp, "h", ip("2001:db8::1"), 22));
+        // A rule written as a mapped IPv4 network is that IPv4 network.
+        assert!(mapped_range.permits(Proto::Tcp, "h", ip("10.0.0.1"), 22));
+        let ten = rule("*:[::ffff:10.0.0.0]/104:*");
+        assert!(ten.permits(Proto::Tcp, "h", ip("10.9.8.7"), 22));
+        assert!(ten.permits(Proto::Tcp, "h", ip("::ffff:10.9.8.7"), 22));
+        assert!(!ten.permits(Proto::Tcp, "h", ip("11.0.0.1"), 22));
+        let v4 = rule("*:10.0.0.0/8:*");
+        assert!(v4.permits(Proto::Tcp, "h", ip("::ffff:10.1.2.3"), 22));
+        assert!(!v4.permits(Proto::Tcp, "h", ip("::a00:1"), 22));
     }
 
     #[test]

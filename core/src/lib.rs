@@ -11,6 +11,7 @@ pub mod error;
 pub mod forward;
 pub mod metrics;
 pub mod punch;
+pub mod redact;
 pub(crate) mod relay;
 pub mod signal;
 pub(crate) mod socket;

@@ -14,8 +14,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const VERSION: u8 = 1;
 /// Longest target string accepted.
 pub const MAX_TARGET: usize = 512;
-/// Largest UDP payload (IPv4 maximum).
-pub const MAX_DATAGRAM: usize = 65_507;
+/// Largest UDP payload: 65,527 bytes, the IPv6 maximum without jumbograms (IPv4's is
+/// 65,507). Anything a local socket can receive is carried; a datagram too large for
+/// the target's address family is dropped by the target side's kernel, alone.
+pub const MAX_DATAGRAM: usize = 65_527;
 
 /// What a stream carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

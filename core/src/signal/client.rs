@@ -49,6 +49,8 @@ pub const WAKE_GAP: Duration = Duration::from_millis(250);
 pub struct SignalClient {
     http: reqwest::Client,
     url: Url,
+    /// `url` without credentials or query, for messages.
+    shown: Arc<str>,
     room: Arc<str>,
     backoff_start: Duration,
     requests: Arc<AtomicU64>,
@@ -83,7 +85,7 @@ impl SignalClient {
         let parsed = Url::parse(url).map_err(|e| {
             Error::config(
                 "signalUrl",
-                url,
+                crate::redact::url(url),
                 format!("not a URL ({e})"),
                 "an http:// or https:// URL, e.g. https://example.com/signal.php",
             )
@@ -91,7 +93,7 @@ impl SignalClient {
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
             return Err(Error::config(
                 "signalUrl",
-                url,
+                crate::redact::url(url),
                 "not an http(s) URL with a host",
                 "an http:// or https:// URL, e.g. https://example.com/signal.php",
             ));
@@ -125,6 +127,7 @@ impl SignalClient {
             .map_err(|e| Error::Signal(format!("cannot create the HTTP client: {e}")))?;
         Ok(SignalClient {
             http,
+            shown: crate::redact::url(parsed.as_str()).into(),
             url: parsed,
             room: room.into(),
             backoff_start: backoff_start.max(BACKOFF_FLOOR),
@@ -165,7 +168,7 @@ impl SignalClient {
         let text = read_body(resp).await.unwrap_or_default();
         Err(Error::Signal(format!(
             "POST to {} for role {role} in room `{}` refused: {status}: {}",
-            self.url,
+            self.shown,
             self.room,
             snippet(&text)
         )))
@@ -337,6 +340,8 @@ impl SignalClient {
     async fn send(&self, req: reqwest::RequestBuilder, method: &str) -> Result<reqwest::Response> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         req.send().await.map_err(|e| {
+            // reqwest quotes the whole URL, credentials and token included.
+            let e = e.without_url();
             let what = if e.is_timeout() {
                 "timed out"
             } else if e.is_connect() {
@@ -344,7 +349,8 @@ impl SignalClient {
             } else {
                 "failed"
             };
-            Error::Signal(format!("{method} {} {what}: {}", self.url, error_chain(&e)))
+            let chain = crate::redact::in_text(&error_chain(&e), self.url.as_str());
+            Error::Signal(format!("{method} {} {what}: {chain}", self.shown))
         })
     }
 
@@ -400,7 +406,7 @@ async fn read_body(mut resp: reqwest::Response) -> Result<String> {
     while let Some(chunk) = resp.chunk().await.map_err(|e| {
         Error::Signal(format!(
             "reading the rendezvous response: {}",
-            error_chain(&e)
+            error_chain(&e.without_url())
         ))
     })? {
         if body.len() + chunk.len() > MAX_RESPONSE {
