@@ -592,4 +592,71 @@ mod tests {
         );
         assert_eq!(host_port("turn:10.0.0.1:3479"), "10.0.0.1:3479");
     }
+
+    mod props {
+        //! TURN framing from the network never panics, and what we frame reads back.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn addr() -> impl Strategy<Value = SocketAddr> {
+            prop_oneof![
+                (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+                (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+            ]
+        }
+
+        /// A Data indication as a TURN server sends it.
+        fn data_indication(tid: &Tid, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+            let mut attrs = Vec::new();
+            for (t, v) in [(0x0012u16, xor_address(peer, tid)), (0x0013, data.to_vec())] {
+                attrs.extend_from_slice(&t.to_be_bytes());
+                attrs.extend_from_slice(&(v.len() as u16).to_be_bytes());
+                attrs.extend_from_slice(&v);
+                attrs.extend(std::iter::repeat_n(0u8, (4 - v.len() % 4) % 4));
+            }
+            let mut out = vec![0x00, 0x17];
+            out.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+            out.extend_from_slice(&MAGIC.to_be_bytes());
+            out.extend_from_slice(tid);
+            out.extend_from_slice(&attrs);
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn parsers_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..600), tid in any::<[u8; 12]>()) {
+                let _ = parse_data_indication(&buf);
+                let _ = parse_channel_data(&buf);
+                let _ = parse_xor_address(&buf, &tid);
+                // The same with the first bytes of the formats they expect.
+                let mut di = buf.clone();
+                if di.len() >= 2 { di[0] = 0x00; di[1] = 0x17; }
+                let _ = parse_data_indication(&di);
+                let mut cd = buf;
+                if !cd.is_empty() { cd[0] = 0x40 | (cd[0] & 0x0f); }
+                let _ = parse_channel_data(&cd);
+            }
+
+            #[test]
+            fn framing_round_trips(
+                peer in addr(),
+                tid in any::<[u8; 12]>(),
+                data in proptest::collection::vec(any::<u8>(), 0..2000),
+                channel in 0x4000u16..=0x4fff,
+            ) {
+                prop_assert_eq!(parse_xor_address(&xor_address(peer, &tid), &tid), Some(peer));
+                let framed = channel_data(channel, &data);
+                prop_assert_eq!(framed.len() % 4, 0);
+                prop_assert_eq!(parse_channel_data(&framed), Some((channel, &data[..])));
+                let ind = data_indication(&tid, peer, &data);
+                prop_assert_eq!(parse_data_indication(&ind), Some((peer, data.clone())));
+                // Truncated anywhere: refused.
+                for cut in [0, 1, 19, 20, ind.len() / 2, ind.len() - 1] {
+                    prop_assert_eq!(parse_data_indication(&ind[..cut]), None);
+                }
+            }
+        }
+    }
 }
