@@ -257,6 +257,9 @@ struct SignalOptions {
     /// Largest request body, bytes [default: 16384].
     #[arg(long)]
     max_body: Option<usize>,
+    /// Bytes of offers one client address may hold, 0 = unlimited [default: 4194304].
+    #[arg(long)]
+    max_bytes_per_ip: Option<usize>,
     /// Longest room name, bytes, 1-128 [default: 128].
     #[arg(long)]
     max_room_len: Option<usize>,
@@ -304,6 +307,7 @@ impl SignalOptions {
             room_ttl: self.room_ttl.map_or(d.room_ttl, Duration::from_secs),
             max_rooms: self.max_rooms.unwrap_or(d.max_rooms),
             max_body: self.max_body.unwrap_or(d.max_body),
+            max_bytes_per_client: self.max_bytes_per_ip.unwrap_or(d.max_bytes_per_client),
             max_room_len: self.max_room_len.unwrap_or(d.max_room_len),
             rate_per_ip: self.rate_per_ip.unwrap_or(d.rate_per_ip),
             burst_per_ip: self.burst_per_ip.unwrap_or(d.burst_per_ip),

@@ -520,3 +520,52 @@ async fn the_stun_responder_never_amplifies() {
     }
     assert_eq!(stun.answered(), 2);
 }
+
+/// Issue #14, finding 7: one noisy address fills its own share of the store, then
+/// gets `429`, while another address still posts and the store is far from full.
+#[tokio::test]
+async fn one_noisy_client_cannot_lock_others_out() {
+    let srv = server(|c| {
+        c.rate_per_ip = 0;
+        c.max_bytes_per_client = 64 * 1024;
+    })
+    .await;
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+    };
+    let noisy = from([127, 0, 0, 2]);
+    let quiet = from([127, 0, 0, 3]);
+    let data = "x".repeat(8 * 1024);
+    let post = |c: &reqwest::Client, room: String| {
+        let body = serde_json::json!({"room": room, "role": "client", "data": data}).to_string();
+        let req = c.post(srv.url()).body(body);
+        async move { req.send().await.unwrap() }
+    };
+    let mut accepted = 0;
+    let refusal = loop {
+        let resp = post(&noisy, format!("noisy-{accepted}")).await;
+        if resp.status() != 200 {
+            break resp;
+        }
+        accepted += 1;
+        assert!(accepted < 100, "the per-client bound never applied");
+    };
+    assert_eq!(refusal.status(), 429);
+    assert_eq!(refusal.headers()["retry-after"], "1");
+    let body = refusal.text().await.unwrap();
+    assert!(body.contains("65536 bytes"), "{body}");
+    // 8 KiB of data plus a short room name: 7 fit in 64 KiB.
+    assert_eq!(accepted, 7);
+    assert_eq!(post(&quiet, "quiet".into()).await.status(), 200);
+    // Deleting a room gives its bytes back.
+    let del = noisy
+        .delete(format!("{}?room=noisy-0&role=client", srv.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    assert_eq!(post(&noisy, "noisy-again".into()).await.status(), 200);
+}

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Most client addresses tracked by the rate limiter. When full, idle (fully refilled)
-/// buckets are dropped; if that frees nothing, untracked clients share one bucket.
+/// Most client addresses tracked by the rate limiter. When full, the least recently
+/// seen client is forgotten (it had the most time to refill, so forgetting it costs it
+/// the least): every client keeps a bucket of its own, and a new one costs O(1).
 const MAX_TRACKED: usize = 100_000;
 
 /// The key a client address is limited under: IPv4 as is, IPv6 by its /64.
@@ -37,31 +38,31 @@ struct Bucket {
 }
 
 /// A token bucket per client: `rate` requests per second on average, bursts of up to
-/// `burst`. A rate of 0 disables the limit.
+/// `burst`. A rate of 0 disables the limit. Buckets live in an LRU map of at most
+/// [`MAX_TRACKED`] clients.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<Buckets>,
-}
-
-#[derive(Debug, Default)]
-struct Buckets {
-    by_client: HashMap<IpAddr, Bucket>,
-    /// Shared by clients that could not be tracked because the map was full.
-    overflow: Option<Bucket>,
+    buckets: Mutex<lru::LruCache<IpAddr, Bucket>>,
 }
 
 impl RateLimiter {
     pub(crate) fn new(rate_per_sec: u32, burst: u32) -> RateLimiter {
+        RateLimiter::with_capacity(rate_per_sec, burst, MAX_TRACKED)
+    }
+
+    fn with_capacity(rate_per_sec: u32, burst: u32, tracked: usize) -> RateLimiter {
+        let cap =
+            std::num::NonZeroUsize::new(tracked.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
         RateLimiter {
             rate: f64::from(rate_per_sec),
             burst: f64::from(burst.max(1)),
-            buckets: Mutex::default(),
+            buckets: Mutex::new(lru::LruCache::new(cap)),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Buckets> {
+    fn lock(&self) -> MutexGuard<'_, lru::LruCache<IpAddr, Bucket>> {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -71,19 +72,11 @@ impl RateLimiter {
             return Ok(());
         }
         let key = client_key(ip);
-        let mut b = self.lock();
-        if !b.by_client.contains_key(&key) && b.by_client.len() >= MAX_TRACKED {
-            self.forget_idle(&mut b, now);
-        }
-        let full = Bucket {
+        let mut buckets = self.lock();
+        let bucket = buckets.get_or_insert_mut(key, || Bucket {
             tokens: self.burst,
             at: now,
-        };
-        let bucket = if b.by_client.len() < MAX_TRACKED || b.by_client.contains_key(&key) {
-            b.by_client.entry(key).or_insert(full)
-        } else {
-            b.overflow.get_or_insert(full)
-        };
+        });
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
         bucket.at = now;
@@ -95,25 +88,26 @@ impl RateLimiter {
         }
     }
 
-    /// Drops buckets that have refilled completely: they are the same as no bucket.
-    fn forget_idle(&self, b: &mut Buckets, now: Instant) {
-        let refill = Duration::from_secs_f64(self.burst / self.rate);
-        b.by_client
-            .retain(|_, bucket| now.saturating_duration_since(bucket.at) < refill);
-    }
-
-    /// Periodic housekeeping: forgets idle clients so the map does not grow.
+    /// Periodic housekeeping: forgets clients whose buckets have refilled completely
+    /// (they are the same as no bucket), oldest first, so an idle server holds nothing.
     pub(crate) fn sweep(&self, now: Instant) {
-        if self.rate > 0.0 {
-            let mut b = self.lock();
-            self.forget_idle(&mut b, now);
+        if self.rate <= 0.0 {
+            return;
+        }
+        let refill = Duration::from_secs_f64(self.burst / self.rate);
+        let mut buckets = self.lock();
+        while let Some((_, oldest)) = buckets.peek_lru() {
+            if now.saturating_duration_since(oldest.at) < refill {
+                break;
+            }
+            buckets.pop_lru();
         }
     }
 
     /// Clients currently tracked.
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.lock().by_client.len()
+        self.lock().len()
     }
 }
 
@@ -222,6 +216,40 @@ mod tests {
         l.sweep(t0 + Duration::from_secs(1));
         assert_eq!(l.tracked(), 0);
         assert!(RateLimiter::new(0, 0).check(ip("10.0.0.1"), t0).is_ok());
+    }
+
+    /// Issue #14, finding 7: with the table full, a flood of new addresses neither
+    /// makes new clients share a bucket nor costs a scan per client; the least recently
+    /// seen client is forgotten.
+    #[test]
+    fn a_full_table_keeps_new_clients_independent() {
+        let l = RateLimiter::with_capacity(1, 2, 1000);
+        let t0 = Instant::now();
+        for i in 0..1000u32 {
+            assert!(l.check(IpAddr::from(i.to_be_bytes()), t0).is_ok());
+        }
+        assert_eq!(l.tracked(), 1000);
+        // New clients each get their own full bucket, also while the table is full.
+        for i in 0..50u32 {
+            let ip = IpAddr::from((10_000 + i).to_be_bytes());
+            assert!(l.check(ip, t0).is_ok());
+            assert!(l.check(ip, t0).is_ok(), "burst of 2");
+            assert!(l.check(ip, t0).is_err(), "its own bucket, now empty");
+        }
+        assert_eq!(l.tracked(), 1000, "bounded");
+        // A busy client stays tracked (recently used) while idle ones are forgotten.
+        let busy = ip("192.0.2.1");
+        assert!(l.check(busy, t0).is_ok());
+        assert!(l.check(busy, t0).is_ok());
+        for i in 0..2000u32 {
+            let _ = l.check(IpAddr::from((50_000 + i).to_be_bytes()), t0);
+            if i % 100 == 0 {
+                assert!(
+                    l.check(busy, t0).is_err(),
+                    "still limited after {i} strangers"
+                );
+            }
+        }
     }
 
     #[test]

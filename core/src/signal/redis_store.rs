@@ -333,6 +333,7 @@ impl Store for RedisStore {
         room: &'a str,
         role: Role,
         data: String,
+        _client: std::net::IpAddr,
     ) -> StoreFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();

@@ -89,6 +89,11 @@ pub struct SignalServerConfig {
     /// Most bytes of room names and data the memory store holds; more gets 503. (Bound
     /// a Redis store with Redis's own `maxmemory`.)
     pub max_store_bytes: usize,
+    /// Most bytes of offers (data plus room names) that one client address (an IPv6
+    /// /64) may hold in the memory store at once; further posts get `429`. 0 = no
+    /// bound. Default 4 MiB: a few thousand peers behind one address. (With Redis,
+    /// bound its memory with Redis's own `maxmemory`.)
+    pub max_bytes_per_client: usize,
     /// Requests per second each client address may make on average (IPv6: per /64);
     /// more get 429 with `Retry-After`. 0: unlimited. `/healthz` and `/metrics` are
     /// not limited.
@@ -135,6 +140,7 @@ impl Default for SignalServerConfig {
             max_rooms: 100_000,
             max_room_len: MAX_ROOM_LEN,
             max_store_bytes: 256 * 1024 * 1024,
+            max_bytes_per_client: 4 * 1024 * 1024,
             rate_per_ip: 20,
             burst_per_ip: 100,
             max_polls: 10_000,
@@ -183,6 +189,7 @@ impl SignalServer {
                 config.room_ttl,
                 config.max_rooms,
                 config.max_store_bytes,
+                config.max_bytes_per_client,
             )),
             StoreConfig::Redis { url, prefix } => Box::new(
                 RedisStore::connect(
@@ -638,7 +645,7 @@ async fn route(shared: &Shared, client: IpAddr, req: Request<Body>) -> Response 
     }
     let max_room_len = shared.config.max_room_len;
     if method == Method::POST {
-        return post(shared, req).await;
+        return post(shared, client, req).await;
     }
     if method != Method::GET && method != Method::DELETE {
         let mut resp = error(
@@ -663,7 +670,7 @@ async fn route(shared: &Shared, client: IpAddr, req: Request<Body>) -> Response 
     }
 }
 
-async fn post(shared: &Shared, req: Request<Body>) -> Response {
+async fn post(shared: &Shared, client: IpAddr, req: Request<Body>) -> Response {
     let max_body = shared.config.max_body;
     let too_large = || {
         error(
@@ -714,7 +721,8 @@ async fn post(shared: &Shared, req: Request<Body>) -> Response {
         Ok(m) => m,
         Err(e) => return e.into_response(),
     };
-    match shared.store.post(&msg.room, msg.role, msg.data).await {
+    let key = super::limits::client_key(client);
+    match shared.store.post(&msg.room, msg.role, msg.data, key).await {
         Ok(_) => ok(),
         Err(e) => store_error(e),
     }
@@ -804,6 +812,7 @@ fn not_found() -> Response {
 
 fn store_error(e: StoreError) -> Response {
     let msg = match e {
+        StoreError::ClientFull(m) => return too_many(RETRY_LATER, m),
         StoreError::Full(m) => m,
         StoreError::Unavailable(m) => {
             tracing::warn!("{m}");

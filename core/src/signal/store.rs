@@ -47,6 +47,8 @@ pub(crate) type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>
 pub(crate) enum StoreError {
     /// Creating a room would exceed the room limit (answered `503`).
     Full(String),
+    /// This client holds its maximum of bytes (answered `429`).
+    ClientFull(String),
     /// The store cannot be reached or failed (answered `503`).
     Unavailable(String),
 }
@@ -59,11 +61,14 @@ pub(crate) type Mail = (String, u64);
 pub(crate) trait Store: Send + Sync {
     /// Replaces `role`'s data in `room` (creating the room) and wakes every waiter of
     /// that mailbox, on every instance. Returns the new version.
+    /// `client` is the poster's client key (IPv4, or IPv6 /64), charged for the bytes
+    /// where the store bounds them per client (the memory store).
     fn post<'a>(
         &'a self,
         room: &'a str,
         role: Role,
         data: String,
+        client: std::net::IpAddr,
     ) -> StoreFuture<'a, Result<u64, StoreError>>;
 
     /// `role`'s data in `room` and its version, if any.
