@@ -1011,6 +1011,15 @@ async fn stun_dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<StunDatagram>
             let Some((peer, data)) = crate::relay::parse_data_indication(&d.data) else {
                 continue;
             };
+            // A TURN server relays only from peers we gave a permission; anything else
+            // "from" the server is forged and must not add routes or channels.
+            let permitted = lock(&shared.turn)
+                .as_ref()
+                .is_some_and(|t| t.is_permitted(peer.ip()));
+            if !permitted {
+                tracing::debug!(%peer, "data indication for a peer without a permission dropped");
+                continue;
+            }
             if socket.route_via_relay(peer) {
                 bind_channel_later(&shared, peer);
             }
@@ -1070,6 +1079,11 @@ async fn handle_stun(shared: &Arc<Shared>, d: StunDatagram) {
                     .checks_unauthenticated
                     .fetch_add(1, Ordering::Relaxed);
                 return;
+            }
+            if !d.relayed {
+                // Authentic and straight from the peer: the direct path works, so its
+                // direct QUIC packets may move it off the relay (socket.rs).
+                shared.agent.socket().direct_path_proven(d.from);
             }
             let reply = message::binding_success(tid, d.from, Some(&shared.password));
             // Answer on the path the check came in on: a direct check probes the

@@ -34,6 +34,8 @@ use crate::stun::message::{self, Tid};
 
 /// First channel number (RFC 8656 §12).
 const FIRST_CHANNEL: u16 = 0x4000;
+/// The last channel number (RFC 8656 §12).
+const LAST_CHANNEL: u16 = 0x4FFF;
 const MAGIC: u32 = 0x2112_A442;
 
 /// Where the relay is and how to authenticate.
@@ -476,26 +478,32 @@ impl TurnClient {
 
     /// Binds (or refreshes) a channel for `peer`; returns its number.
     pub async fn bind_channel(&self, peer: SocketAddr) -> Result<u16> {
-        let channel = {
-            let channels = lock(&self.channels);
-            channels
-                .get(&peer)
-                .copied()
-                .unwrap_or(FIRST_CHANNEL + channels.len() as u16)
-        };
+        let (channel, new) = reserve_channel(&self.channels, peer)?;
         let tid_dummy = [0u8; 12];
-        self.request(METHOD_CHANNEL_BIND, || {
-            vec![
-                RawAttr(
-                    ATTR_CHANNEL_NUMBER,
-                    [channel.to_be_bytes(), [0, 0]].concat(),
-                ),
-                RawAttr(ATTR_XOR_PEER_ADDRESS, xor_address(peer, &tid_dummy)),
-            ]
-        })
-        .await?;
-        lock(&self.channels).insert(peer, channel);
+        let bound = self
+            .request(METHOD_CHANNEL_BIND, || {
+                vec![
+                    RawAttr(
+                        ATTR_CHANNEL_NUMBER,
+                        [channel.to_be_bytes(), [0, 0]].concat(),
+                    ),
+                    RawAttr(ATTR_XOR_PEER_ADDRESS, xor_address(peer, &tid_dummy)),
+                ]
+            })
+            .await;
+        if let Err(e) = bound {
+            if new {
+                lock(&self.channels).remove(&peer);
+            }
+            return Err(e);
+        }
         Ok(channel)
+    }
+
+    /// Whether `ip` has a permission on our allocation: only such peers' data is
+    /// accepted from the relay (a Data indication naming another peer is forged).
+    pub fn is_permitted(&self, ip: IpAddr) -> bool {
+        lock(&self.permissions).contains(&ip)
     }
 
     /// Refreshes everything that expires: the allocation, permissions, channels.
@@ -508,6 +516,28 @@ impl TurnClient {
         }
         Ok(())
     }
+}
+
+/// The channel number of `peer` in `channels`: its own if it has one, else the lowest
+/// free one, reserved at once under the lock (so binds running at the same time never
+/// pick the same number). True when it is new.
+fn reserve_channel(
+    channels: &Mutex<HashMap<SocketAddr, u16>>,
+    peer: SocketAddr,
+) -> Result<(u16, bool)> {
+    let mut channels = lock(channels);
+    if let Some(ch) = channels.get(&peer) {
+        return Ok((*ch, false));
+    }
+    let taken: std::collections::HashSet<u16> = channels.values().copied().collect();
+    let Some(channel) = (FIRST_CHANNEL..=LAST_CHANNEL).find(|c| !taken.contains(c)) else {
+        return Err(Error::Relay(format!(
+            "all {} TURN channel numbers are in use",
+            LAST_CHANNEL - FIRST_CHANNEL + 1
+        )));
+    };
+    channels.insert(peer, channel);
+    Ok((channel, true))
 }
 
 fn turn_error(target: &RelayTarget, what: &str, code: u16, reason: &str) -> Error {
@@ -591,6 +621,50 @@ mod tests {
             "relay.example:3478"
         );
         assert_eq!(host_port("turn:10.0.0.1:3479"), "10.0.0.1:3479");
+    }
+
+    /// Issue #14, finding 6: channel numbers are reserved under the lock, so binds
+    /// running at the same time never share one, a peer keeps its own, and a failed
+    /// bind's number can be reused.
+    #[test]
+    fn concurrent_binds_get_distinct_channels() {
+        let channels = Arc::new(Mutex::new(HashMap::new()));
+        let threads: Vec<_> = (0..8u16)
+            .map(|t| {
+                let channels = channels.clone();
+                std::thread::spawn(move || {
+                    (0..64u16)
+                        .map(|i| {
+                            let peer = SocketAddr::from(([10, 0, t as u8, 1], 1000 + i));
+                            reserve_channel(&channels, peer).unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for t in threads {
+            for (ch, new) in t.join().unwrap() {
+                assert!(new);
+                assert!((FIRST_CHANNEL..=LAST_CHANNEL).contains(&ch));
+                assert!(all.insert(ch), "channel {ch:#x} given twice");
+            }
+        }
+        assert_eq!(all.len(), 512);
+        let peer = SocketAddr::from(([10, 0, 0, 1], 1000));
+        let mine = lock(&channels)[&peer];
+        assert_eq!(reserve_channel(&channels, peer).unwrap(), (mine, false));
+        lock(&channels).remove(&peer);
+        let other = SocketAddr::from(([192, 0, 2, 1], 1));
+        assert_eq!(reserve_channel(&channels, other).unwrap(), (mine, true));
+        // All 4096 taken: a clear error, not a wrapped or reused number.
+        let full = Mutex::new(
+            (FIRST_CHANNEL..=LAST_CHANNEL)
+                .map(|c| (SocketAddr::from(([10, 1, 0, 0], c)), c))
+                .collect::<HashMap<_, _>>(),
+        );
+        let err = reserve_channel(&full, other).unwrap_err();
+        assert!(err.to_string().contains("4096"), "{err}");
     }
 
     mod props {

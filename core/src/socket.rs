@@ -46,7 +46,15 @@ struct Routes {
     /// upgrade from relay to direct), and back.
     alias: HashMap<SocketAddr, SocketAddr>,
     unalias: HashMap<SocketAddr, SocketAddr>,
+    /// Relayed peers that proved, with an authentic connectivity check that arrived
+    /// directly, that they reach us directly: only their direct QUIC packets move
+    /// them off the relay (a forged packet "from" the peer's address does not).
+    direct_ok: HashSet<SocketAddr>,
 }
+
+/// Most peers routed through the relay at once (a stunfwd peer has one; the bound
+/// keeps forged Data indications from growing the table).
+pub(crate) const MAX_RELAYED_PEERS: usize = 64;
 
 /// Wraps quinn's socket and diverts STUN datagrams to a channel. With a TURN
 /// allocation it also relays: packets to peers marked "via relay" are wrapped in
@@ -111,10 +119,24 @@ impl DemuxSocket {
         read(&self.routes).server
     }
 
-    /// Sends to `peer` through the relay from now on.
+    /// Sends to `peer` through the relay from now on. False when it already was, there
+    /// is no relay, or [`MAX_RELAYED_PEERS`] are relayed already.
     pub fn route_via_relay(&self, peer: SocketAddr) -> bool {
         let mut r = write(&self.routes);
-        r.server.is_some() && r.via.insert(peer)
+        if r.server.is_none() || (r.via.len() >= MAX_RELAYED_PEERS && !r.via.contains(&peer)) {
+            return false;
+        }
+        r.direct_ok.remove(&peer);
+        r.via.insert(peer)
+    }
+
+    /// `peer` sent an authentic connectivity check that arrived directly (not through
+    /// the relay): its direct QUIC packets may now move it off the relay.
+    pub fn direct_path_proven(&self, peer: SocketAddr) {
+        let mut r = write(&self.routes);
+        if r.via.contains(&peer) {
+            r.direct_ok.insert(peer);
+        }
     }
 
     /// Packets for `conn_addr` go to `real` (directly), and packets from `real` are
@@ -345,14 +367,23 @@ impl AsyncUdpSocket for DemuxSocket {
                     continue;
                 }
                 if !through_relay && Some(m.addr) != relay {
-                    let (was_relayed, alias) = {
+                    let (was_relayed, proven, alias) = {
                         let r = read(&self.routes);
-                        (r.via.contains(&m.addr), r.unalias.get(&m.addr).copied())
+                        (
+                            r.via.contains(&m.addr),
+                            r.direct_ok.contains(&m.addr),
+                            r.unalias.get(&m.addr).copied(),
+                        )
                     };
-                    // QUIC straight from a peer we relay to: the peer moved to the direct
-                    // path; answer it there (latest path wins).
-                    if was_relayed {
-                        write(&self.routes).via.remove(&m.addr);
+                    // QUIC straight from a peer we relay to, which has proven with an
+                    // authentic check that it reaches us directly: it moved to the
+                    // direct path; answer it there (latest path wins). Anyone can send
+                    // a packet "from" the peer's address, so without that proof the
+                    // route stays (quinn drops the packet if it is not genuine).
+                    if was_relayed && proven {
+                        let mut r = write(&self.routes);
+                        r.via.remove(&m.addr);
+                        r.direct_ok.remove(&m.addr);
                     }
                     if let Some(conn_addr) = alias {
                         m.addr = conn_addr;
@@ -507,5 +538,62 @@ mod tests {
             (2000, 0),
             "received {got} of 2000, {lost} packets lost"
         );
+    }
+
+    /// Issue #14, finding 6: a packet "from" a relayed peer's address that arrives
+    /// directly does not move the peer off the relay (anyone can forge one); after an
+    /// authentic direct check from that address (`direct_path_proven`), its direct
+    /// packets do. The relayed set is bounded.
+    #[tokio::test]
+    async fn only_a_proven_peer_leaves_the_relay() {
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+        sock.set_nonblocking(true).expect("non-blocking");
+        let local = sock.local_addr().expect("addr");
+        let (demux, _rx) = DemuxSocket::new(runtime.wrap_udp_socket(sock).expect("wrap"));
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind peer");
+        let peer_addr = peer.local_addr().expect("addr");
+        demux.set_relay_server(Some("127.0.0.1:9".parse().expect("addr")));
+        assert!(demux.route_via_relay(peer_addr));
+
+        async fn recv(demux: &Arc<DemuxSocket>) -> SocketAddr {
+            let mut storage = vec![0u8; 2048];
+            let mut meta = [RecvMeta::default()];
+            let mut bufs = [IoSliceMut::new(&mut storage)];
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                poll_fn(|cx| demux.poll_recv(cx, &mut bufs, &mut meta)),
+            )
+            .await
+            .expect("a datagram")
+            .expect("received");
+            meta[0].addr
+        }
+        // A forged (or merely unproven) short-header QUIC-looking packet.
+        peer.send_to(&[0x40; 40], local).expect("send");
+        assert_eq!(recv(&demux).await, peer_addr);
+        assert!(
+            demux.is_via_relay(peer_addr),
+            "moved off the relay unproven"
+        );
+        // Proven by an authentic direct check: the next direct packet moves it.
+        demux.direct_path_proven(peer_addr);
+        peer.send_to(&[0x40; 40], local).expect("send");
+        assert_eq!(recv(&demux).await, peer_addr);
+        assert!(
+            !demux.is_via_relay(peer_addr),
+            "a proven peer follows the direct path"
+        );
+        // Proof is not remembered for peers that are not relayed.
+        demux.direct_path_proven(peer_addr);
+        assert!(demux.route_via_relay(peer_addr));
+        peer.send_to(&[0x40; 40], local).expect("send");
+        let _ = recv(&demux).await;
+        assert!(demux.is_via_relay(peer_addr));
+
+        for i in 0..(MAX_RELAYED_PEERS as u16 * 2) {
+            let _ = demux.route_via_relay(SocketAddr::from(([192, 0, 2, 1], 1000 + i)));
+        }
+        assert_eq!(read(&demux.routes).via.len(), MAX_RELAYED_PEERS);
     }
 }
