@@ -686,15 +686,17 @@ impl Engine {
             (State::Reconnecting { reason, .. }, _) if reason.contains("authentication") => {
                 Error::PeerAuth(reason.clone())
             }
-            (State::Signaling, last) => Error::Timeout(format!(
-                "not connected after {timeout:?}: no valid offer from the {} peer yet: it is \
+            (State::Signaling, last) if lock(&self.shared.peer).offer_id.is_none() => {
+                Error::Timeout(format!(
+                    "not connected after {timeout:?}: no valid offer from the {} peer yet: it is \
                  not running, or it uses another room, secret or rendezvous URL (with a \
                  secret, peers meet in a mailbox named after room and secret, so peers with \
                  different secrets never see each other){}",
-                self.shared.role.peer(),
-                last.map(|l| format!("; last error: {l}"))
-                    .unwrap_or_default()
-            )),
+                    self.shared.role.peer(),
+                    last.map(|l| format!("; last error: {l}"))
+                        .unwrap_or_default()
+                ))
+            }
             (_, Some(last)) => Error::Timeout(format!(
                 "not connected after {timeout:?}; state: {state}; last error: {last}"
             )),

@@ -282,7 +282,11 @@ impl SignalClient {
                         return Ok(value);
                     }
                     tracing::debug!(room = %self.room, %role, ?version, "rendezvous data rejected; waiting for newer data");
-                    last_problem = Some("data was posted but rejected".into());
+                    last_problem = Some(
+                        "data was posted but not taken (not authentic, stale, already used, \
+                         or not what was waited for)"
+                            .into(),
+                    );
                     match version {
                         // First rejection of this version: long-poll for a newer one.
                         Some(v) if since != Some(v) => {
