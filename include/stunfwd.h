@@ -482,23 +482,36 @@ enum stunfwd_result stunfwd_engine_stop(const struct stunfwd_engine *engine, uin
  * Stops (if needed, with a 2 s budget) and frees the engine. `stunfwd_engine_free(NULL)`
  * is a no-op. The handle must not be used afterwards.
  *
+ * Once it returns, the event callback is not called again (not even with the
+ * `stopped` state), also when it is called from inside that callback. Calls on the
+ * engine running in other threads (e.g. a blocked `_wait_connected`) end with
+ * `STUNFWD_RESULT_STOPPED` before the memory is released; calls that start while it
+ * runs get the same. From inside the log callback the stop and release happen on a
+ * helper thread, after this returns.
+ *
  * # Safety
- * `engine` must be NULL or a live handle that is not used again.
+ * `engine` must be NULL or a live handle that is not used again after this returns.
  */
 void stunfwd_engine_free(struct stunfwd_engine *engine);
 
 /**
  * Sets (or with NULL, clears) the process-wide log callback, receiving every log line
- * at `max_level` or more severe. The first call installs stunfwd's log subscriber for
- * the process; if the host process already installed a Rust `tracing` subscriber,
- * this returns `STUNFWD_RESULT_INVALID_ARGUMENT` and logs keep going there.
+ * at `max_level` or more severe: a `stunfwd_log_level` value, 1 (errors) to 5 (trace);
+ * anything else is `STUNFWD_RESULT_INVALID_ARGUMENT`. The first call installs
+ * stunfwd's log subscriber for the process; if the host process already installed a
+ * Rust `tracing` subscriber, this returns `STUNFWD_RESULT_INVALID_ARGUMENT` and logs
+ * keep going there.
+ *
+ * When it returns, no call of the previous callback is running any more (it waits
+ * for those in flight), so the previous `user_data` may be freed. Called from inside
+ * the log callback it would wait for itself: it returns `STUNFWD_RESULT_IN_CALLBACK`.
  *
  * # Safety
  * `callback` must be callable from any thread with `user_data` until it is replaced.
  */
 enum stunfwd_result stunfwd_set_log_callback(stunfwd_log_callback callback,
                                              void *user_data,
-                                             enum stunfwd_log_level max_level);
+                                             int max_level);
 
 /**
  * Starts a rendezvous server: HTTP mailbox on `http_addr` and, unless `stun_addr` is
@@ -534,7 +547,9 @@ enum stunfwd_result stunfwd_signal_server_stun_addr(const struct stunfwd_signal_
 
 /**
  * Stops the server (wakes pending long-polls, closes its sockets) within about
- * `timeout_ms`. Stopping twice is harmless.
+ * `timeout_ms`. Stopping twice is harmless. Safe to call from several threads at
+ * once, and while others call `_url` or `_stun_addr`: a second `_stop` returns once
+ * the server is stopped.
  *
  * # Safety
  * `server` must be a live handle, not used concurrently with `_free`.

@@ -419,7 +419,8 @@ impl fmt::Debug for Engine {
 }
 
 /// Runs `fut` on `handle` and blocks the calling thread for its result. Works from any
-/// thread, including inside another runtime (unlike `block_on`).
+/// thread, including inside another runtime (unlike `block_on`) and on one of
+/// `handle`'s own workers.
 fn run_blocking<T: Send + 'static>(
     handle: &tokio::runtime::Handle,
     fut: impl std::future::Future<Output = T> + Send + 'static,
@@ -428,6 +429,16 @@ fn run_blocking<T: Send + 'static>(
     handle.spawn(async move {
         let _ = tx.send(fut.await);
     });
+    let same_runtime = tokio::runtime::Handle::try_current().is_ok_and(|current| {
+        current.id() == handle.id()
+            && current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    });
+    if same_runtime {
+        // On one of the engine's own workers (a log line's callback calling back in):
+        // blocking it would starve the task with a single worker. `block_in_place`
+        // hands the worker's queue to another thread first.
+        return tokio::task::block_in_place(|| rx.recv().ok());
+    }
     rx.recv().ok()
 }
 

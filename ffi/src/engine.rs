@@ -1,6 +1,7 @@
 //! The engine handle.
 
 use std::ffi::{c_char, c_void, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -132,8 +133,58 @@ pub struct stunfwd_stats {
     pub time_to_connected_ms: f64,
 }
 
+/// What a `stunfwd_engine *` points to.
+///
+/// Calls on the handle are counted while they run, and `stunfwd_engine_free` waits for
+/// them before it releases the memory: a thread blocked in `_wait_connected` while
+/// another frees the engine gets `STUNFWD_RESULT_STOPPED`, not a use after free. A call
+/// that starts once `_free` has begun gets the same error; one made after `_free`
+/// returned is the caller's bug (the handle is gone).
 struct Handle {
     engine: Engine,
+    /// Calls running now; `_free` waits for 0.
+    calls: Mutex<usize>,
+    idle: std::sync::Condvar,
+    /// `_free` has begun.
+    freeing: AtomicBool,
+    /// Closes the event callback: see [`EventGate`].
+    events: Arc<EventGate>,
+}
+
+/// Lets `_free` guarantee that no event callback runs after it returns: each callback
+/// runs under the read lock and only while `closed` is false; `_free` (from another
+/// thread) takes the write lock, which waits for a running callback, and closes it.
+/// `_free` from inside the event callback runs on the event thread itself, so no other
+/// callback is running, and closing is enough.
+#[derive(Default)]
+struct EventGate {
+    lock: std::sync::RwLock<()>,
+    closed: AtomicBool,
+}
+
+thread_local! {
+    /// True while this thread runs an engine's event callback.
+    static IN_EVENT_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A running call on a handle (see [`Handle`]); ends on drop.
+struct Call<'a>(&'a Handle);
+
+impl std::ops::Deref for Call<'_> {
+    type Target = Handle;
+    fn deref(&self) -> &Handle {
+        self.0
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        let mut calls = self.0.calls.lock().unwrap_or_else(|p| p.into_inner());
+        *calls -= 1;
+        if *calls == 0 {
+            self.0.idle.notify_all();
+        }
+    }
 }
 
 fn state_code(s: &State) -> stunfwd_state {
@@ -204,14 +255,26 @@ fn deliver(sink: EventSink, event: &Event, state: &State, path: Option<PathKind>
     unsafe { (sink.cb)(sink.user_data as *mut c_void, &ev) };
 }
 
+/// Enters a call on the handle (counted until the returned guard drops).
+///
 /// # Safety
 /// `ptr` must be NULL or a live handle from [`stunfwd_engine_start`].
-unsafe fn handle<'a>(ptr: *const stunfwd_engine) -> Result<&'a Handle, stunfwd_result> {
+unsafe fn handle<'a>(ptr: *const stunfwd_engine) -> Result<Call<'a>, stunfwd_result> {
     if ptr.is_null() {
         return Err(fail_with(stunfwd_result::NullArgument, "`engine` is NULL"));
     }
-    // SAFETY: per the contract it points to a Handle leaked by stunfwd_engine_start.
-    Ok(unsafe { &*(ptr as *const Handle) })
+    // SAFETY: per the contract it points to a Handle leaked by stunfwd_engine_start,
+    // which `_free` does not release while calls are counted.
+    let h = unsafe { &*(ptr as *const Handle) };
+    let mut calls = h.calls.lock().unwrap_or_else(|p| p.into_inner());
+    if h.freeing.load(Ordering::SeqCst) {
+        return Err(fail_with(
+            stunfwd_result::Stopped,
+            "the engine is being freed (stunfwd_engine_free was called)",
+        ));
+    }
+    *calls += 1;
+    Ok(Call(h))
 }
 
 /// Starts an engine from a JSON config (see the README for the keys) and writes the
@@ -245,12 +308,14 @@ pub unsafe extern "C" fn stunfwd_engine_start(
             Ok(c) => c,
             Err(e) => return fail(&e),
         };
+        let gate = Arc::new(EventGate::default());
         let started = match event_callback {
             Some(cb) => {
                 let sink = EventSink {
                     cb,
                     user_data: user_data as usize,
                 };
+                let gate = gate.clone();
                 // The engine is not known inside its own first callbacks; the state
                 // is tracked here for the events that carry none.
                 let last = Arc::new(Mutex::new((State::Starting, None)));
@@ -266,14 +331,26 @@ pub unsafe extern "C" fn stunfwd_engine_start(
                         }
                         g.clone()
                     };
+                    let _open = gate.lock.read().unwrap_or_else(|p| p.into_inner());
+                    if gate.closed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    IN_EVENT_CALLBACK.with(|c| c.set(true));
                     deliver(sink, e, &state, path);
+                    IN_EVENT_CALLBACK.with(|c| c.set(false));
                 })
             }
             None => Engine::start(config),
         };
         match started {
             Ok(engine) => {
-                let h = Box::new(Handle { engine });
+                let h = Box::new(Handle {
+                    engine,
+                    calls: Mutex::new(0),
+                    idle: std::sync::Condvar::new(),
+                    freeing: AtomicBool::new(false),
+                    events: gate,
+                });
                 // SAFETY: checked non-null above.
                 unsafe { *engine_out = Box::into_raw(h) as *mut stunfwd_engine };
                 stunfwd_result::Ok
@@ -527,24 +604,55 @@ pub unsafe extern "C" fn stunfwd_engine_stop(
 /// Stops (if needed, with a 2 s budget) and frees the engine. `stunfwd_engine_free(NULL)`
 /// is a no-op. The handle must not be used afterwards.
 ///
+/// Once it returns, the event callback is not called again (not even with the
+/// `stopped` state), also when it is called from inside that callback. Calls on the
+/// engine running in other threads (e.g. a blocked `_wait_connected`) end with
+/// `STUNFWD_RESULT_STOPPED` before the memory is released; calls that start while it
+/// runs get the same. From inside the log callback the stop and release happen on a
+/// helper thread, after this returns.
+///
 /// # Safety
-/// `engine` must be NULL or a live handle that is not used again.
+/// `engine` must be NULL or a live handle that is not used again after this returns.
 #[no_mangle]
 pub unsafe extern "C" fn stunfwd_engine_free(engine: *mut stunfwd_engine) {
     if engine.is_null() {
         return;
     }
     boundary_void(|| {
-        // SAFETY: per the contract, the handle came from Box::into_raw in
-        // stunfwd_engine_start and is released exactly once.
-        let h = unsafe { Box::from_raw(engine as *mut Handle) };
+        // SAFETY: per the contract, a live handle from stunfwd_engine_start, freed once.
+        let h = unsafe { &*(engine as *const Handle) };
+        h.freeing.store(true, Ordering::SeqCst);
+        // No event callback after we return.
+        if IN_EVENT_CALLBACK.with(|c| c.get()) {
+            h.events.closed.store(true, Ordering::SeqCst);
+        } else {
+            let _closing = h.events.lock.write().unwrap_or_else(|p| p.into_inner());
+            h.events.closed.store(true, Ordering::SeqCst);
+        }
+        let ptr = engine as usize;
+        let release = move || {
+            // SAFETY: the handle stays allocated until the Box below is dropped.
+            let h = unsafe { &*(ptr as *const Handle) };
+            // Wakes blocked calls (they return STUNFWD_RESULT_STOPPED) ...
+            h.engine.stop(Duration::from_secs(2));
+            // ... and waits for every running call to leave the handle.
+            let mut calls = h.calls.lock().unwrap_or_else(|p| p.into_inner());
+            while *calls > 0 {
+                calls = h.idle.wait(calls).unwrap_or_else(|p| p.into_inner());
+            }
+            drop(calls);
+            // SAFETY: came from Box::into_raw in stunfwd_engine_start; no call uses it
+            // any more and none can start (`freeing`).
+            drop(unsafe { Box::from_raw(ptr as *mut Handle) });
+        };
         if crate::log::in_log_callback() {
-            // Stopping blocks; do it off the logging thread.
+            // Stopping blocks; do it off the logging thread (which may be inside a call
+            // on this very engine, which the release then waits for).
             let _ = std::thread::Builder::new()
                 .name("stunfwd-free".into())
-                .spawn(move || drop(h));
+                .spawn(release);
         } else {
-            drop(h);
+            release();
         }
     });
 }

@@ -1,7 +1,7 @@
 //! The process-wide log callback: `tracing` events of the library, forwarded to C.
 
 use std::cell::Cell;
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::fmt::Write as _;
 use std::sync::{Once, RwLock};
 
@@ -87,11 +87,19 @@ struct CallbackLayer;
 
 impl<S: Subscriber> Layer<S> for CallbackLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        let Some(sink) = *SINK.read().unwrap_or_else(|p| p.into_inner()) else {
+        // A log line of the callback's own doing is not sent back to it (and must not
+        // take the lock again).
+        if in_log_callback() {
+            return;
+        }
+        // Held for the whole call: `stunfwd_set_log_callback` takes the write lock, so
+        // it returns only when no call with the old callback is in flight.
+        let guard = SINK.read().unwrap_or_else(|p| p.into_inner());
+        let Some(sink) = *guard else {
             return;
         };
         let level = level_of(event.metadata().level());
-        if level > sink.max || in_log_callback() {
+        if level > sink.max {
             return;
         }
         let mut line = Line(format!("{}: ", event.metadata().target()));
@@ -107,13 +115,20 @@ impl<S: Subscriber> Layer<S> for CallbackLayer {
         });
         IN_CALLBACK.with(|c| c.set(false));
         drop(result);
+        drop(guard);
     }
 }
 
 /// Sets (or with NULL, clears) the process-wide log callback, receiving every log line
-/// at `max_level` or more severe. The first call installs stunfwd's log subscriber for
-/// the process; if the host process already installed a Rust `tracing` subscriber,
-/// this returns `STUNFWD_RESULT_INVALID_ARGUMENT` and logs keep going there.
+/// at `max_level` or more severe: a `stunfwd_log_level` value, 1 (errors) to 5 (trace);
+/// anything else is `STUNFWD_RESULT_INVALID_ARGUMENT`. The first call installs
+/// stunfwd's log subscriber for the process; if the host process already installed a
+/// Rust `tracing` subscriber, this returns `STUNFWD_RESULT_INVALID_ARGUMENT` and logs
+/// keep going there.
+///
+/// When it returns, no call of the previous callback is running any more (it waits
+/// for those in flight), so the previous `user_data` may be freed. Called from inside
+/// the log callback it would wait for itself: it returns `STUNFWD_RESULT_IN_CALLBACK`.
 ///
 /// # Safety
 /// `callback` must be callable from any thread with `user_data` until it is replaced.
@@ -121,9 +136,32 @@ impl<S: Subscriber> Layer<S> for CallbackLayer {
 pub unsafe extern "C" fn stunfwd_set_log_callback(
     callback: stunfwd_log_callback,
     user_data: *mut c_void,
-    max_level: stunfwd_log_level,
+    max_level: c_int,
 ) -> stunfwd_result {
     boundary(|| {
+        let max_level = match max_level {
+            1 => stunfwd_log_level::Error,
+            2 => stunfwd_log_level::Warn,
+            3 => stunfwd_log_level::Info,
+            4 => stunfwd_log_level::Debug,
+            5 => stunfwd_log_level::Trace,
+            other => {
+                return fail_with(
+                    stunfwd_result::InvalidArgument,
+                    &format!(
+                        "max_level {other} is not a log level; valid: 1 (STUNFWD_LOG_LEVEL_ERROR) \
+                         to 5 (STUNFWD_LOG_LEVEL_TRACE)"
+                    ),
+                )
+            }
+        };
+        if in_log_callback() {
+            return fail_with(
+                stunfwd_result::InCallback,
+                "stunfwd_set_log_callback cannot be called from inside the log callback \
+                 (it waits for running callbacks to return)",
+            );
+        }
         let mut installed = true;
         INSTALL.call_once(|| {
             let filter = tracing_subscriber::filter::LevelFilter::TRACE;

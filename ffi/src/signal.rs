@@ -16,17 +16,25 @@ pub struct stunfwd_signal_server {
     _private: [u8; 0],
 }
 
+/// Every function but `_free` may run on any thread at the same time as the others:
+/// what `_stop` changes is behind a mutex, the rest never changes after `_start`.
 struct Server {
-    rt: Option<tokio::runtime::Runtime>,
-    server: Option<SignalServer>,
+    running: std::sync::Mutex<Running>,
     url: String,
     stun: Option<SocketAddr>,
 }
 
+struct Running {
+    rt: Option<tokio::runtime::Runtime>,
+    server: Option<SignalServer>,
+}
+
 impl Server {
-    fn stop(&mut self, timeout: Duration) {
-        let Some(rt) = self.rt.take() else { return };
-        if let Some(s) = self.server.take() {
+    /// Stops the server; a concurrent or later call waits for the first, then returns.
+    fn stop(&self, timeout: Duration) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rt) = running.rt.take() else { return };
+        if let Some(s) = running.server.take() {
             let (tx, rx) = std::sync::mpsc::channel();
             rt.spawn(async move {
                 s.stop(timeout).await;
@@ -48,6 +56,12 @@ impl Drop for Server {
         self.stop(Duration::from_secs(1));
     }
 }
+
+// Compile-time check: `Server` is Send + Sync (shared between threads by C).
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Server>();
+};
 
 fn parse_addr(s: &str, name: &str) -> Result<SocketAddr, stunfwd_result> {
     s.parse().map_err(|_| {
@@ -137,8 +151,10 @@ pub unsafe extern "C" fn stunfwd_signal_server_start(
         let server = Box::new(Server {
             url: s.url(),
             stun: s.stun_addr(),
-            server: Some(s),
-            rt: Some(rt),
+            running: std::sync::Mutex::new(Running {
+                server: Some(s),
+                rt: Some(rt),
+            }),
         });
         // SAFETY: checked non-null.
         unsafe { *server_out = Box::into_raw(server) as *mut stunfwd_signal_server };
@@ -203,7 +219,9 @@ pub unsafe extern "C" fn stunfwd_signal_server_stun_addr(
 }
 
 /// Stops the server (wakes pending long-polls, closes its sockets) within about
-/// `timeout_ms`. Stopping twice is harmless.
+/// `timeout_ms`. Stopping twice is harmless. Safe to call from several threads at
+/// once, and while others call `_url` or `_stun_addr`: a second `_stop` returns once
+/// the server is stopped.
 ///
 /// # Safety
 /// `server` must be a live handle, not used concurrently with `_free`.
@@ -216,8 +234,12 @@ pub unsafe extern "C" fn stunfwd_signal_server_stop(
         if server.is_null() {
             return fail_with(stunfwd_result::NullArgument, "`server` is NULL");
         }
-        // SAFETY: live handle per the contract; _stop and _free are not concurrent.
-        let s = unsafe { &mut *(server as *mut Server) };
+        // SAFETY: live handle per the contract; only shared references are made, and
+        // what stop changes is behind a mutex.
+        let s = match unsafe { self::server(server) } {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
         s.stop(Duration::from_millis(u64::from(timeout_ms)));
         stunfwd_result::Ok
     })
