@@ -391,6 +391,31 @@ async fn peer_started_over(shared: &Shared) -> String {
     }
 }
 
+/// While connected: resolves when the peer restarted, i.e. an authentic check comes
+/// from a new offer whose certificate differs from the connected peer's. A new offer
+/// with the same certificate is the same process in a new attempt (it lost the tunnel
+/// and will dial again, which `run_connected` follows): it is adopted, not acted on.
+/// Costs one mailbox read per new offer id, at most one per [`crate::signal::WAKE_GAP`].
+async fn peer_restarted(shared: &Shared) -> String {
+    loop {
+        let id = peer_started_over(shared).await;
+        let connected_fp = lock(&shared.peer).offer.as_ref().map(|o| o.fp.clone());
+        let read = shared.signal.get(shared.role.peer(), None, None).await;
+        let offer = match read {
+            Ok(Some((data, _))) => Offer::decode(&data, &shared.key, &shared.config.room).ok(),
+            _ => None,
+        };
+        match offer {
+            Some(o) if o.id == id && Some(&o.fp) != connected_fp.as_ref() => return id,
+            Some(o) if o.id == id => {
+                lock(&shared.peer).offer_id = Some(id);
+            }
+            _ => {}
+        }
+        tokio::time::sleep(crate::signal::WAKE_GAP).await;
+    }
+}
+
 /// When a rejected offer was last reported, and how many were not reported since.
 #[derive(Debug, Default)]
 struct RejectionReports {
@@ -1350,13 +1375,13 @@ async fn drive(shared: Arc<Shared>) {
                 let reason = tokio::select! {
                     _ = token.cancelled() => return,
                     r = run_connected(&shared, conn, path).instrument(span) => r,
-                    id = peer_started_over(&shared) => {
+                    id = peer_restarted(&shared) => {
                         // Our tunnel goes to what the peer left behind (it restarted):
                         // drop it now instead of after the idle timeout.
                         if let Some(c) = shared.conn_tx.send_replace(None) {
                             c.close(0u32.into(), b"peer started over");
                         }
-                        format!("the peer started over (checks from its new offer {id})")
+                        format!("the peer restarted (checks from its new offer {id}, with another certificate)")
                     }
                 };
                 if shared.role == Role::Server {
