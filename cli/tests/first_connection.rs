@@ -95,7 +95,103 @@ fn listen_addr(line: &str) -> SocketAddr {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-/// One run; an error says what went wrong, with both peers' output.
+/// A TCP connection sending 1 MiB and 8 UDP datagrams, opened through a client's
+/// mappings as soon as it has printed them (its listeners are bound then).
+struct Echo {
+    ready: Instant,
+    tcp: TcpStream,
+    udp: UdpSocket,
+    data: Vec<u8>,
+    writer: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl Echo {
+    /// Opens both within a few ms of the client listing its mappings (UDP first: a
+    /// send is instant); an error if that took more than 50 ms.
+    fn open(client: &Proc, seed: u64) -> Result<Echo, String> {
+        let limit = Duration::from_secs(10);
+        let tcp_line = client
+            .wait_line_within("mapping tcp:", limit)
+            .ok_or("the client printed no tcp mapping")?;
+        let udp_line = client
+            .wait_line_within("mapping udp:", limit)
+            .ok_or("the client printed no udp mapping")?;
+        let ready = Instant::now();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..DATAGRAMS {
+            udp.send_to(format!("datagram {i}").as_bytes(), listen_addr(&udp_line))
+                .unwrap();
+        }
+        let tcp =
+            TcpStream::connect(listen_addr(&tcp_line)).map_err(|e| format!("connect: {e}"))?;
+        let opened_after = ready.elapsed();
+        if opened_after > Duration::from_millis(50) {
+            return Err(format!(
+                "the test was slow: connections opened {opened_after:?} after the listener was ready"
+            ));
+        }
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let data = common::pattern(TCP_BYTES, seed);
+        let writer = {
+            let (mut w, data) = (tcp.try_clone().unwrap(), data.clone());
+            std::thread::spawn(move || w.write_all(&data))
+        };
+        Ok(Echo {
+            ready,
+            tcp,
+            udp,
+            data,
+            writer,
+        })
+    }
+
+    /// Reads every byte and datagram back; returns when the first byte came, as its
+    /// time since `ready` and since `since`.
+    fn finish(mut self, since: Instant) -> Result<(Duration, Duration), String> {
+        let mut echoed = vec![0u8; TCP_BYTES];
+        let mut got = 0;
+        let mut first = None;
+        while got < TCP_BYTES {
+            match self.tcp.read(&mut echoed[got..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    first.get_or_insert_with(|| (self.ready.elapsed(), since.elapsed()));
+                    got += n;
+                }
+                Err(e) => return Err(format!("tcp read after {got} bytes: {e}")),
+            }
+        }
+        self.writer
+            .join()
+            .unwrap()
+            .map_err(|e| format!("tcp write: {e}"))?;
+        if got != TCP_BYTES || echoed != self.data {
+            return Err(format!("tcp echo: {got} of {TCP_BYTES} bytes, or altered"));
+        }
+        let mut datagrams = std::collections::BTreeSet::new();
+        self.udp
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        while datagrams.len() < DATAGRAMS {
+            match self.udp.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    datagrams.insert(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+                Err(_) => break,
+            }
+        }
+        if datagrams.len() != DATAGRAMS {
+            return Err(format!(
+                "udp echo: {} of {DATAGRAMS} datagrams came back",
+                datagrams.len()
+            ));
+        }
+        first.ok_or_else(|| "no byte came back".to_owned())
+    }
+}
+
+/// One run; an error says what went wrong, with the client's output.
 fn run_once(variant: &str, url: &str, run: usize, s: &Services) -> Result<Outcome, String> {
     let order = Order::of(run);
     let room = format!("first-{variant}-{}-{run}", std::process::id());
@@ -112,37 +208,7 @@ fn run_once(variant: &str, url: &str, run: usize, s: &Services) -> Result<Outcom
     }
     let mut both_started = Instant::now();
     let client = Proc::spawn(&["run", &client_cfg]);
-    // The client's listeners are bound when it prints them (before any connect).
-    let limit = Duration::from_secs(10);
-    let tcp_line = client
-        .wait_line_within("mapping tcp:", limit)
-        .ok_or("the client printed no tcp mapping")?;
-    let udp_line = client
-        .wait_line_within("mapping udp:", limit)
-        .ok_or("the client printed no udp mapping")?;
-    let ready = Instant::now();
-    let (tcp_local, udp_local) = (listen_addr(&tcp_line), listen_addr(&udp_line));
-
-    // UDP first (a send is instant), then TCP: both within a few ms of `ready`.
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    for i in 0..DATAGRAMS {
-        udp.send_to(format!("datagram {i} of run {run}").as_bytes(), udp_local)
-            .unwrap();
-    }
-    let mut tcp = TcpStream::connect(tcp_local).map_err(|e| format!("connect: {e}"))?;
-    let opened_after = ready.elapsed();
-    if opened_after > Duration::from_millis(50) {
-        return Err(format!(
-            "the test was slow: connections opened {opened_after:?} after the listener was ready"
-        ));
-    }
-    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let data = common::pattern(TCP_BYTES, run as u64 + 1);
-    let writer = {
-        let mut w = tcp.try_clone().unwrap();
-        let data = data.clone();
-        std::thread::spawn(move || w.write_all(&data))
-    };
+    let echo = Echo::open(&client, run as u64 + 1)?;
     // Client first: the server comes 2 s after the connections were opened.
     let server = match server {
         Some(s) => s,
@@ -152,42 +218,13 @@ fn run_once(variant: &str, url: &str, run: usize, s: &Services) -> Result<Outcom
             start_server()
         }
     };
-    let mut echoed = vec![0u8; TCP_BYTES];
-    let mut got = 0;
-    let mut first_byte = None;
-    while got < TCP_BYTES {
-        match tcp.read(&mut echoed[got..]) {
-            Ok(0) => break,
-            Ok(n) => {
-                first_byte.get_or_insert_with(|| (ready.elapsed(), both_started.elapsed()));
-                got += n;
-            }
-            Err(e) => {
-                let (out, err) = client.terminate_with_stdout();
-                return Err(format!(
-                    "tcp read after {got} bytes: {e}\nclient stdout: {out:?}\nclient log:\n{err}"
-                ));
-            }
+    let first_byte = match echo.finish(both_started) {
+        Ok(t) => t,
+        Err(e) => {
+            let (out, err) = client.terminate_with_stdout();
+            return Err(format!("{e}\nclient stdout: {out:?}\nclient log:\n{err}"));
         }
-    }
-    writer
-        .join()
-        .unwrap()
-        .map_err(|e| format!("tcp write: {e}"))?;
-    if got != TCP_BYTES || echoed != data {
-        return Err(format!("tcp echo: {got} of {TCP_BYTES} bytes, or altered"));
-    }
-    let mut datagrams = std::collections::BTreeSet::new();
-    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 256];
-    while datagrams.len() < DATAGRAMS {
-        match udp.recv_from(&mut buf) {
-            Ok((n, _)) => {
-                datagrams.insert(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-            Err(_) => break,
-        }
-    }
+    };
     // The state streams while both run: connected once, never lost or reconnecting in
     // between (a peer stopping later is not part of this).
     for (who, out) in [
@@ -204,14 +241,8 @@ fn run_once(variant: &str, url: &str, run: usize, s: &Services) -> Result<Outcom
             return Err(format!("{who} states: {states:?}"));
         }
     }
-    let (client_out, client_err) = client.terminate_with_stdout();
+    let (client_out, _) = client.terminate_with_stdout();
     drop(server);
-    if datagrams.len() != DATAGRAMS {
-        return Err(format!(
-            "udp echo: {} of {DATAGRAMS} datagrams came back; client log:\n{client_err}",
-            datagrams.len()
-        ));
-    }
     // The final stats (printed on stop): nothing waited in vain.
     let stats: serde_json::Value = client_out
         .iter()
@@ -222,10 +253,7 @@ fn run_once(variant: &str, url: &str, run: usize, s: &Services) -> Result<Outcom
     if totals["tunnel_wait_timeouts"] != 0 || totals["connections_failed"] != 0 {
         return Err(format!("client totals: {totals}"));
     }
-    Ok(Outcome {
-        order,
-        first_byte: first_byte.unwrap(),
-    })
+    Ok(Outcome { order, first_byte })
 }
 
 fn summary(variant: &str, outcomes: &[Outcome]) {
@@ -318,53 +346,11 @@ fn first_connection_through_php_mailboxes_and_the_rendezvous() {
     );
 }
 
-/// Opens a TCP connection (1 MiB echoed) and 8 UDP datagrams through the client as soon
-/// as it lists its mappings, and returns how long the first echoed byte took.
-fn echo_through(client: &Proc, run: usize) -> Result<Duration, String> {
-    let limit = Duration::from_secs(10);
-    let tcp_line = client
-        .wait_line_within("mapping tcp:", limit)
-        .ok_or("no tcp mapping")?;
-    let udp_line = client
-        .wait_line_within("mapping udp:", limit)
-        .ok_or("no udp mapping")?;
-    let ready = Instant::now();
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    for i in 0..DATAGRAMS {
-        udp.send_to(format!("datagram {i}").as_bytes(), listen_addr(&udp_line))
-            .unwrap();
-    }
-    let mut tcp = TcpStream::connect(listen_addr(&tcp_line)).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let data = common::pattern(TCP_BYTES, run as u64 + 100);
-    let writer = {
-        let (mut w, data) = (tcp.try_clone().unwrap(), data.clone());
-        std::thread::spawn(move || w.write_all(&data))
-    };
-    let mut echoed = vec![0u8; TCP_BYTES];
-    let mut got = 0;
-    let mut first = None;
-    while got < TCP_BYTES {
-        match tcp.read(&mut echoed[got..]) {
-            Ok(0) => break,
-            Ok(n) => {
-                first.get_or_insert_with(|| ready.elapsed());
-                got += n;
-            }
-            Err(e) => return Err(format!("tcp read after {got} bytes: {e}")),
-        }
-    }
-    writer.join().unwrap().map_err(|e| e.to_string())?;
-    if echoed != data {
-        return Err(format!("tcp echo: {got} bytes, or altered"));
-    }
-    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 64];
-    for i in 0..DATAGRAMS {
-        udp.recv_from(&mut buf)
-            .map_err(|e| format!("udp echo {i} of {DATAGRAMS}: {e}"))?;
-    }
-    first.ok_or_else(|| "no byte came back".to_owned())
+/// [`Echo`] through `client`: how long the first echoed byte took.
+fn echo_through(client: &Proc, seed: u64) -> Result<Duration, String> {
+    let echo = Echo::open(client, seed)?;
+    let since = echo.ready;
+    echo.finish(since).map(|(t, _)| t)
 }
 
 /// Restarts through the basic mailbox, which never deletes an offer: the peer left
@@ -401,13 +387,13 @@ fn restarted_peers_through_the_basic_mailbox_connect_at_once() {
     //    still holds its tunnel to the dead one (15 s idle timeout).
     let server = Proc::spawn(&["run", &server_cfg]);
     let first = Proc::spawn(&["run", &client_cfg]);
-    match echo_through(&first, 1) {
+    match echo_through(&first, 101) {
         Ok(t) => println!("first client: first echoed byte after {t:?}"),
         Err(e) => failures.push(format!("first client: {e}")),
     }
     first.kill();
     let second = Proc::spawn(&["run", &client_cfg]);
-    match echo_through(&second, 2) {
+    match echo_through(&second, 102) {
         Ok(t) => {
             println!("client killed and restarted: first echoed byte after {t:?}");
             if t > Duration::from_secs(5) {
@@ -424,7 +410,7 @@ fn restarted_peers_through_the_basic_mailbox_connect_at_once() {
     let server = Proc::spawn(&["run", &server_cfg]);
     std::thread::sleep(Duration::from_secs(3));
     let third = Proc::spawn(&["run", &client_cfg]);
-    match echo_through(&third, 3) {
+    match echo_through(&third, 103) {
         Ok(t) => {
             println!(
                 "new server with a dead client's offer, new client: first echoed byte after {t:?}"

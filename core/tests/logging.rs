@@ -6,41 +6,27 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{connect, pair, tcp_echo, udp_echo, Rendezvous};
 use serde_json::Value;
 
 /// Collects everything the subscriber writes.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
+type Buffer = common::LogBuffer;
 
-impl Write for Buffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buffer {
-    fn lines(&self) -> Vec<Value> {
-        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
-    }
+/// The JSON lines written so far.
+fn json_lines(buf: &Buffer) -> Vec<Value> {
+    buf.text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
 }
 
 /// The line whose message is `msg`, waiting up to 5 s for it to be written.
 fn find(buf: &Buffer, msg: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if let Some(l) = buf
-            .lines()
+        if let Some(l) = json_lines(buf)
             .into_iter()
             .find(|l| l["fields"]["message"] == msg)
         {
@@ -126,7 +112,7 @@ fn log_lines_carry_room_peer_and_mapping() {
     assert_eq!(got.as_deref(), Some(&b"hello"[..]), "no UDP echo");
 
     // Every line of the engines is inside `engine{room}`.
-    let lines = buf.lines();
+    let lines = json_lines(&buf);
     let engine_lines: Vec<&Value> = lines
         .iter()
         .filter(|l| {
@@ -165,8 +151,7 @@ fn log_lines_carry_room_peer_and_mapping() {
     client.stop(Duration::from_secs(2));
     server.stop(Duration::from_secs(2));
     // `stop` runs on this thread, outside the engine's tasks: its lines name the room too.
-    let stopped: Vec<Value> = buf
-        .lines()
+    let stopped: Vec<Value> = json_lines(&buf)
         .into_iter()
         .filter(|l| l["fields"]["message"] == "state" && l["fields"]["state"] == "stopped")
         .collect();

@@ -7,11 +7,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod signal_support;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
+use signal_support::wait_until;
 use stunfwd_core::signal::{unix_now, Offer, Role, RoomKey, SignalClient};
 use stunfwd_core::{Engine, Event, State};
 
@@ -38,17 +40,6 @@ fn offer(role: Role, ts: u64) -> Offer {
         fp: "ab".repeat(32),
         nat: "open".into(),
     }
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
 }
 
 #[test]

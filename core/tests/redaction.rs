@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,19 +17,6 @@ const SECRET: &str = "s3cret-value-9f1c";
 const URL_PASSWORD: &str = "urlpassw0rd-77ab";
 const URL_TOKEN: &str = "t0ken-value-4e2d";
 const TURN_CREDENTIAL: &str = "turnpassw0rd-c0de";
-
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// `base` (`http://127.0.0.1:PORT/`) with credentials and a token.
 fn with_credentials(base: &str) -> String {
@@ -55,7 +41,7 @@ fn config(url: &str, stun: std::net::SocketAddr, mode: &str, room: &str) -> Conf
 
 #[test]
 fn no_secret_reaches_a_log_line_an_event_an_error_or_the_stats() {
-    let logs = Sink::default();
+    let logs = LogBuffer::default();
     let writer = logs.clone();
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -108,7 +94,7 @@ fn no_secret_reaches_a_log_line_an_event_an_error_or_the_stats() {
     drop(client);
     drop(server);
 
-    let log = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let log = logs.text();
     let lines = log.lines().count();
     assert!(lines > 100, "trace logging produced only {lines} lines");
     texts.push(log);

@@ -138,7 +138,12 @@ pub fn tcp_echo() -> SocketAddr {
 
 /// A UDP echo service; returns its address.
 pub fn udp_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp_echo_on("127.0.0.1:0")
+}
+
+/// A UDP echo service bound to `bind` (e.g. `[::1]:0`); returns its address.
+pub fn udp_echo_on(bind: &str) -> SocketAddr {
+    let socket = UdpSocket::bind(bind).unwrap();
     let addr = socket.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65_536];
@@ -215,4 +220,25 @@ pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// A `tracing` writer that keeps everything written, for tests that read logs.
+#[derive(Clone, Default)]
+pub struct LogBuffer(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
 }
