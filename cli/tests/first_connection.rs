@@ -90,6 +90,20 @@ fn write_go_config(
     p.to_string_lossy().into_owned()
 }
 
+/// `stunfwd signal` on loopback: the process, its rendezvous URL and its STUN address.
+fn start_signal() -> (Proc, String, String) {
+    let signal = Proc::spawn(&["signal", "--http", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
+    let url = signal
+        .wait_line("rendezvous on ")
+        .trim_start_matches("rendezvous on ")
+        .to_owned();
+    let stun = signal
+        .wait_line("stun on ")
+        .trim_start_matches("stun on ")
+        .to_owned();
+    (signal, url, stun)
+}
+
 /// The address in a `mapping tcp:… listening on ADDR` line.
 fn listen_addr(line: &str) -> SocketAddr {
     line.rsplit(' ').next().unwrap().parse().unwrap()
@@ -289,15 +303,7 @@ fn first_connection_through_php_mailboxes_and_the_rendezvous() {
     };
     let dir = std::env::temp_dir().join(format!("stunfwd-first-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let signal = Proc::spawn(&["signal", "--http", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
-    let rendezvous = signal
-        .wait_line("rendezvous on ")
-        .trim_start_matches("rendezvous on ")
-        .to_owned();
-    let stun = signal
-        .wait_line("stun on ")
-        .trim_start_matches("stun on ")
-        .to_owned();
+    let (signal, rendezvous, stun) = start_signal();
     let services = std::sync::Arc::new(Services {
         tcp_echo: common::tcp_echo(),
         udp_echo: common::udp_echo(),
@@ -365,12 +371,7 @@ fn restarted_peers_through_the_basic_mailbox_connect_at_once() {
     };
     let dir = std::env::temp_dir().join(format!("stunfwd-restart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let signal = Proc::spawn(&["signal", "--http", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
-    let _ = signal.wait_line("rendezvous on ");
-    let stun = signal
-        .wait_line("stun on ")
-        .trim_start_matches("stun on ")
-        .to_owned();
+    let (_signal, _, stun) = start_signal();
     let services = Services {
         tcp_echo: common::tcp_echo(),
         udp_echo: common::udp_echo(),
@@ -435,15 +436,7 @@ fn restarted_peers_through_the_basic_mailbox_connect_at_once() {
 fn a_connection_on_a_silently_dead_tunnel_gives_up_at_tunnel_wait() {
     let dir = std::env::temp_dir().join(format!("stunfwd-silent-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let signal = Proc::spawn(&["signal", "--http", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
-    let url = signal
-        .wait_line("rendezvous on ")
-        .trim_start_matches("rendezvous on ")
-        .to_owned();
-    let stun = signal
-        .wait_line("stun on ")
-        .trim_start_matches("stun on ")
-        .to_owned();
+    let (_signal, url, stun) = start_signal();
     let services = Services {
         tcp_echo: common::tcp_echo(),
         udp_echo: common::udp_echo(),

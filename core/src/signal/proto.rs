@@ -600,6 +600,21 @@ mod tests {
 
     const ROOM: &str = "room-1";
 
+    /// Every field of a version-2 offer on the wire.
+    const WIRE_FIELDS: [&str; 11] = [
+        "role",
+        "id",
+        "nonce",
+        "ts",
+        "candidates",
+        "host",
+        "relay",
+        "turn",
+        "fp",
+        "nat",
+        "mac",
+    ];
+
     fn offer() -> Offer {
         Offer {
             role: Role::Server,
@@ -707,19 +722,7 @@ mod tests {
         let o = offer();
         let encoded = o.encode(&key(), ROOM);
         assert!(encoded.starts_with("{\"v\":2,\"role\":\"server\",\"id\":\""));
-        for field in [
-            "role",
-            "id",
-            "nonce",
-            "ts",
-            "candidates",
-            "host",
-            "relay",
-            "turn",
-            "fp",
-            "nat",
-            "mac",
-        ] {
+        for field in WIRE_FIELDS {
             assert!(encoded.contains(&format!("\"{field}\":")), "{field}");
         }
         assert!(
@@ -991,19 +994,7 @@ mod tests {
             tamper(&encoded, |m| m["ts"] = "now".into()),
         ];
         // Every field is required.
-        for field in [
-            "role",
-            "id",
-            "nonce",
-            "ts",
-            "candidates",
-            "host",
-            "relay",
-            "turn",
-            "fp",
-            "nat",
-            "mac",
-        ] {
+        for field in WIRE_FIELDS {
             inputs.push(tamper(&encoded, |m| {
                 m.remove(field);
             }));
