@@ -4,7 +4,7 @@ import dgram from 'node:dgram'
 import net from 'node:net'
 import { test } from 'node:test'
 
-import { Engine, SignalServer, config, rendezvous, room } from './helpers.mjs'
+import { Engine, SignalServer, config, forgeOffer, rendezvous, room } from './helpers.mjs'
 
 /** Asserts that `fn` throws an Error with `code` whose message matches `message`. */
 function throwsCode(fn, code, message) {
@@ -123,14 +123,25 @@ test('ERR_NO_SUCH_MAPPING, ERR_TIMEOUT, ERR_STOPPED', async (t) => {
   assert.equal(client.state, 'stopped')
 })
 
-test('ERR_PEER_AUTH when the secrets differ', async (t) => {
+test('ERR_TIMEOUT naming the secret when the secrets differ', async (t) => {
+  // Peers with different secrets meet in different mailboxes and never see each other.
   const signal = await rendezvous(t)
   const name = room()
   const server = Engine.start(config(signal, 'server', name, { secret: 'right' }))
   t.after(() => server.stop())
   const client = Engine.start(config(signal, 'client', name, { secret: 'wrong' }))
   t.after(() => client.stop())
-  await rejectsCode(server.waitConnected(2000), 'ERR_PEER_AUTH', /authentication/)
+  await rejectsCode(server.waitConnected(2000), 'ERR_TIMEOUT', /secret/)
+})
+
+test('ERR_PEER_AUTH when the rendezvous forges an offer', async (t) => {
+  const signal = await rendezvous(t)
+  const name = room()
+  const server = Engine.start(config(signal, 'server', name, { secret: 'right' }))
+  t.after(() => server.stop())
+  await forgeOffer(signal, name, 'right', 'client')
+  await rejectsCode(server.waitConnected(3000), 'ERR_PEER_AUTH', /authentication/)
+  assert.equal(server.state, 'signaling')
 })
 
 test('errors thrown synchronously have a stack', () => {

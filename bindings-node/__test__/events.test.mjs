@@ -5,7 +5,7 @@ import { readdirSync, readFileSync } from 'node:fs'
 import net from 'node:net'
 import { test } from 'node:test'
 
-import { Engine, config, pair, rendezvous, room } from './helpers.mjs'
+import { Engine, config, forgeOffer, pair, rendezvous, room } from './helpers.mjs'
 
 const threads = () => Number(/Threads:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1])
 const fds = () => readdirSync('/proc/self/fd').length
@@ -69,8 +69,7 @@ test("'error' events: a rejected peer offer is ERR_PEER_AUTH", async (t) => {
   const server = Engine.start(config(signal, 'server', name, { secret: 'one' }))
   t.after(() => server.stop())
   const gotError = new Promise((resolve) => server.once('error', resolve))
-  const client = Engine.start(config(signal, 'client', name, { secret: 'two' }))
-  t.after(() => client.stop())
+  await forgeOffer(signal, name, 'one', 'client')
   const error = await gotError
   assert.ok(error instanceof Error)
   assert.equal(error.code, 'ERR_PEER_AUTH')

@@ -42,6 +42,28 @@ export function config(signal, mode, roomName, extra = {}) {
   }
 }
 
+/**
+ * Posts an offer with a forged MAC into `role`'s mailbox of `roomName`, as a tampering
+ * rendezvous operator would (the mailbox name is derived from room and secret,
+ * docs/protocol.md section 4).
+ */
+export async function forgeOffer(signal, roomName, secret, role) {
+  const { createHmac } = await import('node:crypto')
+  const key = createHmac('sha256', secret).update('stunfwd/v1/' + roomName).digest()
+  const mailbox = createHmac('sha256', key).update('stunfwd/v2/mailbox').digest('hex')
+  const offer = {
+    v: 2, role, id: '0'.repeat(32), nonce: '1'.repeat(32), ts: Math.floor(Date.now() / 1000),
+    candidates: ['127.0.0.1:9'], host: 1, relay: 0, turn: false,
+    fp: 'ab'.repeat(32), nat: 'open', mac: '00'.repeat(32),
+  }
+  const answer = await fetch(signal.url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ room: mailbox, role, data: JSON.stringify(offer) }),
+  })
+  if (!answer.ok) throw new Error(`forged offer refused: ${answer.status}`)
+}
+
 /** A connected server/client pair; the client has `mappings`. Stopped when the test ends. */
 export async function pair(t, signal, mappings = []) {
   const name = room()

@@ -3,10 +3,15 @@ services. Everything talks to 127.0.0.1 only."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
+import json
 import os
 import socket
 import threading
+import time
+import urllib.request
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
@@ -19,6 +24,23 @@ _rooms = itertools.count()
 def room() -> str:
     """A room name unique within this test run."""
     return f"py-{os.getpid()}-{next(_rooms)}"
+
+
+def forge_offer(url: str, room_name: str, secret: str, role: str) -> None:
+    """Posts an offer with a forged MAC into ``role``'s mailbox of ``room_name``, as a
+    tampering rendezvous operator would (the mailbox name is derived from room and
+    secret, docs/protocol.md section 4)."""
+    key = hmac.new(secret.encode(), b"stunfwd/v1/" + room_name.encode(), hashlib.sha256).digest()
+    mailbox = hmac.new(key, b"stunfwd/v2/mailbox", hashlib.sha256).hexdigest()
+    offer = {
+        "v": 2, "role": role, "id": "0" * 32, "nonce": "1" * 32, "ts": int(time.time()),
+        "candidates": ["127.0.0.1:9"], "host": 1, "relay": 0, "turn": False,
+        "fp": "ab" * 32, "nat": "open", "mac": "00" * 32,
+    }
+    body = json.dumps({"room": mailbox, "role": role, "data": json.dumps(offer)}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        answer.read()
 
 
 class Rendezvous:

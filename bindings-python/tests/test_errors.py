@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 import pytest
-from conftest import Rendezvous, room
+from conftest import Rendezvous, forge_offer, room
 
 import stunfwd
 from stunfwd._errors import _from_native
@@ -142,15 +142,27 @@ def test_timeout_is_also_the_builtin_timeout(rendezvous: Rendezvous) -> None:
             engine.wait_connected(-1)
 
 
-def test_wrong_secret_is_a_peer_auth_error(rendezvous: Rendezvous) -> None:
+def test_wrong_secret_times_out_and_says_what_to_check(rendezvous: Rendezvous) -> None:
+    # Peers with different secrets meet in different mailboxes and never see each other.
     name = room()
     with stunfwd.Engine(rendezvous.config("server", name, secret="one")) as server, \
             stunfwd.Engine(rendezvous.config("client", name, secret="two")) as client:
+        with pytest.raises(stunfwd.TimeoutError) as caught:
+            client.wait_connected(2)
+        assert "secret" in str(caught.value)
+        assert server.state is not stunfwd.State.CONNECTED
+
+
+def test_forged_offer_is_a_peer_auth_error(rendezvous: Rendezvous) -> None:
+    # A rendezvous operator rewrites the client's offer; the waiting server refuses it.
+    name = room()
+    with stunfwd.Engine(rendezvous.config("server", name, secret="one")) as server:
+        forge_offer(rendezvous.server.url, name, "one", "client")
         with pytest.raises(stunfwd.PeerAuthError) as caught:
-            client.wait_connected(3)
+            server.wait_connected(3)
         assert caught.value.code == "ERR_PEER_AUTH"
         assert "authentication" in str(caught.value)
-        assert server.state is not stunfwd.State.CONNECTED
+        assert server.state is stunfwd.State.SIGNALING
 
 
 def test_calls_after_stop_raise_stopped(rendezvous: Rendezvous) -> None:

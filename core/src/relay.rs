@@ -326,6 +326,31 @@ fn text(m: &Message, attr: AttrType) -> Option<String> {
 }
 
 impl TurnClient {
+    /// An allocation that was never made, with permissions for `permitted`, for tests
+    /// of what the engine accepts from the relay.
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        agent: Arc<StunAgent>,
+        server: SocketAddr,
+        permitted: Vec<IpAddr>,
+    ) -> TurnClient {
+        TurnClient {
+            target: RelayTarget {
+                server,
+                url: format!("turn:{server}"),
+                username: "u".into(),
+                password: "p".into(),
+            },
+            agent,
+            realm: Mutex::default(),
+            nonce: Mutex::default(),
+            relayed: SocketAddr::from(([127, 0, 0, 1], 1)),
+            lifetime: Duration::from_secs(600),
+            permissions: Mutex::new(permitted),
+            channels: Mutex::default(),
+        }
+    }
+
     /// Allocates a UDP relay (RFC 8656 §7): the unauthenticated request earns a 401
     /// with realm and nonce, the second one carries the long-term credential.
     pub async fn allocate(agent: Arc<StunAgent>, target: RelayTarget) -> Result<TurnClient> {
