@@ -1476,7 +1476,8 @@ fn check_relay(key: &str, relay: &RelayConfig) -> Result<()> {
 }
 
 fn check_relay_url(key: &str, url: &str) -> Result<()> {
-    let fail = |problem: String| Error::config(key, url, problem, RELAY_URL_EXPECTED);
+    let fail =
+        |problem: String| Error::config(key, crate::redact::url(url), problem, RELAY_URL_EXPECTED);
     let lower = url.to_ascii_lowercase();
     let (rest, default_port, tls) = if lower.starts_with("turns:") {
         (url.get(6..).unwrap_or(""), 5349, true)
@@ -1632,7 +1633,7 @@ impl<'a> Fields<'a> {
                 .join(", ");
             return Err(Error::config(
                 self.key(name),
-                preview(value),
+                shown_value(&self.key(name), value),
                 format!("unknown key `{}`{hint}", shown(name)),
                 format!("one of these keys: {valid}"),
             ));
@@ -1651,7 +1652,7 @@ impl<'a> Fields<'a> {
             if let Some((first, _)) = found {
                 return Err(Error::config(
                     self.key(name),
-                    preview(value),
+                    shown_value(&self.key(name), value),
                     format!("`{name}` and `{first}` are the same setting, given twice"),
                     format!("only one of `{first}` and `{name}`"),
                 ));
@@ -1691,7 +1692,7 @@ fn type_name(v: &Value) -> &'static str {
 fn wrong_type(key: &str, v: &Value, want: &str, expected: &str) -> Error {
     Error::config(
         key,
-        preview(v),
+        shown_value(key, v),
         format!("expected {want}, got {}", type_name(v)),
         expected,
     )
@@ -2031,11 +2032,22 @@ fn truncate(text: &str, max_chars: usize) -> String {
     }
 }
 
-/// The offending value for an error: strings as they are, anything else as short
-/// compact JSON.
+/// The offending value of `key` for an error, never a secret: `<redacted>` under a
+/// key that names one (also misspelled), else [`preview`].
+fn shown_value(key: &str, v: &Value) -> String {
+    if crate::redact::is_secret_key(key) {
+        "<redacted>".to_owned()
+    } else {
+        preview(v)
+    }
+}
+
+/// The offending value for an error: strings as they are (URLs without credentials or
+/// query), anything else as short compact JSON in which the values of secret keys are
+/// `<redacted>`.
 fn preview(v: &Value) -> String {
     match v {
-        Value::String(s) => truncate(s, 1024),
+        Value::String(s) => crate::redact::value("", &truncate(s, 1024)),
         other => {
             let mut out = String::new();
             write_compact(other, 0, &mut out);
@@ -2079,11 +2091,17 @@ fn write_compact(v: &Value, depth: usize, out: &mut String) {
                 }
                 out.push_str(&Value::String(truncate(k, 64)).to_string());
                 out.push(':');
-                write_compact(item, depth + 1, out);
+                if crate::redact::is_secret_key(k) {
+                    out.push_str("\"<redacted>\"");
+                } else {
+                    write_compact(item, depth + 1, out);
+                }
             }
             out.push('}');
         }
-        Value::String(s) => out.push_str(&Value::String(truncate(s, 200)).to_string()),
+        Value::String(s) => {
+            out.push_str(&Value::String(crate::redact::value("", &truncate(s, 200))).to_string())
+        }
         scalar => out.push_str(&scalar.to_string()),
     }
 }

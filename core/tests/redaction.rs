@@ -112,3 +112,49 @@ fn no_secret_reaches_a_log_line_an_event_an_error_or_the_stats() {
     }
     println!("checked {lines} log lines, {} other texts", texts.len() - 1);
 }
+
+/// Config errors quote the offending value, but never a secret: not under a
+/// misspelled key, not a wrongly typed one, not inside an object, not in a URL.
+#[test]
+fn config_errors_never_echo_a_secret() {
+    let url = format!("https://user:{URL_PASSWORD}@h/?token={URL_TOKEN}");
+    let base =
+        || serde_json::json!({"mode": "client", "room": "r", "signalUrl": "http://127.0.0.1:1/"});
+    let relay = serde_json::json!({"url": "turn:127.0.0.1:3478", "username": "u", "credential": TURN_CREDENTIAL});
+    let cases: Vec<(&str, serde_json::Value)> = vec![
+        (
+            "misspelled signalUrl",
+            serde_json::json!({"signalurl": url}),
+        ),
+        ("two spellings", serde_json::json!({"signalURL": url})),
+        ("misspelled secret", serde_json::json!({"Secret": SECRET})),
+        (
+            "secret of the wrong type",
+            serde_json::json!({"secret": [SECRET]}),
+        ),
+        (
+            "relay password",
+            serde_json::json!({"relay": {"url": "turn:127.0.0.1:3478", "username": "u", "password": TURN_CREDENTIAL}}),
+        ),
+        ("relay as an array", serde_json::json!({"relay": [relay]})),
+        (
+            "credentials in the TURN URL",
+            serde_json::json!({"relay": {"url": format!("turn:u:{TURN_CREDENTIAL}@127.0.0.1:3478"), "username": "u", "credential": "c"}}),
+        ),
+        (
+            "a password with a slash",
+            serde_json::json!({"signalUrl": format!("https://user:pa/{URL_PASSWORD}@h/")}),
+        ),
+    ];
+    for (what, change) in cases {
+        let mut v = base();
+        v.as_object_mut()
+            .unwrap()
+            .extend(change.as_object().unwrap().clone());
+        let err = Config::from_value(v).expect_err(what).to_string();
+        for secret in [SECRET, URL_PASSWORD, URL_TOKEN, TURN_CREDENTIAL] {
+            assert!(!err.contains(secret), "{what}: {secret:?} in {err}");
+        }
+        println!("{what}: {err}");
+    }
+}

@@ -109,6 +109,36 @@ static void free_in_callback(void *user_data, const stunfwd_event *event) {
   }
 }
 
+/* 4c/4d: free from the callback while main stops; a callback blocked in a call while
+ * main frees. */
+struct racing {
+  stunfwd_engine *volatile engine;
+  atomic_int freed_in_callback;
+  atomic_int wait_rc;
+  atomic_int waiting;
+};
+
+static void free_on_stopped(void *user_data, const stunfwd_event *event) {
+  struct racing *r = (struct racing *)user_data;
+  stunfwd_engine *e = r->engine;
+  if (e != NULL && event->kind == STUNFWD_EVENT_KIND_STATE && event->state == STUNFWD_STATE_STOPPED &&
+      !atomic_exchange(&r->freed_in_callback, 1))
+    stunfwd_engine_free(e);
+}
+
+static void wait_in_callback(void *user_data, const stunfwd_event *event) {
+  struct racing *r = (struct racing *)user_data;
+  stunfwd_engine *e = r->engine;
+  if (e != NULL && event->kind == STUNFWD_EVENT_KIND_MAPPING_ADDED && !atomic_exchange(&r->waiting, 1))
+    atomic_store(&r->wait_rc, (int)stunfwd_engine_wait_connected(e, 15000));
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 struct waiter {
   stunfwd_engine *engine;
   int rc;
@@ -201,6 +231,37 @@ int main(void) {
   stunfwd_engine_free(w.engine);
   pthread_join(waiter, NULL);
   EXPECT(w.rc == STUNFWD_RESULT_STOPPED, "wait_connected returned %d", w.rc);
+
+  /* 4c. The callback frees the engine on `stopped` while this thread is inside stop. */
+  struct racing r1 = {NULL, 0, -1, 0};
+  config(cfg, sizeof cfg, "client", "soundness-stop-free", url, stun, "");
+  stunfwd_engine *stopping = NULL;
+  CHECK(stunfwd_engine_start(cfg, free_on_stopped, &r1, &stopping));
+  r1.engine = stopping;
+  sleep_ms(300);
+  double t0 = now_s();
+  EXPECT(stunfwd_engine_stop(stopping, 1000) == STUNFWD_RESULT_OK, "stop while the callback frees");
+  EXPECT(now_s() - t0 < 5.0, "stop took %.1f s", now_s() - t0);
+  for (int i = 0; i < 200 && !atomic_load(&r1.freed_in_callback); i++) sleep_ms(5);
+  EXPECT(atomic_load(&r1.freed_in_callback) == 1, "the callback did not free the engine");
+  sleep_ms(300); /* the helper thread releases it */
+
+  /* 4d. A callback blocked in wait_connected while this thread frees the engine: free
+   * wakes it (STOPPED) instead of waiting for its 15 s timeout. */
+  struct racing r2 = {NULL, 0, -1, 0};
+  config(cfg, sizeof cfg, "client", "soundness-free-wait", url, stun, "");
+  stunfwd_engine *blocked = NULL;
+  CHECK(stunfwd_engine_start(cfg, wait_in_callback, &r2, &blocked));
+  r2.engine = blocked;
+  CHECK(stunfwd_engine_add_mapping(blocked, "tcp:127.0.0.1:0:127.0.0.1:9", &mapping));
+  for (int i = 0; i < 200 && !atomic_load(&r2.waiting); i++) sleep_ms(5);
+  sleep_ms(200);
+  t0 = now_s();
+  stunfwd_engine_free(blocked);
+  double took = now_s() - t0;
+  EXPECT(took < 5.0, "free took %.1f s while a callback was blocked", took);
+  EXPECT(atomic_load(&r2.wait_rc) == STUNFWD_RESULT_STOPPED, "the callback's wait returned %d",
+         atomic_load(&r2.wait_rc));
 
   /* 3. The signal-server functions from four threads at once, stop among them. */
   pthread_t t[4];

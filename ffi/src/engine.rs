@@ -608,8 +608,8 @@ pub unsafe extern "C" fn stunfwd_engine_stop(
 /// `stopped` state), also when it is called from inside that callback. Calls on the
 /// engine running in other threads (e.g. a blocked `_wait_connected`) end with
 /// `STUNFWD_RESULT_STOPPED` before the memory is released; calls that start while it
-/// runs get the same. From inside the log callback the stop and release happen on a
-/// helper thread, after this returns.
+/// runs get the same. From inside the event or the log callback, the stop and release
+/// happen on a helper thread after this returns (waiting there could wait for itself).
 ///
 /// # Safety
 /// `engine` must be NULL or a live handle that is not used again after this returns.
@@ -622,20 +622,25 @@ pub unsafe extern "C" fn stunfwd_engine_free(engine: *mut stunfwd_engine) {
         // SAFETY: per the contract, a live handle from stunfwd_engine_start, freed once.
         let h = unsafe { &*(engine as *const Handle) };
         h.freeing.store(true, Ordering::SeqCst);
-        // No event callback after we return.
-        if IN_EVENT_CALLBACK.with(|c| c.get()) {
-            h.events.closed.store(true, Ordering::SeqCst);
-        } else {
-            let _closing = h.events.lock.write().unwrap_or_else(|p| p.into_inner());
+        let on_event_thread = IN_EVENT_CALLBACK.with(|c| c.get());
+        if on_event_thread {
+            // We are the only callback running (they run one at a time on this
+            // thread): closing the gate is enough for none to run after we return.
             h.events.closed.store(true, Ordering::SeqCst);
         }
         let ptr = engine as usize;
         let release = move || {
             // SAFETY: the handle stays allocated until the Box below is dropped.
             let h = unsafe { &*(ptr as *const Handle) };
-            // Wakes blocked calls (they return STUNFWD_RESULT_STOPPED) ...
+            // First stop: it wakes blocked calls (they return STUNFWD_RESULT_STOPPED),
+            // also one inside a running event callback, and ends the event thread.
             h.engine.stop(Duration::from_secs(2));
-            // ... and waits for every running call to leave the handle.
+            {
+                // No event callback after this (one still running is waited for).
+                let _closing = h.events.lock.write().unwrap_or_else(|p| p.into_inner());
+                h.events.closed.store(true, Ordering::SeqCst);
+            }
+            // Then wait for every running call to leave the handle.
             let mut calls = h.calls.lock().unwrap_or_else(|p| p.into_inner());
             while *calls > 0 {
                 calls = h.idle.wait(calls).unwrap_or_else(|p| p.into_inner());
@@ -645,9 +650,10 @@ pub unsafe extern "C" fn stunfwd_engine_free(engine: *mut stunfwd_engine) {
             // any more and none can start (`freeing`).
             drop(unsafe { Box::from_raw(ptr as *mut Handle) });
         };
-        if crate::log::in_log_callback() {
-            // Stopping blocks; do it off the logging thread (which may be inside a call
-            // on this very engine, which the release then waits for).
+        if on_event_thread || crate::log::in_log_callback() {
+            // Waiting here could wait for ourselves: another thread may be inside a call
+            // (e.g. `stop`, which joins this event thread), or this logging thread may
+            // be inside a call on this engine. A helper thread waits instead.
             let _ = std::thread::Builder::new()
                 .name("stunfwd-free".into())
                 .spawn(release);
