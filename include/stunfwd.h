@@ -486,8 +486,8 @@ enum stunfwd_result stunfwd_engine_stop(const struct stunfwd_engine *engine, uin
  * `stopped` state), also when it is called from inside that callback. Calls on the
  * engine running in other threads (e.g. a blocked `_wait_connected`) end with
  * `STUNFWD_RESULT_STOPPED` before the memory is released; calls that start while it
- * runs get the same. From inside the log callback the stop and release happen on a
- * helper thread, after this returns.
+ * runs get the same. From inside the event or the log callback, the stop and release
+ * happen on a helper thread after this returns (waiting there could wait for itself).
  *
  * # Safety
  * `engine` must be NULL or a live handle that is not used again after this returns.
