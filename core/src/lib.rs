@@ -16,7 +16,9 @@ pub(crate) mod relay;
 pub mod signal;
 pub(crate) mod socket;
 pub mod stats;
+pub mod status;
 pub mod stun;
+pub(crate) mod sync;
 pub mod tunnel;
 
 pub use config::{AllowRule, Config, Mapping, Mode, Performance, Proto};

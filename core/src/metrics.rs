@@ -15,9 +15,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{PathKind, State};
 use crate::error::{Error, Result};
 use crate::stats::{Stats, Traffic};
+use crate::status::{PathKind, State};
 
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

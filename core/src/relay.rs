@@ -31,6 +31,7 @@ use crate::config::RelayConfig;
 use crate::error::{Error, Result};
 use crate::stun::client::StunAgent;
 use crate::stun::message::{self, Tid};
+use crate::sync::lock;
 
 /// First channel number (RFC 8656 §12).
 const FIRST_CHANNEL: u16 = 0x4000;
@@ -257,10 +258,6 @@ impl std::fmt::Debug for TurnClient {
             .field("relayed", &self.relayed)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn transact(

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use std::net::IpAddr;
 
 use crate::stun::message::is_stun_first_byte;
+use crate::sync::{lock, read, write};
 
 /// A STUN datagram taken off the shared socket.
 #[derive(Debug)]
@@ -73,14 +74,6 @@ pub(crate) struct DemuxSocket {
 
 /// Relayed QUIC packets waiting for quinn, and the waker of quinn's receive task.
 type Injected = (VecDeque<(SocketAddr, Vec<u8>)>, Option<Waker>);
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
-}
 
 impl fmt::Debug for DemuxSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -174,7 +167,7 @@ impl DemuxSocket {
     /// Hands quinn a packet that arrived inside a Data indication from `from`.
     pub fn inject(&self, from: SocketAddr, data: Vec<u8>) {
         let waker = {
-            let mut q = self.injected.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = lock(&self.injected);
             if q.0.len() < 1024 {
                 q.0.push_back((from, data));
             }
@@ -301,7 +294,7 @@ impl AsyncUdpSocket for DemuxSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         {
-            let mut q = self.injected.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = lock(&self.injected);
             if !q.0.is_empty() {
                 let mut n = 0;
                 while n < bufs.len().min(meta.len()) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::engine::{PathKind, State};
+use crate::status::{PathKind, State};
 
 /// Live traffic counters of one mapping (or of the engine in total).
 #[derive(Debug, Default)]

@@ -20,6 +20,7 @@ use super::proto::{self, Header, Kind, Status, MAX_DATAGRAM};
 use super::{Ctx, OpenError};
 use crate::config::{Mapping, Proto};
 use crate::stats::Meter;
+use crate::sync::lock;
 
 /// Where datagrams of a flow go when they come out of the tunnel.
 #[derive(Debug, Clone)]
@@ -35,7 +36,7 @@ pub(crate) struct FlowSink {
 pub(crate) type FlowTable = Arc<Mutex<HashMap<u64, FlowSink>>>;
 
 fn table(t: &FlowTable) -> std::sync::MutexGuard<'_, HashMap<u64, FlowSink>> {
-    t.lock().unwrap_or_else(|p| p.into_inner())
+    lock(t)
 }
 
 /// Milliseconds since the flow's last activity, shared by its tasks.

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::message::{self, Tid};
 use crate::error::{Error, Result};
 use crate::socket::DemuxSocket;
+use crate::sync::lock;
 
 /// A response matched to one of our transactions.
 #[derive(Debug, Clone)]
@@ -43,7 +44,7 @@ impl StunAgent {
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<Tid, mpsc::Sender<Response>>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.pending)
     }
 
     /// Routes a response to whoever waits for its transaction id. False if nobody does.

@@ -10,6 +10,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::sync::{read, write};
 
 /// SHA-256 of a certificate's DER encoding.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,7 +106,7 @@ impl PinnedPeer {
 
     /// Pins `fp` (from a verified offer).
     pub fn set(&self, fp: Option<Fingerprint>) {
-        *self.expected.write().unwrap_or_else(|p| p.into_inner()) = fp;
+        *write(&self.expected) = fp;
         if fp.is_some() {
             self.pinned.notify_waiters();
         }
@@ -128,7 +129,7 @@ impl PinnedPeer {
 
     /// The pinned fingerprint.
     pub fn get(&self) -> Option<Fingerprint> {
-        *self.expected.read().unwrap_or_else(|p| p.into_inner())
+        *read(&self.expected)
     }
 
     fn check(&self, cert: &CertificateDer<'_>) -> std::result::Result<(), rustls::Error> {

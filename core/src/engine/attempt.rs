@@ -1,0 +1,371 @@
+//! One connect attempt: discover our public address, exchange offers, punch, and
+//! complete the QUIC handshake.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::relay::ensure_relay;
+use super::session::peer_fp;
+use super::shared::{Incoming, Shared};
+use crate::config::RelayPolicy;
+use crate::error::{Error, Result};
+use crate::punch::{self, Punch, Selected};
+use crate::signal::proto::{unix_now, Offer, Role};
+use crate::stats::Timings;
+use crate::status::{PathKind, State};
+use crate::stun::client::{self as stun_client, Discovery};
+use crate::sync::lock;
+use crate::tunnel::{self, Fingerprint};
+
+pub(crate) fn ms(d: Duration) -> Option<f64> {
+    Some(d.as_secs_f64() * 1000.0)
+}
+
+/// Our public address, from the cache when fresh.
+pub(crate) async fn discovery(shared: &Shared) -> Discovery {
+    let cached = lock(&shared.discovery).clone();
+    if let Some(d) = cached {
+        if d.at.elapsed() < shared.config.performance.stun_cache {
+            return d;
+        }
+    }
+    let mut servers = Vec::new();
+    for s in &shared.config.stun_servers {
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(s.as_str()))
+            .await
+        {
+            Ok(Ok(addrs)) => {
+                if let Some(a) = addrs
+                    .filter(|a| a.is_ipv4() == shared.local_addr.is_ipv4())
+                    .find(|a| !shared.local_addr.ip().is_loopback() || a.ip().is_loopback())
+                {
+                    servers.push(a);
+                }
+            }
+            _ => tracing::warn!(server = %s, "cannot resolve STUN server"),
+        }
+    }
+    let d = stun_client::discover(&shared.agent, &servers, &shared.host_candidates).await;
+    shared.stun_discoveries.fetch_add(1, Ordering::Relaxed);
+    for e in &d.errors {
+        tracing::warn!(error = %e, "stun");
+    }
+    tracing::info!(public = ?d.public_addr(), nat = d.nat.as_str(), took = ?d.took, "stun discovery");
+    *lock(&shared.discovery) = Some(d.clone());
+    d
+}
+
+pub(crate) fn candidate_kind(shared: &Shared, peer: &Offer, selected: SocketAddr) -> PathKind {
+    // Through our own relay, or to the peer's relayed address: relay.
+    if shared.agent.socket().is_via_relay(selected) {
+        return PathKind::Relay;
+    }
+    // The peer lists its interface addresses first and relayed ones last.
+    let pos = peer.candidates.iter().position(|c| *c == selected);
+    match pos {
+        Some(i) if i < peer.host_count => PathKind::Lan,
+        Some(i) if i >= peer.candidates.len() - peer.relay_count => PathKind::Relay,
+        _ => PathKind::Direct,
+    }
+}
+
+/// Our offer: host candidates, STUN-mapped ones, and the relayed address when given
+/// (only the relayed one under relayPolicy always).
+pub(crate) fn build_offer(
+    shared: &Shared,
+    disc: &Discovery,
+    relayed: Option<SocketAddr>,
+    always: bool,
+    can_relay: bool,
+) -> Offer {
+    let mut candidates = Vec::new();
+    let mut host_count = 0;
+    if !always {
+        candidates = shared.host_candidates.clone();
+        host_count = candidates.len();
+        for (_, m) in &disc.mapped {
+            if !candidates.contains(m) {
+                candidates.push(*m);
+            }
+        }
+    }
+    let mut relay_count = 0;
+    if let Some(r) = relayed {
+        candidates.push(r);
+        relay_count = 1;
+    }
+    Offer {
+        role: shared.role,
+        id: shared.our_id(),
+        nonce: Offer::new_nonce(),
+        ts: unix_now(),
+        candidates,
+        host_count,
+        relay_count,
+        turn: can_relay,
+        fp: shared.identity.fingerprint().to_hex(),
+        nat: disc.nat.as_str().to_owned(),
+    }
+}
+
+/// Waits for an authentic, fresh peer offer that `want` accepts. Rejected offers are
+/// counted and reported (rate-limited) and the wait goes on; reading again the offer
+/// accepted last is not a rejection.
+pub(crate) async fn wait_for_offer(
+    shared: &Arc<Shared>,
+    timeout: Duration,
+    want: impl Fn(&Offer) -> bool,
+) -> Result<Offer> {
+    let expected = shared.role.peer();
+    shared
+        .signal
+        .wait_for(expected, timeout, |data| {
+            let offer = match Offer::decode(data, &shared.key, &shared.config.room) {
+                Ok(o) => o,
+                Err(e) => {
+                    shared.offer_rejected(&e);
+                    return None;
+                }
+            };
+            let mut guard = lock(&shared.offer_guard);
+            if guard.is_latest(&offer.nonce) {
+                return None;
+            }
+            match guard.check(&offer, expected, unix_now()) {
+                Ok(()) => want(&offer).then_some(offer),
+                Err(e) => {
+                    drop(guard);
+                    shared.offer_rejected(&e);
+                    None
+                }
+            }
+        })
+        .await
+}
+
+/// Why an attempt did not connect.
+pub(crate) enum Attempt {
+    /// Worth retrying after a backoff.
+    Retry(String),
+    /// Retrying cannot help.
+    Fatal(Error),
+}
+
+impl From<String> for Attempt {
+    fn from(reason: String) -> Self {
+        Attempt::Retry(reason)
+    }
+}
+
+/// One attempt: discover, signal, punch, handshake. `Ok(None)` when the peer has not
+/// shown up yet (not a failure).
+pub(crate) async fn connect_once(
+    shared: &Arc<Shared>,
+    incoming: &mut Incoming,
+) -> std::result::Result<Option<(quinn::Connection, PathKind)>, Attempt> {
+    let t0 = Instant::now();
+    if shared.role == Role::Server {
+        // Until this attempt has read the peer's offer, handshakes are held for it
+        // (`accept_loop`), not checked against an earlier peer's certificate.
+        shared.pinned.set(None);
+    }
+    shared.new_attempt_id();
+    lock(&shared.peer).offer_id = None;
+    shared.set_state(State::Discovering);
+    let disc = discovery(shared).await;
+    let stun_ms = disc.took;
+
+    shared.set_state(State::Signaling);
+    let relay_allowed =
+        shared.config.relay.is_some() && shared.config.relay_policy != RelayPolicy::Never;
+    let always = shared.config.relay_policy == RelayPolicy::Always;
+    let mut relayed = None;
+    if relay_allowed && (always || shared.relay_wanted.load(Ordering::Relaxed)) {
+        relayed = Some(ensure_relay(shared).await?.relayed);
+    }
+    let mut offer = build_offer(shared, &disc, relayed, always, relay_allowed);
+    let ts = Instant::now();
+    shared
+        .signal
+        .post(shared.role, &offer.encode(&shared.key, &shared.config.room))
+        .await
+        .map_err(|e| format!("cannot post our offer: {e}"))?;
+    let peer = wait_for_offer(shared, Duration::from_secs(60), |_| true).await;
+    let mut peer = match peer {
+        Ok(p) => p,
+        Err(Error::Timeout(_)) => return Ok(None),
+        Err(e) => return Err(Attempt::Retry(format!("rendezvous: {e}"))),
+    };
+    let signal_ms = ts.elapsed();
+    {
+        let mut p = lock(&shared.peer);
+        p.nat = Some(peer.nat.clone());
+        p.offer_id = Some(peer.id.clone());
+    }
+    if disc.nat.hopeless_with(&peer.nat) && peer.relay_count == 0 && offer.relay_count == 0 {
+        // Direct is hopeless: one side must relay. The server allocates if it can;
+        // the client only when the server cannot.
+        let we_allocate = relay_allowed && (shared.role == Role::Server || !peer.turn);
+        if we_allocate {
+            let turn = ensure_relay(shared).await?;
+            shared.relay_wanted.store(true, Ordering::Relaxed);
+            offer = build_offer(shared, &disc, Some(turn.relayed), always, relay_allowed);
+            shared
+                .signal
+                .post(shared.role, &offer.encode(&shared.key, &shared.config.room))
+                .await
+                .map_err(|e| format!("cannot post our relayed offer: {e}"))?;
+        } else if peer.turn && shared.config.relay_policy != RelayPolicy::Never {
+            peer = wait_for_offer(shared, Duration::from_secs(20), |o| o.relay_count > 0)
+                .await
+                .map_err(|e| format!("the peer did not offer its relay: {e}"))?;
+        } else {
+            return Err(Attempt::Fatal(Error::NoPath {
+                local_nat: disc.nat.as_str().to_owned(),
+                peer_nat: peer.nat.clone(),
+            }));
+        }
+    }
+    let Some(fp) = Fingerprint::from_hex(&peer.fp) else {
+        return Err(Attempt::Retry(
+            "peer offer carries an invalid fingerprint".into(),
+        ));
+    };
+    lock(&shared.peer).offer = Some(peer.clone());
+    let turn = lock(&shared.turn).clone();
+    if let Some(turn) = turn {
+        // Let the peer's packets in through our relay (permissions are per IP).
+        let ips: Vec<std::net::IpAddr> = peer.candidates.iter().map(|c| c.ip()).collect();
+        let t = turn.clone();
+        if let Err(e) = t.permit(&ips).await {
+            tracing::warn!(error = %e, "relay permission failed");
+        }
+    }
+    shared.pinned.set(Some(fp));
+    shared.set_state(State::Punching);
+    let tp = Instant::now();
+    let offered: Vec<SocketAddr> = if always {
+        // Only the peer's relayed addresses (reached over the path to the TURN server);
+        // with none, the peer's checks through our relay give us its address.
+        peer.candidates[peer.candidates.len() - peer.relay_count..].to_vec()
+    } else {
+        peer.candidates.clone()
+    };
+    let remote = punch::usable_candidates(shared.local_addr, &offered);
+    if always {
+        // Everything, checks included, leaves through our own relay.
+        for c in &remote {
+            shared.agent.socket().route_via_relay(*c);
+        }
+    }
+    if remote.is_empty() && !always {
+        return Err(Attempt::Retry(format!(
+            "the peer offered no candidate reachable from {}",
+            shared.local_addr
+        )));
+    }
+    let (prflx_tx, prflx_rx) = mpsc::channel(16);
+    *lock(&shared.prflx) = Some((peer.id.clone(), prflx_tx));
+    let punch = Punch {
+        our_id: shared.our_id(),
+        peer_id: peer.id.clone(),
+        password: shared.password.clone(),
+        remote,
+        timeout: shared.config.punch_timeout,
+        keep_going: shared.role == Role::Server,
+        direct: false,
+    };
+    let result = match shared.role {
+        Role::Client => {
+            let selected: Option<Selected> = punch.run(shared.agent.clone(), prflx_rx).await;
+            let Some(sel) = selected else {
+                shared.relay_wanted.store(relay_allowed, Ordering::Relaxed);
+                return Err(Attempt::Retry(format!(
+                    "no path: no connectivity check succeeded within {:?} (our NAT: {}, peer NAT: {})",
+                    shared.config.punch_timeout,
+                    disc.nat.as_str(),
+                    peer.nat
+                )));
+            };
+            let cfg = tunnel::client_config(
+                &shared.identity,
+                shared.pinned.clone(),
+                &shared.config.performance,
+            )
+            .map_err(|e| e.to_string())?;
+            let connecting = shared
+                .endpoint
+                .connect_with(cfg, sel.remote, tunnel::SERVER_NAME)
+                .map_err(|e| format!("cannot open the tunnel: {e}"))?;
+            // Connected only once the server has authenticated us too: in TLS 1.3 our
+            // handshake completes before the server has checked our certificate, so
+            // wait for its welcome (a server that refuses us closes instead).
+            let handshake = async {
+                let conn = connecting
+                    .await
+                    .map_err(|e| format!("tunnel handshake with {} failed: {e}", sel.remote))?;
+                if let Err(e) = tunnel::await_welcome(&conn).await {
+                    conn.close(0u32.into(), b"no welcome");
+                    return Err(format!(
+                        "tunnel handshake with {}: the peer did not accept us: {e}",
+                        sel.remote
+                    ));
+                }
+                Ok(conn)
+            };
+            let conn = tokio::time::timeout(Duration::from_secs(10), handshake)
+                .await
+                .map_err(|_| format!("tunnel handshake with {} timed out", sel.remote))??;
+            let path = candidate_kind(shared, &peer, sel.remote);
+            (conn, path)
+        }
+        Role::Server => {
+            let agent = shared.agent.clone();
+            // Aborted also when the attempt is dropped (the peer started over, or stop).
+            let punching =
+                tokio_util::task::AbortOnDropHandle::new(crate::spawn(punch.run(agent, prflx_rx)));
+            let wait = shared.config.punch_timeout + Duration::from_secs(5);
+            let got = {
+                // Drop handshakes completed for an earlier peer.
+                let want = shared.pinned.get();
+                tokio::time::timeout(wait, async {
+                    loop {
+                        match incoming.recv().await {
+                            Some(c) if peer_fp(&c) == want => return Some(c),
+                            Some(c) => c.close(0u32.into(), b"superseded"),
+                            None => return None,
+                        }
+                    }
+                })
+                .await
+            };
+            drop(punching);
+            let conn = match got {
+                Ok(Some(c)) => c,
+                _ => {
+                    shared.relay_wanted.store(relay_allowed, Ordering::Relaxed);
+                    return Err(Attempt::Retry(format!(
+                        "no path: the peer's tunnel did not arrive within {wait:?} (our NAT: {}, peer NAT: {})",
+                        disc.nat.as_str(),
+                        peer.nat
+                    )));
+                }
+            };
+            let path = candidate_kind(shared, &peer, conn.remote_address());
+            (conn, path)
+        }
+    };
+    *lock(&shared.prflx) = None;
+    *lock(&shared.rejected) = None;
+    *lock(&shared.timings) = Timings {
+        stun_discovery_ms: ms(stun_ms),
+        signaling_wait_ms: ms(signal_ms),
+        punching_ms: ms(tp.elapsed()),
+        time_to_connected_ms: ms(t0.elapsed()),
+    };
+    Ok(Some(result))
+}

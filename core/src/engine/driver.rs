@@ -1,0 +1,112 @@
+//! The connect/reconnect loop (DESIGN §4): runs attempts, serves each tunnel, waits
+//! between failures.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::attempt::{connect_once, Attempt};
+use super::session::run_connected;
+use super::shared::{peer_restarted, peer_started_over, Incoming, Shared};
+use crate::signal::proto::Role;
+use crate::status::State;
+use crate::sync::lock;
+
+/// Backoff before attempt `n` (1-based) after failures.
+pub(crate) fn retry_delay(n: u32, max_retries: u32) -> Duration {
+    if n > max_retries.max(1) {
+        return Duration::from_secs(30);
+    }
+    Duration::from_millis(500u64 << (n - 1).min(6))
+}
+
+/// The connect/reconnect loop (DESIGN §4).
+pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
+    let token = shared.root.clone();
+    let mut failures = 0u32;
+    let mut connected_before = false;
+    loop {
+        let attempt = tokio::select! {
+            _ = token.cancelled() => return,
+            r = connect_once(&shared, &mut incoming) => r,
+            id = peer_started_over(&shared) => {
+                tracing::info!(peer_offer = %id, "the peer started over; so do we");
+                failures = 0;
+                continue;
+            }
+        };
+        match attempt {
+            Ok(Some((conn, path))) => {
+                failures = 0;
+                if connected_before {
+                    shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                connected_before = true;
+                // Every task of this tunnel logs with the peer's address and the path.
+                let span = tracing::info_span!(
+                    "tunnel",
+                    peer = %conn.remote_address(),
+                    path = path.as_str(),
+                );
+                let reason = tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = run_connected(&shared, conn, path, &mut incoming).instrument(span) => r,
+                    id = peer_restarted(&shared) => {
+                        // Our tunnel goes to what the peer left behind (it restarted):
+                        // drop it now instead of after the idle timeout.
+                        if let Some(c) = shared.conn_tx.send_replace(None) {
+                            c.close(0u32.into(), b"peer started over");
+                        }
+                        format!("the peer restarted (checks from its new offer {id}, with another certificate)")
+                    }
+                };
+                if shared.role == Role::Server {
+                    // A handshake of the peer's next incarnation is held for its offer,
+                    // not refused against the old certificate.
+                    shared.pinned.set(None);
+                }
+                if token.is_cancelled() {
+                    return;
+                }
+                tracing::info!(%reason, "tunnel lost; reconnecting");
+                shared.fail_reason(reason.clone());
+                shared.set_state(State::Reconnecting { attempt: 0, reason });
+                // Give the peer a moment to notice too, then start over at once.
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            // Waiting for the peer's offer timed out: nothing failed, just ask again.
+            Ok(None) => {}
+            Err(Attempt::Fatal(e)) => {
+                let reason = e.to_string();
+                tracing::warn!(%reason, "giving up");
+                shared.fail_reason(reason.clone());
+                *lock(&shared.failure) = Some(e);
+                shared.set_state(State::Failed { reason });
+                return;
+            }
+            Err(Attempt::Retry(reason)) => {
+                failures += 1;
+                tracing::info!(attempt = failures, %reason, "connect attempt failed");
+                shared.fail_reason(reason.clone());
+                shared.set_state(State::Reconnecting {
+                    attempt: failures,
+                    reason,
+                });
+                let delay = retry_delay(failures, shared.config.performance.max_retries);
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                    id = peer_started_over(&shared) => {
+                        tracing::info!(peer_offer = %id, "the peer started over; retrying now");
+                        failures = 0;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! A connected tunnel: serving it until it is lost, following the peer's address,
+//! and upgrading a relayed tunnel to a direct path.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::attempt::candidate_kind;
+use super::shared::{Incoming, Shared};
+use crate::config::RelayPolicy;
+use crate::forward;
+use crate::punch::{self, Punch};
+use crate::signal::proto::Role;
+use crate::status::{PathKind, State};
+use crate::sync::lock;
+use crate::tunnel::{self, Fingerprint};
+
+pub(crate) fn peer_fp(conn: &quinn::Connection) -> Option<Fingerprint> {
+    let identity = conn.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().map(|c| Fingerprint::of(c))
+}
+
+/// Serves one tunnel until it is lost; returns why.
+pub(crate) async fn run_connected(
+    shared: &Arc<Shared>,
+    mut conn: quinn::Connection,
+    path: PathKind,
+    incoming: &mut Incoming,
+) -> String {
+    loop {
+        let peer = conn.remote_address();
+        {
+            let mut p = lock(&shared.peer);
+            p.path = Some(path);
+            p.addr = Some(peer);
+        }
+        shared.conn_tx.send_replace(Some(conn.clone()));
+        shared.set_state(State::Connected { path, peer });
+        let conn_token = shared.root.child_token();
+        let datagrams = crate::spawn(forward::udp::dispatch_datagrams(
+            conn.clone(),
+            shared.ctx.flows.clone(),
+        ));
+        if path == PathKind::Relay {
+            crate::spawn(upgrade_to_direct(
+                shared.clone(),
+                conn.clone(),
+                conn_token.clone(),
+            ));
+        }
+        if shared.role == Role::Server {
+            let (c, ctx, t) = (conn.clone(), shared.ctx.clone(), conn_token.clone());
+            crate::spawn(async move {
+                // The client reports connected only after this (see `await_welcome`).
+                if let Err(e) = tunnel::send_welcome(&c).await {
+                    tracing::debug!(error = %e, "welcome not sent");
+                    return;
+                }
+                loop {
+                    let stream = tokio::select! {
+                        _ = t.cancelled() => return,
+                        s = c.accept_bi() => s,
+                    };
+                    match stream {
+                        Ok((send, recv)) => {
+                            crate::spawn(forward::tcp::serve_stream(
+                                send,
+                                recv,
+                                c.clone(),
+                                ctx.clone(),
+                                t.clone(),
+                            ));
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        let replaced = async {
+            if shared.role != Role::Server {
+                return std::future::pending::<quinn::Connection>().await;
+            }
+            loop {
+                match incoming.recv().await {
+                    // A handshake that passed the pinned verifier: the peer came back
+                    // (its old connection is dead from its point of view).
+                    Some(c) if peer_fp(&c) == shared.pinned.get() => return c,
+                    Some(c) => c.close(0u32.into(), b"superseded"),
+                    None => return std::future::pending().await,
+                }
+            }
+        };
+        let mut replaced = std::pin::pin!(replaced);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut current = peer;
+        let outcome = loop {
+            tokio::select! {
+                e = conn.closed() => break Err(e),
+                c = &mut replaced => break Ok(c),
+                _ = tick.tick() => {
+                    // quinn follows a peer whose NAT mapping changed (QUIC migration);
+                    // report the new address and count the change.
+                    let now = conn.remote_address();
+                    let (offer, reported) = {
+                        let p = lock(&shared.peer);
+                        (p.offer.clone(), p.path)
+                    };
+                    let new_path = match (shared.role, offer) {
+                        // The client's own upgrade reports itself; its address is aliased.
+                        (Role::Client, _) | (_, None) => reported.unwrap_or(path),
+                        (Role::Server, Some(o)) => candidate_kind(shared, &o, now),
+                    };
+                    if now != current || Some(new_path) != reported {
+                        tracing::info!(old = %current, new = %now, path = new_path.as_str(), "tunnel path changed");
+                        let span = tracing::Span::current();
+                        span.record("peer", tracing::field::display(now));
+                        span.record("path", new_path.as_str());
+                        current = now;
+                        shared.path_changes.fetch_add(1, Ordering::Relaxed);
+                        {
+                            let mut p = lock(&shared.peer);
+                            p.addr = Some(now);
+                            p.path = Some(new_path);
+                        }
+                        shared.set_state(State::Connected { path: new_path, peer: now });
+                    }
+                }
+            }
+        };
+        shared.conn_tx.send_replace(None);
+        conn_token.cancel();
+        datagrams.abort();
+        match outcome {
+            Err(e) => {
+                let reason = format!("tunnel to {peer} lost: {e}");
+                return reason;
+            }
+            Ok(new_conn) => {
+                tracing::info!(old = %peer, new = %new_conn.remote_address(), "peer reconnected; switching tunnel");
+                tracing::Span::current()
+                    .record("peer", tracing::field::display(new_conn.remote_address()));
+                conn.close(0u32.into(), b"replaced");
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                conn = new_conn;
+            }
+        }
+    }
+}
+
+/// While relayed, keeps probing the peer's direct candidates (2 s, 4 s, … 60 s apart).
+/// When one answers straight back, the connection's packets are aliased to it: the
+/// same QUIC connection carries on directly and the peer's side migrates to the new
+/// path when our packets arrive on it. Live streams are not interrupted.
+pub(crate) async fn upgrade_to_direct(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    token: CancellationToken,
+) {
+    let Some(offer) = lock(&shared.peer).offer.clone() else {
+        return;
+    };
+    let direct: Vec<SocketAddr> =
+        offer.candidates[..offer.candidates.len() - offer.relay_count].to_vec();
+    let remote = punch::usable_candidates(shared.local_addr, &direct);
+    if remote.is_empty() || shared.config.relay_policy == RelayPolicy::Always {
+        return;
+    }
+    let mut wait = Duration::from_secs(2);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let punch = Punch {
+            our_id: shared.our_id(),
+            peer_id: offer.id.clone(),
+            password: shared.password.clone(),
+            remote: remote.clone(),
+            timeout: Duration::from_secs(2),
+            keep_going: false,
+            direct: true,
+        };
+        let (_tx, rx) = mpsc::channel(1);
+        let found = punch.run(shared.agent.clone(), rx).await;
+        if shared.role == Role::Server {
+            // The server's probes open its own NAT toward the client; the client moves
+            // the connection, and we follow when its packets arrive directly.
+            if lock(&shared.peer).path != Some(PathKind::Relay) {
+                return;
+            }
+            wait = (wait * 2).min(Duration::from_secs(60));
+            continue;
+        }
+        if let Some(sel) = found {
+            let conn_addr = conn.remote_address();
+            shared.agent.socket().alias(conn_addr, sel.remote);
+            let path = candidate_kind(&shared, &offer, sel.remote);
+            tracing::info!(from = %conn_addr, to = %sel.remote, "tunnel upgraded from relay to a direct path");
+            // This task runs in the tunnel's span: later lines name the new path.
+            let span = tracing::Span::current();
+            span.record("peer", tracing::field::display(sel.remote));
+            span.record("path", path.as_str());
+            shared.path_changes.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut p = lock(&shared.peer);
+                p.path = Some(path);
+                p.addr = Some(sel.remote);
+            }
+            shared.set_state(State::Connected {
+                path,
+                peer: sel.remote,
+            });
+            return;
+        }
+        wait = (wait * 2).min(Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,179 @@
+//! Building an engine's shared state: the tunnel socket, the QUIC endpoint, the STUN
+//! agent, the rendezvous client; and freeing the tunnel port at stop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::accept::accept_loop;
+use super::responder::stun_dispatch;
+use super::shared::{Incoming, PeerInfo, RejectionReports, Shared, StateCell};
+use super::snapshot::snapshot;
+use crate::config::{Config, Mode};
+use crate::error::{Error, Result};
+use crate::forward::Ctx;
+use crate::signal::client::SignalClient;
+use crate::signal::proto::{Offer, OfferGuard, Role, RoomKey};
+use crate::socket::DemuxSocket;
+use crate::stats::{Counters, Timings};
+use crate::status::State;
+use crate::stun::client::StunAgent;
+use crate::tunnel::{self, Identity, PinnedPeer};
+
+pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Shared>, Incoming)> {
+    let role = match config.mode {
+        Mode::Client => Role::Client,
+        Mode::Server => Role::Server,
+    };
+    let key = RoomKey::derive(&config.room, config.secret.as_deref());
+    let password = key.stun_password();
+    let identity = Identity::generate()?;
+    let pinned = PinnedPeer::new();
+
+    let std_socket = bind_tunnel_socket(config.bind, config.performance.udp_buffer_size)?;
+    #[cfg(unix)]
+    let tunnel_fd = std::os::fd::AsRawFd::as_raw_fd(&std_socket);
+    let local_addr = std_socket
+        .local_addr()
+        .map_err(|e| Error::io("tunnel socket: local address", &e))?;
+    let host_candidates = crate::socket::host_candidates(local_addr);
+    let metrics_listener = config.metrics_addr.map(crate::metrics::bind).transpose()?;
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|e| Error::io("metrics: local address", &e))?,
+        ),
+        None => None,
+    };
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let inner = runtime
+        .wrap_udp_socket(std_socket)
+        .map_err(|e| Error::io("tunnel socket", &e))?;
+    let (demux, stun_rx) = DemuxSocket::new(inner);
+    let server_config = match role {
+        Role::Server => Some(tunnel::server_config(
+            &identity,
+            pinned.clone(),
+            &config.performance,
+        )?),
+        Role::Client => None,
+    };
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        tunnel::endpoint_config(),
+        server_config,
+        demux.clone(),
+        runtime,
+    )
+    .map_err(|e| Error::io("quic endpoint", &e))?;
+    let agent = StunAgent::new(demux);
+
+    let signaling_requests = Arc::new(AtomicU64::new(0));
+    // With a secret the rendezvous sees a name derived from the room key, so knowing
+    // the room name alone finds (and can overwrite or delete) nothing.
+    let mailbox = match config.secret.as_deref() {
+        Some(s) if !s.is_empty() => key.mailbox_name(),
+        _ => config.room.clone(),
+    };
+    let signal = SignalClient::with_ca_file(
+        &config.signal_url,
+        &mailbox,
+        config.performance.signal_backoff,
+        signaling_requests.clone(),
+        config.signal_ca_file.as_deref(),
+    )?;
+    let totals = Arc::new(Counters::default());
+    let (conn_tx, conn_rx) = watch::channel(None);
+    let ctx = Ctx::new(
+        conn_rx,
+        config.performance.clone(),
+        totals.clone(),
+        config.allow.clone(),
+    );
+    let (incoming_tx, incoming_rx) = mpsc::channel(4);
+    let shared = Arc::new(Shared {
+        role,
+        password,
+        key,
+        our_ids: Mutex::new((Offer::new_id(), String::new())),
+        offer_guard: Mutex::new(OfferGuard::new()),
+        rejections: Mutex::new(RejectionReports::default()),
+        rejected: Mutex::new(None),
+        new_peer: tokio::sync::Notify::new(),
+        new_peer_id: Mutex::new(None),
+        check_sources: Mutex::new(HashMap::new()),
+        identity,
+        pinned,
+        state: StateCell {
+            state: Mutex::new(State::Starting),
+            cv: Condvar::new(),
+        },
+        events_tx: Mutex::new(None),
+        subscribers: Arc::new(Mutex::new(Vec::new())),
+        totals,
+        ctx,
+        conn_tx,
+        mappings: Mutex::new(BTreeMap::new()),
+        next_mapping: AtomicU64::new(1),
+        root: CancellationToken::new(),
+        endpoint: endpoint.clone(),
+        agent,
+        local_addr,
+        host_candidates,
+        discovery: Mutex::new(None),
+        signal,
+        stun_discoveries: AtomicU64::new(0),
+        signaling_requests,
+        reconnects: AtomicU64::new(0),
+        path_changes: AtomicU64::new(0),
+        offers_rejected: AtomicU64::new(0),
+        checks_unauthenticated: AtomicU64::new(0),
+        timings: Mutex::new(Timings::default()),
+        peer: Mutex::new(PeerInfo::default()),
+        last_error: Mutex::new(None),
+        failure: Mutex::new(None),
+        prflx: Mutex::new(None),
+        turn: Mutex::new(None),
+        relay_wanted: AtomicBool::new(false),
+        metrics_addr,
+        span,
+        #[cfg(unix)]
+        tunnel_fd,
+        config,
+    });
+    if let Some(listener) = metrics_listener {
+        let (s, token) = (shared.clone(), shared.root.clone());
+        crate::spawn(async move {
+            let stats = move || snapshot(&s);
+            if let Err(e) = crate::metrics::serve(listener, stats, token).await {
+                tracing::warn!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    crate::spawn(stun_dispatch(shared.clone(), stun_rx));
+    if role == Role::Server {
+        crate::spawn(accept_loop(
+            shared.clone(),
+            endpoint,
+            incoming_tx,
+            shared.root.clone(),
+        ));
+    }
+    Ok((shared, incoming_rx))
+}
+
+pub(crate) fn bind_tunnel_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(|e| Error::io("tunnel socket", &e))?;
+    let _ = s.set_recv_buffer_size(buffer.max(2 << 20));
+    let _ = s.set_send_buffer_size(buffer.max(2 << 20));
+    s.bind(&addr.into())
+        .map_err(|e| Error::bind("tunnel socket (bind)", addr, &e))?;
+    s.set_nonblocking(true)
+        .map_err(|e| Error::io("tunnel socket", &e))?;
+    Ok(s.into())
+}

@@ -1,0 +1,259 @@
+//! [`Shared`]: everything the engine's tasks share, and the small operations on it
+//! (state changes, events, rejected offers, the peer starting over).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::mappings::MappingEntry;
+use crate::config::Config;
+use crate::error::Error;
+use crate::forward::Ctx;
+use crate::relay::TurnClient;
+use crate::signal::client::SignalClient;
+use crate::signal::proto::{Offer, OfferError, OfferGuard, Role, RoomKey};
+use crate::stats::{Counters, Timings};
+use crate::status::{Event, MappingId, PathKind, State};
+use crate::stun::client::{Discovery, StunAgent};
+use crate::sync::lock;
+use crate::tunnel::{Identity, PinnedPeer};
+
+/// Tunnels the server's accept loop completed, for the driver (which owns the
+/// receiving end: one attempt or session at a time reads it).
+pub(crate) type Incoming = mpsc::Receiver<quinn::Connection>;
+
+/// An event subscriber.
+pub(crate) type Callback = Arc<dyn Fn(&Event) + Send + Sync>;
+
+pub(crate) fn insecure_warning(role: Role) -> String {
+    match role {
+        Role::Server => "running WITHOUT A SECRET (insecure: true): anyone who knows or \
+                         guesses the room name can reach every service the allow rules \
+                         permit; set a \"secret\" that both peers share"
+            .to_owned(),
+        Role::Client => "running without a secret: anyone who knows the room name can \
+                         pose as the server peer; set a \"secret\" that both peers share"
+            .to_owned(),
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct PeerInfo {
+    pub(crate) path: Option<PathKind>,
+    pub(crate) addr: Option<SocketAddr>,
+    pub(crate) nat: Option<String>,
+    pub(crate) offer_id: Option<String>,
+    /// The offer the current tunnel was built from.
+    pub(crate) offer: Option<Offer>,
+}
+
+pub(crate) struct StateCell {
+    pub(crate) state: Mutex<State>,
+    pub(crate) cv: Condvar,
+}
+
+/// Everything the engine's tasks share.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) role: Role,
+    pub(crate) key: RoomKey,
+    pub(crate) password: String,
+    /// Our offer id of this attempt and of the one before (checks addressed to either
+    /// are answered, so a peer still punching toward the previous attempt is heard).
+    pub(crate) our_ids: Mutex<(String, String)>,
+    /// Freshness of peer offers: role, timestamp window, nonces accepted.
+    pub(crate) offer_guard: Mutex<OfferGuard>,
+    /// Rejected offers are reported at most once per [`REJECT_REPORT_GAP`].
+    pub(crate) rejections: Mutex<RejectionReports>,
+    /// Why the last peer offer was rejected, until an attempt connects.
+    pub(crate) rejected: Mutex<Option<Error>>,
+    /// An authentic check came from a peer offer id other than the one this attempt or
+    /// tunnel uses: the peer started over (restarted, or began a new attempt).
+    pub(crate) new_peer: tokio::sync::Notify,
+    /// That offer id.
+    pub(crate) new_peer_id: Mutex<Option<String>>,
+    /// Where authentic checks came from recently (at most [`MAX_CHECK_SOURCES`]):
+    /// handshakes from these addresses are always held for the peer's offer.
+    pub(crate) check_sources: Mutex<HashMap<SocketAddr, Instant>>,
+    pub(crate) identity: Identity,
+    pub(crate) pinned: Arc<PinnedPeer>,
+    pub(crate) state: StateCell,
+    pub(crate) events_tx: Mutex<Option<std_mpsc::Sender<Event>>>,
+    pub(crate) subscribers: Arc<Mutex<Vec<Callback>>>,
+    pub(crate) totals: Arc<Counters>,
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) conn_tx: watch::Sender<Option<quinn::Connection>>,
+    pub(crate) mappings: Mutex<BTreeMap<MappingId, MappingEntry>>,
+    pub(crate) next_mapping: AtomicU64,
+    pub(crate) root: CancellationToken,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) agent: Arc<StunAgent>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) host_candidates: Vec<SocketAddr>,
+    pub(crate) discovery: Mutex<Option<Discovery>>,
+    pub(crate) signal: SignalClient,
+    pub(crate) stun_discoveries: AtomicU64,
+    pub(crate) signaling_requests: Arc<AtomicU64>,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) path_changes: AtomicU64,
+    pub(crate) offers_rejected: AtomicU64,
+    pub(crate) checks_unauthenticated: AtomicU64,
+    pub(crate) timings: Mutex<Timings>,
+    pub(crate) peer: Mutex<PeerInfo>,
+    pub(crate) last_error: Mutex<Option<String>>,
+    /// Why the engine gave up, when it did (`State::Failed`).
+    pub(crate) failure: Mutex<Option<Error>>,
+    pub(crate) prflx: Mutex<Option<(String, mpsc::Sender<SocketAddr>)>>,
+    /// Our TURN allocation, once made.
+    pub(crate) turn: Mutex<Option<Arc<TurnClient>>>,
+    /// A direct attempt failed: offer the relay from now on (policy auto).
+    pub(crate) relay_wanted: AtomicBool,
+    /// Where `/metrics` is served, when `metricsAddr` is set (port 0 resolved).
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    /// `engine{room, mode}`: the parent span of every task, so each log line carries
+    /// the room.
+    pub(crate) span: tracing::Span,
+    /// The tunnel socket's descriptor, owned by quinn's endpoint (see
+    /// [`release_tunnel_port`]).
+    #[cfg(unix)]
+    pub(crate) tunnel_fd: std::os::fd::RawFd,
+}
+
+impl Shared {
+    pub(crate) fn set_state(&self, new: State) {
+        {
+            let mut s = lock(&self.state.state);
+            if *s == new || s.is_final() {
+                return;
+            }
+            *s = new.clone();
+        }
+        self.state.cv.notify_all();
+        // Also called from outside the engine's tasks (`stop` on the caller's thread).
+        let _in_engine = self.span.enter();
+        tracing::info!(state = %new, "state");
+        self.emit(Event::State { state: new });
+    }
+
+    pub(crate) fn state(&self) -> State {
+        lock(&self.state.state).clone()
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        if let Some(tx) = lock(&self.events_tx).as_ref() {
+            let _ = tx.send(event);
+        }
+    }
+
+    pub(crate) fn fail_reason(&self, reason: String) {
+        *lock(&self.last_error) = Some(reason);
+    }
+
+    pub(crate) fn mode_str(&self) -> &'static str {
+        self.config.mode.as_str()
+    }
+
+    /// Our offer id of the current attempt.
+    pub(crate) fn our_id(&self) -> String {
+        lock(&self.our_ids).0.clone()
+    }
+
+    /// Starts a new attempt's offer id; the last one is still answered in checks.
+    pub(crate) fn new_attempt_id(&self) -> String {
+        let mut ids = lock(&self.our_ids);
+        let new = Offer::new_id();
+        ids.1 = std::mem::replace(&mut ids.0, new.clone());
+        new
+    }
+
+    /// Counts a rejected peer offer, records it as the last error, and reports it (a
+    /// warning and a `PeerRejected` event) at most once per [`REJECT_REPORT_GAP`],
+    /// saying how many more were rejected in between. The state does not change: a forged or stale offer must not
+    /// knock a waiting peer out of its wait.
+    pub(crate) fn offer_rejected(&self, e: &OfferError) {
+        self.offers_rejected.fetch_add(1, Ordering::Relaxed);
+        let error = Error::from(e.clone());
+        let reason = error.to_string();
+        *lock(&self.rejected) = Some(error);
+        // Stats are read when asked: the last error is always the latest.
+        self.fail_reason(reason.clone());
+        let suppressed = {
+            let mut r = lock(&self.rejections);
+            if r.last.is_some_and(|t| t.elapsed() < REJECT_REPORT_GAP) {
+                r.suppressed += 1;
+                tracing::debug!(%reason, "peer offer rejected");
+                return;
+            }
+            r.last = Some(Instant::now());
+            std::mem::take(&mut r.suppressed)
+        };
+        let reason = if suppressed > 0 {
+            format!("{reason} ({suppressed} more rejected before this one)")
+        } else {
+            reason
+        };
+        tracing::warn!(%reason, "peer offer rejected");
+        self.emit(Event::PeerRejected { reason });
+    }
+}
+
+/// Least time between two reports of rejected peer offers.
+pub(crate) const REJECT_REPORT_GAP: Duration = Duration::from_secs(5);
+
+/// Most recent check sources remembered for holding their handshakes.
+pub(crate) const MAX_CHECK_SOURCES: usize = 64;
+
+/// How long a check source counts as recent.
+pub(crate) const CHECK_SOURCE_TTL: Duration = Duration::from_secs(30);
+
+/// Resolves when an authentic check shows that the peer started over with an offer id
+/// other than the one in use (see [`Shared::new_peer`]).
+pub(crate) async fn peer_started_over(shared: &Shared) -> String {
+    loop {
+        shared.new_peer.notified().await;
+        let seen = lock(&shared.new_peer_id).clone();
+        let current = lock(&shared.peer).offer_id.clone();
+        if let Some(seen) = seen {
+            if Some(&seen) != current.as_ref() {
+                return seen;
+            }
+        }
+    }
+}
+
+/// While connected: resolves when the peer restarted, i.e. an authentic check comes
+/// from a new offer whose certificate differs from the connected peer's. A new offer
+/// with the same certificate is the same process in a new attempt (it lost the tunnel
+/// and will dial again, which `run_connected` follows): it is adopted, not acted on.
+/// Costs one mailbox read per new offer id, at most one per [`crate::signal::WAKE_GAP`].
+pub(crate) async fn peer_restarted(shared: &Shared) -> String {
+    loop {
+        let id = peer_started_over(shared).await;
+        let connected_fp = lock(&shared.peer).offer.as_ref().map(|o| o.fp.clone());
+        let read = shared.signal.get(shared.role.peer(), None, None).await;
+        let offer = match read {
+            Ok(Some((data, _))) => Offer::decode(&data, &shared.key, &shared.config.room).ok(),
+            _ => None,
+        };
+        match offer {
+            Some(o) if o.id == id && Some(&o.fp) != connected_fp.as_ref() => return id,
+            Some(o) if o.id == id => {
+                lock(&shared.peer).offer_id = Some(id);
+            }
+            _ => {}
+        }
+        tokio::time::sleep(crate::signal::WAKE_GAP).await;
+    }
+}
+
+/// When a rejected offer was last reported, and how many were not reported since.
+#[derive(Debug, Default)]
+pub(crate) struct RejectionReports {
+    pub(crate) last: Option<Instant>,
+    pub(crate) suppressed: u64,
+}

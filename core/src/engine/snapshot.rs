@@ -1,0 +1,75 @@
+//! Graceful shutdown, and the [`Stats`] snapshot.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::shared::Shared;
+use crate::stats::{MappingStats, Stats};
+use crate::status::PathKind;
+use crate::sync::lock;
+
+pub(crate) async fn shutdown(shared: &Arc<Shared>, timeout: Duration) {
+    shared.root.cancel();
+    let budget = (timeout / 3).min(Duration::from_secs(1));
+    // Our offer goes before the tunnel: a peer that sees the tunnel close and reads the
+    // mailbox then must not find an offer of ours to punch toward for nothing.
+    let _ = tokio::time::timeout(budget, shared.signal.delete(shared.role)).await;
+    let conn = shared.conn_tx.send_replace(None);
+    if let Some(c) = conn {
+        c.close(0u32.into(), b"stopped");
+    }
+    shared.endpoint.close(0u32.into(), b"stopped");
+    let _ = tokio::time::timeout(budget, shared.endpoint.wait_idle()).await;
+}
+
+pub(crate) fn snapshot(shared: &Shared) -> Stats {
+    let state = shared.state();
+    let peer = lock(&shared.peer);
+    let disc = lock(&shared.discovery).clone();
+    let conn = shared.conn_tx.borrow().clone();
+    let connected = state.is_connected();
+    let mappings = lock(&shared.mappings)
+        .values()
+        .map(|e| MappingStats {
+            id: e.info.id,
+            spec: e.info.mapping.to_string(),
+            listen: e.info.listen,
+            traffic: e.counters.snapshot(),
+        })
+        .collect();
+    Stats {
+        mode: shared.mode_str().to_owned(),
+        room: shared.config.room.clone(),
+        insecure: shared.config.secret.is_none(),
+        path: if connected { peer.path } else { None },
+        relay_server: match (connected, peer.path, lock(&shared.turn).as_ref()) {
+            (true, Some(PathKind::Relay), Some(t)) => Some(format!("{} ({})", t.url(), t.server())),
+            (true, Some(PathKind::Relay), None) => peer
+                .addr
+                .map(|a| format!("{a} (the peer's TURN allocation)")),
+            _ => None,
+        },
+        peer_addr: if connected { peer.addr } else { None },
+        state,
+        local_addr: shared.local_addr,
+        public_addr: disc.as_ref().and_then(|d| d.public_addr()),
+        nat_type: disc
+            .as_ref()
+            .map(|d| d.nat.as_str())
+            .unwrap_or("unknown")
+            .to_owned(),
+        peer_nat_type: peer.nat.clone(),
+        rtt_ms: conn.map(|c| c.rtt().as_secs_f64() * 1000.0),
+        totals: shared.totals.snapshot(),
+        mappings,
+        timings: lock(&shared.timings).clone(),
+        reconnects: shared.reconnects.load(Ordering::Relaxed),
+        path_changes: shared.path_changes.load(Ordering::Relaxed),
+        stun_discoveries: shared.stun_discoveries.load(Ordering::Relaxed),
+        signaling_requests: shared.signaling_requests.load(Ordering::Relaxed),
+        offers_rejected: shared.offers_rejected.load(Ordering::Relaxed),
+        checks_unauthenticated: shared.checks_unauthenticated.load(Ordering::Relaxed),
+        last_error: lock(&shared.last_error).clone(),
+    }
+}
