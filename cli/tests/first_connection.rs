@@ -241,10 +241,15 @@ fn run_once(variant: &str, url: &str, run: usize, s: &Services) -> Result<Outcom
     };
     // The state streams while both run: connected once, never lost or reconnecting in
     // between (a peer stopping later is not part of this).
-    for (who, out) in [
-        ("client", client.lines_so_far()),
-        ("server", server.lines_so_far()),
-    ] {
+    for (who, proc) in [("client", &client), ("server", &server)] {
+        // The data came through, so the peer is connected; its "connected" line may
+        // still be on its way through the pipe on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut out = proc.lines_so_far();
+        while !out.iter().any(|l| l.starts_with("state: connected")) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            out = proc.lines_so_far();
+        }
         let states: Vec<&String> = out.iter().filter(|l| l.starts_with("state: ")).collect();
         let connected = states
             .iter()

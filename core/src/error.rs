@@ -1,6 +1,8 @@
 //! The one error type of the engine.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Result alias used throughout `stunfwd-core`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -30,13 +32,15 @@ pub enum Error {
         /// The address.
         addr: SocketAddr,
     },
-    /// Any other I/O failure, with what we were doing.
-    #[error("{context}: {message}")]
+    /// Any other I/O failure, with what we were doing. The OS error is its
+    /// [`source`](std::error::Error::source) (match on [`IoError::kind`]).
+    #[error("{context}: {source}")]
     Io {
         /// What we were doing.
         context: String,
-        /// The OS error text.
-        message: String,
+        /// The OS error.
+        #[source]
+        source: IoError,
     },
     /// The rendezvous (signaling) server failed or answered nonsense.
     #[error("signaling: {0}")]
@@ -93,7 +97,7 @@ impl Error {
     pub fn io(context: impl Into<String>, err: &std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            message: err.to_string(),
+            source: IoError::copy_of(err),
         }
     }
 
@@ -105,26 +109,162 @@ impl Error {
         } else {
             Error::Io {
                 context: format!("{what}: cannot bind {addr}"),
-                message: err.to_string(),
+                source: IoError::copy_of(err),
             }
+        }
+    }
+
+    /// What kind of error this is: the one thing callers (and the bindings) match on.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config { .. } => ErrorKind::Config,
+            Error::AddrInUse { .. } => ErrorKind::AddrInUse,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Signal(_) => ErrorKind::Signal,
+            Error::Stun(_) => ErrorKind::Stun,
+            Error::PeerAuth(_) => ErrorKind::PeerAuth,
+            Error::Timeout(_) => ErrorKind::Timeout,
+            Error::NoSuchMapping(_) => ErrorKind::NoSuchMapping,
+            Error::Stopped => ErrorKind::Stopped,
+            Error::Tunnel(_) => ErrorKind::Tunnel,
+            Error::NoPath { .. } => ErrorKind::NoPath,
+            Error::Relay(_) => ErrorKind::Relay,
         }
     }
 
     /// A short stable code for the error kind (used by the bindings).
     pub fn code(&self) -> &'static str {
+        self.kind().code()
+    }
+}
+
+/// The kinds of [`Error`], without their details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Error::Config`].
+    Config,
+    /// [`Error::AddrInUse`].
+    AddrInUse,
+    /// [`Error::Io`].
+    Io,
+    /// [`Error::Signal`].
+    Signal,
+    /// [`Error::Stun`].
+    Stun,
+    /// [`Error::PeerAuth`].
+    PeerAuth,
+    /// [`Error::Timeout`].
+    Timeout,
+    /// [`Error::NoSuchMapping`].
+    NoSuchMapping,
+    /// [`Error::Stopped`].
+    Stopped,
+    /// [`Error::Tunnel`].
+    Tunnel,
+    /// [`Error::NoPath`].
+    NoPath,
+    /// [`Error::Relay`].
+    Relay,
+}
+
+impl ErrorKind {
+    /// A short stable code (`ERR_CONFIG`, `ERR_TIMEOUT`...), the same in every binding.
+    pub fn code(self) -> &'static str {
         match self {
-            Error::Config { .. } => "ERR_CONFIG",
-            Error::AddrInUse { .. } => "ERR_ADDR_IN_USE",
-            Error::Io { .. } => "ERR_IO",
-            Error::Signal(_) => "ERR_SIGNAL",
-            Error::Stun(_) => "ERR_STUN",
-            Error::PeerAuth(_) => "ERR_PEER_AUTH",
-            Error::Timeout(_) => "ERR_TIMEOUT",
-            Error::NoSuchMapping(_) => "ERR_NO_SUCH_MAPPING",
-            Error::Stopped => "ERR_STOPPED",
-            Error::Tunnel(_) => "ERR_TUNNEL",
-            Error::NoPath { .. } => "ERR_NO_PATH",
-            Error::Relay(_) => "ERR_RELAY",
+            ErrorKind::Config => "ERR_CONFIG",
+            ErrorKind::AddrInUse => "ERR_ADDR_IN_USE",
+            ErrorKind::Io => "ERR_IO",
+            ErrorKind::Signal => "ERR_SIGNAL",
+            ErrorKind::Stun => "ERR_STUN",
+            ErrorKind::PeerAuth => "ERR_PEER_AUTH",
+            ErrorKind::Timeout => "ERR_TIMEOUT",
+            ErrorKind::NoSuchMapping => "ERR_NO_SUCH_MAPPING",
+            ErrorKind::Stopped => "ERR_STOPPED",
+            ErrorKind::Tunnel => "ERR_TUNNEL",
+            ErrorKind::NoPath => "ERR_NO_PATH",
+            ErrorKind::Relay => "ERR_RELAY",
         }
+    }
+}
+
+/// The OS error inside an [`Error::Io`]: shared (so `Error` stays `Clone`), compared
+/// by kind and text.
+#[derive(Debug, Clone)]
+pub struct IoError(Arc<std::io::Error>);
+
+impl IoError {
+    /// Keeps `err`'s OS error code (or, without one, its kind and text).
+    fn copy_of(err: &std::io::Error) -> Self {
+        let copy = match err.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(err.kind(), err.to_string()),
+        };
+        IoError(Arc::new(copy))
+    }
+
+    /// The I/O error kind (`PermissionDenied`, `AddrNotAvailable`...).
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.0.kind()
+    }
+
+    /// The OS error code, when there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.0.raw_os_error()
+    }
+}
+
+impl From<std::io::Error> for IoError {
+    fn from(err: std::io::Error) -> Self {
+        IoError(Arc::new(err))
+    }
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for IoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl PartialEq for IoError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for IoError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn io_errors_keep_their_source_and_kind() {
+        let os = std::io::Error::from_raw_os_error(libc_eacces());
+        let e = Error::io("reading the config", &os);
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert_eq!(e.code(), "ERR_IO");
+        let Error::Io { source, .. } = &e else {
+            panic!("an Io error: {e:?}");
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied);
+        let inner = e.source().expect("a source");
+        assert_eq!(inner.to_string(), os.to_string());
+        assert!(e.to_string().starts_with("reading the config: "), "{e}");
+        assert_eq!(e.clone(), e, "clone compares equal");
+        let busy = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        assert_eq!(Error::bind("x", addr, &busy).kind(), ErrorKind::AddrInUse);
+    }
+
+    fn libc_eacces() -> i32 {
+        13
     }
 }

@@ -5,6 +5,7 @@
 //! The public API is [`Engine`], [`Config`], [`Mapping`] and the rendezvous
 //! [`SignalServer`]; everything runs on a runtime the engine owns.
 
+pub mod agent;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -23,7 +24,7 @@ pub mod tunnel;
 
 pub use config::{AllowRule, Config, Mapping, Mode, Performance, Proto};
 pub use engine::{Engine, Event, MappingId, MappingInfo, PathKind, State};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use signal::server::{SignalServer, SignalServerConfig};
 pub use stats::{MappingStats, Stats, Timings, Traffic};
 

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::relay::ensure_relay;
 use super::session::peer_fp;
 use super::shared::{Incoming, Shared};
-use crate::config::RelayPolicy;
+use crate::agent::path::{self, PathPlan, RelayPlan};
 use crate::error::{Error, Result};
 use crate::punch::{self, Punch, Selected};
 use crate::signal::proto::{unix_now, Offer, Role};
@@ -59,54 +59,33 @@ pub(crate) async fn discovery(shared: &Shared) -> Discovery {
     d
 }
 
+/// What kind of path `selected` is (see [`path::path_kind`]).
 pub(crate) fn candidate_kind(shared: &Shared, peer: &Offer, selected: SocketAddr) -> PathKind {
-    // Through our own relay, or to the peer's relayed address: relay.
-    if shared.agent.socket().is_via_relay(selected) {
-        return PathKind::Relay;
-    }
-    // The peer lists its interface addresses first and relayed ones last.
-    let pos = peer.candidates.iter().position(|c| *c == selected);
-    match pos {
-        Some(i) if i < peer.host_count => PathKind::Lan,
-        Some(i) if i >= peer.candidates.len() - peer.relay_count => PathKind::Relay,
-        _ => PathKind::Direct,
-    }
+    path::path_kind(peer, selected, shared.agent.socket().is_via_relay(selected))
 }
 
-/// Our offer: host candidates, STUN-mapped ones, and the relayed address when given
-/// (only the relayed one under relayPolicy always).
+/// Our offer: the candidates [`path::gather`] lists, our identity and NAT type.
 pub(crate) fn build_offer(
     shared: &Shared,
     disc: &Discovery,
     relayed: Option<SocketAddr>,
-    always: bool,
-    can_relay: bool,
+    plan: RelayPlan,
 ) -> Offer {
-    let mut candidates = Vec::new();
-    let mut host_count = 0;
-    if !always {
-        candidates = shared.host_candidates.clone();
-        host_count = candidates.len();
-        for (_, m) in &disc.mapped {
-            if !candidates.contains(m) {
-                candidates.push(*m);
-            }
-        }
-    }
-    let mut relay_count = 0;
-    if let Some(r) = relayed {
-        candidates.push(r);
-        relay_count = 1;
-    }
+    let gathered = path::gather(
+        &shared.host_candidates,
+        disc.mapped.iter().map(|(_, m)| *m),
+        relayed,
+        plan.always,
+    );
     Offer {
         role: shared.role,
         id: shared.our_id(),
         nonce: Offer::new_nonce(),
         ts: unix_now(),
-        candidates,
-        host_count,
-        relay_count,
-        turn: can_relay,
+        candidates: gathered.candidates,
+        host_count: gathered.host_count,
+        relay_count: gathered.relay_count,
+        turn: plan.allowed,
         fp: shared.identity.fingerprint().to_hex(),
         nat: disc.nat.as_str().to_owned(),
     }
@@ -151,6 +130,9 @@ pub(crate) async fn wait_for_offer(
 pub(crate) enum Attempt {
     /// Worth retrying after a backoff.
     Retry(String),
+    /// The tunnel handshake failed on a certificate check (ours or the peer's):
+    /// retried like [`Attempt::Retry`], and reported as a peer authentication failure.
+    AuthFailed(String),
     /// Retrying cannot help.
     Fatal(Error),
 }
@@ -162,7 +144,7 @@ impl From<String> for Attempt {
 }
 
 /// One attempt: discover, signal, punch, handshake. `Ok(None)` when the peer has not
-/// shown up yet (not a failure).
+/// shown up yet (not a failure). Its offer id is chosen by the driver.
 pub(crate) async fn connect_once(
     shared: &Arc<Shared>,
     incoming: &mut Incoming,
@@ -173,21 +155,23 @@ pub(crate) async fn connect_once(
         // (`accept_loop`), not checked against an earlier peer's certificate.
         shared.pinned.set(None);
     }
-    shared.new_attempt_id();
     lock(&shared.peer).offer_id = None;
     shared.set_state(State::Discovering);
     let disc = discovery(shared).await;
     let stun_ms = disc.took;
 
     shared.set_state(State::Signaling);
-    let relay_allowed =
-        shared.config.relay.is_some() && shared.config.relay_policy != RelayPolicy::Never;
-    let always = shared.config.relay_policy == RelayPolicy::Always;
+    let policy = shared.config.relay_policy;
+    let plan = path::relay_plan(
+        policy,
+        shared.config.relay.is_some(),
+        lock(&shared.relay_fallback).wanted(),
+    );
     let mut relayed = None;
-    if relay_allowed && (always || shared.relay_wanted.load(Ordering::Relaxed)) {
+    if plan.allocate_now {
         relayed = Some(ensure_relay(shared).await?.relayed);
     }
-    let mut offer = build_offer(shared, &disc, relayed, always, relay_allowed);
+    let mut offer = build_offer(shared, &disc, relayed, plan);
     let ts = Instant::now();
     shared
         .signal
@@ -206,24 +190,31 @@ pub(crate) async fn connect_once(
         p.nat = Some(peer.nat.clone());
         p.offer_id = Some(peer.id.clone());
     }
-    if disc.nat.hopeless_with(&peer.nat) && peer.relay_count == 0 && offer.relay_count == 0 {
-        // Direct is hopeless: one side must relay. The server allocates if it can;
-        // the client only when the server cannot.
-        let we_allocate = relay_allowed && (shared.role == Role::Server || !peer.turn);
-        if we_allocate {
+    match path::plan_path(
+        shared.role,
+        disc.nat,
+        offer.relay_count,
+        &peer,
+        plan,
+        policy,
+    ) {
+        PathPlan::Punch => {}
+        PathPlan::AllocateRelay => {
             let turn = ensure_relay(shared).await?;
-            shared.relay_wanted.store(true, Ordering::Relaxed);
-            offer = build_offer(shared, &disc, Some(turn.relayed), always, relay_allowed);
+            lock(&shared.relay_fallback).relay_needed();
+            offer = build_offer(shared, &disc, Some(turn.relayed), plan);
             shared
                 .signal
                 .post(shared.role, &offer.encode(&shared.key, &shared.config.room))
                 .await
                 .map_err(|e| format!("cannot post our relayed offer: {e}"))?;
-        } else if peer.turn && shared.config.relay_policy != RelayPolicy::Never {
+        }
+        PathPlan::WaitForPeerRelay => {
             peer = wait_for_offer(shared, Duration::from_secs(20), |o| o.relay_count > 0)
                 .await
                 .map_err(|e| format!("the peer did not offer its relay: {e}"))?;
-        } else {
+        }
+        PathPlan::NoPath => {
             return Err(Attempt::Fatal(Error::NoPath {
                 local_nat: disc.nat.as_str().to_owned(),
                 peer_nat: peer.nat.clone(),
@@ -248,21 +239,15 @@ pub(crate) async fn connect_once(
     shared.pinned.set(Some(fp));
     shared.set_state(State::Punching);
     let tp = Instant::now();
-    let offered: Vec<SocketAddr> = if always {
-        // Only the peer's relayed addresses (reached over the path to the TURN server);
-        // with none, the peer's checks through our relay give us its address.
-        peer.candidates[peer.candidates.len() - peer.relay_count..].to_vec()
-    } else {
-        peer.candidates.clone()
-    };
+    let offered = path::check_targets(&peer, plan.always);
     let remote = punch::usable_candidates(shared.local_addr, &offered);
-    if always {
+    if plan.always {
         // Everything, checks included, leaves through our own relay.
         for c in &remote {
             shared.agent.socket().route_via_relay(*c);
         }
     }
-    if remote.is_empty() && !always {
+    if remote.is_empty() && !plan.always {
         return Err(Attempt::Retry(format!(
             "the peer offered no candidate reachable from {}",
             shared.local_addr
@@ -283,7 +268,7 @@ pub(crate) async fn connect_once(
         Role::Client => {
             let selected: Option<Selected> = punch.run(shared.agent.clone(), prflx_rx).await;
             let Some(sel) = selected else {
-                shared.relay_wanted.store(relay_allowed, Ordering::Relaxed);
+                lock(&shared.relay_fallback).direct_failed(plan);
                 return Err(Attempt::Retry(format!(
                     "no path: no connectivity check succeeded within {:?} (our NAT: {}, peer NAT: {})",
                     shared.config.punch_timeout,
@@ -305,15 +290,25 @@ pub(crate) async fn connect_once(
             // handshake completes before the server has checked our certificate, so
             // wait for its welcome (a server that refuses us closes instead).
             let handshake = async {
-                let conn = connecting
-                    .await
-                    .map_err(|e| format!("tunnel handshake with {} failed: {e}", sel.remote))?;
+                let conn = connecting.await.map_err(|e| {
+                    let reason = format!("tunnel handshake with {} failed: {e}", sel.remote);
+                    if tunnel::is_auth_failure(&e) {
+                        Attempt::AuthFailed(reason)
+                    } else {
+                        Attempt::Retry(reason)
+                    }
+                })?;
                 if let Err(e) = tunnel::await_welcome(&conn).await {
                     conn.close(0u32.into(), b"no welcome");
-                    return Err(format!(
+                    let reason = format!(
                         "tunnel handshake with {}: the peer did not accept us: {e}",
                         sel.remote
-                    ));
+                    );
+                    return Err(if e.is_auth_failure() {
+                        Attempt::AuthFailed(reason)
+                    } else {
+                        Attempt::Retry(reason)
+                    });
                 }
                 Ok(conn)
             };
@@ -347,7 +342,7 @@ pub(crate) async fn connect_once(
             let conn = match got {
                 Ok(Some(c)) => c,
                 _ => {
-                    shared.relay_wanted.store(relay_allowed, Ordering::Relaxed);
+                    lock(&shared.relay_fallback).direct_failed(plan);
                     return Err(Attempt::Retry(format!(
                         "no path: the peer's tunnel did not arrive within {wait:?} (our NAT: {}, peer NAT: {})",
                         disc.nat.as_str(),

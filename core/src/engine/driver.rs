@@ -3,43 +3,56 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::Instrument;
 
 use super::attempt::{connect_once, Attempt};
 use super::session::run_connected;
 use super::shared::{peer_restarted, peer_started_over, Incoming, Shared};
+use crate::agent::schedule::{self, Backoff};
 use crate::signal::proto::Role;
 use crate::status::State;
 use crate::sync::lock;
 
-/// Backoff before attempt `n` (1-based) after failures.
-pub(crate) fn retry_delay(n: u32, max_retries: u32) -> Duration {
-    if n > max_retries.max(1) {
-        return Duration::from_secs(30);
-    }
-    Duration::from_millis(500u64 << (n - 1).min(6))
-}
-
 /// The connect/reconnect loop (DESIGN §4).
 pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
     let token = shared.root.clone();
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(shared.config.performance.max_retries);
     let mut connected_before = false;
+    let mut fresh_id = true;
     loop {
+        if fresh_id {
+            // A new attempt, a new offer id. Whatever showed the peer starting over
+            // before it concerned the last attempt's id.
+            shared.new_attempt_id();
+            *lock(&shared.new_peer_id) = None;
+        }
         let attempt = tokio::select! {
             _ = token.cancelled() => return,
             r = connect_once(&shared, &mut incoming) => r,
             id = peer_started_over(&shared) => {
                 tracing::info!(peer_offer = %id, "the peer started over; so do we");
-                failures = 0;
+                backoff.reset();
+                // Its checks were addressed to our current offer id: it already knows
+                // our offer. Starting over under the same id lets it go on; a new id
+                // would look to it like we started over, and both would start over
+                // in turn for ever.
+                fresh_id = false;
                 continue;
             }
         };
+        fresh_id = true;
+        // A failed certificate check is retried like any failure; `wait_connected`
+        // reports it as a peer authentication failure.
+        let auth_failed = matches!(attempt, Err(Attempt::AuthFailed(_)));
+        shared.auth_failed.store(auth_failed, Ordering::Relaxed);
+        let attempt = match attempt {
+            Err(Attempt::AuthFailed(reason)) => Err(Attempt::Retry(reason)),
+            other => other,
+        };
         match attempt {
             Ok(Some((conn, path))) => {
-                failures = 0;
+                backoff.reset();
                 if connected_before {
                     shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
@@ -76,7 +89,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
                 // Give the peer a moment to notice too, then start over at once.
                 tokio::select! {
                     _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tokio::time::sleep(schedule::AFTER_TUNNEL_LOST) => {}
                 }
             }
             // Waiting for the peer's offer timed out: nothing failed, just ask again.
@@ -89,21 +102,20 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
                 shared.set_state(State::Failed { reason });
                 return;
             }
-            Err(Attempt::Retry(reason)) => {
-                failures += 1;
-                tracing::info!(attempt = failures, %reason, "connect attempt failed");
+            Err(Attempt::Retry(reason) | Attempt::AuthFailed(reason)) => {
+                let delay = backoff.failed();
+                tracing::info!(attempt = backoff.failures(), %reason, "connect attempt failed");
                 shared.fail_reason(reason.clone());
                 shared.set_state(State::Reconnecting {
-                    attempt: failures,
+                    attempt: backoff.failures(),
                     reason,
                 });
-                let delay = retry_delay(failures, shared.config.performance.max_retries);
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
                     id = peer_started_over(&shared) => {
                         tracing::info!(peer_offer = %id, "the peer started over; retrying now");
-                        failures = 0;
+                        backoff.reset();
                     }
                 }
             }

@@ -349,7 +349,9 @@ impl Engine {
             }
         }
         match (state, last) {
-            (State::Reconnecting { reason, .. }, _) if reason.contains("authentication") => {
+            (State::Reconnecting { reason, .. }, _)
+                if self.shared.auth_failed.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
                 Error::PeerAuth(reason.clone())
             }
             (State::Signaling, last) if lock(&self.shared.peer).offer_id.is_none() => {

@@ -1,7 +1,6 @@
 //! A connected tunnel: serving it until it is lost, following the peer's address,
 //! and upgrading a relayed tunnel to a direct path.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::candidate_kind;
 use super::shared::{Incoming, Shared};
+use crate::agent::path;
+use crate::agent::UpgradeSchedule;
 use crate::config::RelayPolicy;
 use crate::forward;
 use crate::punch::{self, Punch};
@@ -166,24 +167,22 @@ pub(crate) async fn upgrade_to_direct(
     let Some(offer) = lock(&shared.peer).offer.clone() else {
         return;
     };
-    let direct: Vec<SocketAddr> =
-        offer.candidates[..offer.candidates.len() - offer.relay_count].to_vec();
-    let remote = punch::usable_candidates(shared.local_addr, &direct);
+    let remote = punch::usable_candidates(shared.local_addr, path::direct_candidates(&offer));
     if remote.is_empty() || shared.config.relay_policy == RelayPolicy::Always {
         return;
     }
-    let mut wait = Duration::from_secs(2);
+    let mut schedule = UpgradeSchedule::default();
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(schedule.next_wait()) => {}
         }
         let punch = Punch {
             our_id: shared.our_id(),
             peer_id: offer.id.clone(),
             password: shared.password.clone(),
             remote: remote.clone(),
-            timeout: Duration::from_secs(2),
+            timeout: UpgradeSchedule::PROBE_TIMEOUT,
             keep_going: false,
             direct: true,
         };
@@ -195,7 +194,6 @@ pub(crate) async fn upgrade_to_direct(
             if lock(&shared.peer).path != Some(PathKind::Relay) {
                 return;
             }
-            wait = (wait * 2).min(Duration::from_secs(60));
             continue;
         }
         if let Some(sel) = found {
@@ -219,6 +217,5 @@ pub(crate) async fn upgrade_to_direct(
             });
             return;
         }
-        wait = (wait * 2).min(Duration::from_secs(60));
     }
 }

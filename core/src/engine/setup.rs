@@ -13,6 +13,7 @@ use super::accept::accept_loop;
 use super::responder::stun_dispatch;
 use super::shared::{Incoming, PeerInfo, RejectionReports, Shared, StateCell};
 use super::snapshot::snapshot;
+use crate::agent::RelayFallback;
 use crate::config::{Config, Mode};
 use crate::error::{Error, Result};
 use crate::forward::Ctx;
@@ -137,7 +138,8 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         failure: Mutex::new(None),
         prflx: Mutex::new(None),
         turn: Mutex::new(None),
-        relay_wanted: AtomicBool::new(false),
+        relay_fallback: Mutex::new(RelayFallback::default()),
+        auth_failed: AtomicBool::new(false),
         metrics_addr,
         span,
         #[cfg(unix)]

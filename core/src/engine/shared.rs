@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::mappings::MappingEntry;
+use crate::agent::RelayFallback;
 use crate::config::Config;
 use crate::error::Error;
 use crate::forward::Ctx;
@@ -111,8 +112,10 @@ pub(crate) struct Shared {
     pub(crate) prflx: Mutex<Option<(String, mpsc::Sender<SocketAddr>)>>,
     /// Our TURN allocation, once made.
     pub(crate) turn: Mutex<Option<Arc<TurnClient>>>,
-    /// A direct attempt failed: offer the relay from now on (policy auto).
-    pub(crate) relay_wanted: AtomicBool,
+    /// The last attempt failed on a certificate check.
+    pub(crate) auth_failed: AtomicBool,
+    /// Whether attempts offer the relay from the start (a direct one failed).
+    pub(crate) relay_fallback: Mutex<RelayFallback>,
     /// Where `/metrics` is served, when `metricsAddr` is set (port 0 resolved).
     pub(crate) metrics_addr: Option<SocketAddr>,
     /// `engine{room, mode}`: the parent span of every task, so each log line carries

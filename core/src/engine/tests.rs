@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::driver::retry_delay;
 use super::responder::stun_dispatch;
 use super::setup::setup;
 use crate::config::Config;
@@ -69,14 +68,6 @@ async fn forged_data_indications_add_no_routes() {
     }
     shared.root.cancel();
     dispatch.abort();
-}
-
-#[test]
-fn retry_schedule_doubles_then_settles() {
-    assert_eq!(retry_delay(1, 3), Duration::from_millis(500));
-    assert_eq!(retry_delay(2, 3), Duration::from_millis(1000));
-    assert_eq!(retry_delay(3, 3), Duration::from_millis(2000));
-    assert_eq!(retry_delay(4, 3), Duration::from_secs(30));
 }
 
 #[test]

@@ -430,9 +430,9 @@ fn rename_bind_error(e: Error, what: &str) -> Error {
             what: what.to_owned(),
             addr,
         },
-        Error::Io { context, message } => Error::Io {
+        Error::Io { context, source } => Error::Io {
             context: format!("{what}: {context}"),
-            message,
+            source,
         },
         other => other,
     }

@@ -131,13 +131,61 @@ pub(crate) async fn send_welcome(conn: &quinn::Connection) -> std::result::Resul
 /// completes one flight before the server has verified the client's certificate, so
 /// only the welcome shows that both sides have authenticated each other. A server that
 /// refused us closes the connection instead, and its reason is returned.
-pub(crate) async fn await_welcome(conn: &quinn::Connection) -> std::result::Result<(), String> {
-    let mut s = conn.accept_uni().await.map_err(|e| e.to_string())?;
+pub(crate) async fn await_welcome(
+    conn: &quinn::Connection,
+) -> std::result::Result<(), WelcomeError> {
+    let mut s = conn.accept_uni().await.map_err(WelcomeError::Lost)?;
     let data = s
         .read_to_end(WELCOME_MAX)
         .await
-        .map_err(|e| format!("reading the welcome: {e}"))?;
-    parse_welcome(&data)
+        .map_err(|e| WelcomeError::Other(format!("reading the welcome: {e}")))?;
+    parse_welcome(&data).map_err(WelcomeError::Other)
+}
+
+/// Why no welcome came.
+#[derive(Debug)]
+pub(crate) enum WelcomeError {
+    /// The connection ended (a server that refused our certificate closes it).
+    Lost(quinn::ConnectionError),
+    /// A bad or refusing welcome.
+    Other(String),
+}
+
+impl std::fmt::Display for WelcomeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WelcomeError::Lost(e) => e.fmt(f),
+            WelcomeError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl WelcomeError {
+    /// True when the peer refused our certificate (see [`is_auth_failure`]).
+    pub(crate) fn is_auth_failure(&self) -> bool {
+        matches!(self, WelcomeError::Lost(e) if is_auth_failure(e))
+    }
+}
+
+/// True when a handshake failed because one side did not accept the other's
+/// certificate: the TLS alerts a certificate check ends in (ours, or the peer's
+/// closing the connection with one).
+pub(crate) fn is_auth_failure(e: &quinn::ConnectionError) -> bool {
+    use rustls::AlertDescription as A;
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    [
+        A::BadCertificate,
+        A::CertificateUnknown,
+        A::HandshakeFailure,
+        A::AccessDenied,
+        A::DecryptError,
+    ]
+    .into_iter()
+    .any(|alert| code == quinn::TransportErrorCode::crypto(u8::from(alert)))
 }
 
 /// Checks a welcome's bytes.

@@ -1,0 +1,578 @@
+//! The agent's decisions under a simulated clock: no sockets, no sleeping.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::checklist::{
+    choose, usable_candidates, Checklist, ChecklistConfig, Selected, Transmit, FIRST_INTERVAL,
+    GRACE, MAX_CANDIDATES, MAX_INTERVAL, MAX_PEER_REFLEXIVE,
+};
+use super::path::{
+    check_targets, direct_candidates, gather, path_kind, plan_path, relay_plan, PathPlan,
+    RelayFallback,
+};
+use super::schedule::{relay_refresh_every, retry_delay, Backoff, UpgradeSchedule};
+use crate::config::RelayPolicy;
+use crate::signal::proto::{Offer, Role};
+use crate::status::PathKind;
+use crate::stun::client::NatType;
+
+fn a(s: &str) -> SocketAddr {
+    s.parse().expect("literal")
+}
+
+fn list(
+    remote: &[&str],
+    timeout_ms: u64,
+    keep_going: bool,
+    direct: bool,
+    t0: Instant,
+) -> Checklist {
+    Checklist::with_seed(
+        ChecklistConfig {
+            remote: remote.iter().map(|s| a(s)).collect(),
+            timeout: Duration::from_millis(timeout_ms),
+            keep_going,
+            direct,
+        },
+        t0,
+        7,
+    )
+}
+
+fn drain(l: &mut Checklist) -> Vec<Transmit> {
+    std::iter::from_fn(|| l.poll_transmit()).collect()
+}
+
+/// Runs the list's timers from `t0` until `until` (or until it is over), answering
+/// nothing; returns when each round went out and what it sent.
+fn run_silent(l: &mut Checklist, until: Instant) -> Vec<(Instant, Vec<Transmit>)> {
+    let mut rounds = Vec::new();
+    while let Some(at) = l.poll_timeout() {
+        if at > until {
+            break;
+        }
+        l.handle_timeout(at);
+        let sent = drain(l);
+        if !sent.is_empty() {
+            rounds.push((at, sent));
+        }
+    }
+    rounds
+}
+
+#[test]
+fn checks_every_candidate_each_round_slowing_down_to_the_cap() {
+    let t0 = Instant::now();
+    let mut l = list(
+        &["10.0.0.1:1", "10.0.0.2:2", "10.0.0.3:3"],
+        10_000,
+        false,
+        false,
+        t0,
+    );
+    let rounds = run_silent(&mut l, t0 + Duration::from_secs(10));
+    // The first round goes out at once, to every candidate in priority order, each with
+    // its own transaction id.
+    let (first_at, first) = &rounds[0];
+    assert_eq!(*first_at, t0);
+    let to: Vec<SocketAddr> = first.iter().map(|t| t.to).collect();
+    assert_eq!(to, vec![a("10.0.0.1:1"), a("10.0.0.2:2"), a("10.0.0.3:3")]);
+    let indices: Vec<usize> = first.iter().map(|t| t.index).collect();
+    assert_eq!(indices, vec![0, 1, 2]);
+    // Gaps grow by ×1.3 from 50 ms (plus ≤ 20 % jitter) and settle at 500 ms (+ jitter).
+    let gaps: Vec<Duration> = rounds.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    let mut interval = FIRST_INTERVAL;
+    for (i, gap) in gaps.iter().enumerate() {
+        interval = interval.mul_f32(1.3).min(MAX_INTERVAL);
+        let most = interval + interval / 5 + Duration::from_millis(1);
+        assert!(
+            *gap >= interval && *gap <= most,
+            "gap {i} is {gap:?}, expected {interval:?}..={most:?}"
+        );
+    }
+    assert!(gaps.len() > 15, "10 s of rounds: {}", gaps.len());
+    // Retransmissions are new transactions: no id is reused.
+    let mut tids: Vec<_> = rounds
+        .iter()
+        .flat_map(|(_, r)| r.iter().map(|t| t.tid))
+        .collect();
+    let n = tids.len();
+    tids.sort();
+    tids.dedup();
+    assert_eq!(tids.len(), n, "transaction ids are unique");
+    assert_eq!(
+        l.tids().count(),
+        n,
+        "every id is remembered for unregistering"
+    );
+}
+
+#[test]
+fn gives_up_at_the_deadline_and_sends_nothing_after() {
+    let t0 = Instant::now();
+    let mut l = list(&["10.0.0.1:1"], 1_000, false, false, t0);
+    let rounds = run_silent(&mut l, t0 + Duration::from_secs(5));
+    assert_eq!(l.outcome(), Some(None), "no answer: no pair");
+    assert!(
+        l.poll_timeout().is_none(),
+        "an ended list asks for no timer"
+    );
+    let last = rounds.last().expect("rounds went out").0;
+    assert!(
+        last < t0 + Duration::from_secs(1),
+        "no check after the deadline"
+    );
+    l.handle_timeout(t0 + Duration::from_secs(6));
+    assert!(l.poll_transmit().is_none());
+}
+
+#[test]
+fn nominates_the_top_candidate_at_once() {
+    let t0 = Instant::now();
+    let mut l = list(&["10.0.0.1:1", "10.0.0.2:2"], 5_000, false, false, t0);
+    l.handle_timeout(t0);
+    let sent = drain(&mut l);
+    let t1 = t0 + Duration::from_millis(20);
+    assert!(l.on_response(sent[0].tid, sent[0].to, true, t1));
+    assert_eq!(
+        l.outcome(),
+        Some(Some(Selected {
+            remote: a("10.0.0.1:1"),
+            index: 0
+        }))
+    );
+}
+
+#[test]
+fn a_lower_pair_waits_the_grace_period_for_a_better_one() {
+    let t0 = Instant::now();
+    let mut l = list(
+        &["10.0.0.1:1", "10.0.0.2:2", "10.0.0.3:3"],
+        5_000,
+        false,
+        false,
+        t0,
+    );
+    l.handle_timeout(t0);
+    let sent = drain(&mut l);
+    // Candidate 2 answers first: not final yet, a better one may follow.
+    let t1 = t0 + Duration::from_millis(10);
+    l.on_response(sent[2].tid, sent[2].to, true, t1);
+    assert_eq!(l.outcome(), None);
+    // The list wakes for the next round or at the end of the grace, whichever is first.
+    let wake = l.poll_timeout().expect("still running");
+    assert!(wake > t1 && wake <= t1 + GRACE, "{:?}", wake - t1);
+    // Candidate 1 answers within the grace period; once it passes, 1 is chosen.
+    l.on_response(
+        sent[1].tid,
+        sent[1].to,
+        true,
+        t1 + Duration::from_millis(50),
+    );
+    assert_eq!(l.outcome(), None);
+    l.handle_timeout(t1 + GRACE);
+    assert_eq!(l.outcome().flatten().map(|s| s.index), Some(1));
+}
+
+#[test]
+fn alone_a_lower_pair_is_nominated_after_the_grace_period() {
+    let t0 = Instant::now();
+    let mut l = list(&["10.0.0.1:1", "10.0.0.2:2"], 5_000, false, false, t0);
+    l.handle_timeout(t0);
+    let sent = drain(&mut l);
+    l.on_response(sent[1].tid, sent[1].to, true, t0);
+    // Rounds go on (to the unanswered top candidate only) until the grace ends.
+    let rounds = run_silent(&mut l, t0 + GRACE);
+    assert!(rounds.iter().all(|(_, r)| r.iter().all(|t| t.index == 0)));
+    assert_eq!(l.outcome().flatten().map(|s| s.index), Some(1));
+}
+
+#[test]
+fn inauthentic_unknown_and_late_answers_change_nothing() {
+    let t0 = Instant::now();
+    let mut l = list(&["10.0.0.1:1"], 5_000, false, false, t0);
+    l.handle_timeout(t0);
+    let sent = drain(&mut l);
+    assert!(
+        !l.on_response([9; 12], sent[0].to, true, t0),
+        "not our transaction"
+    );
+    assert!(
+        l.on_response(sent[0].tid, sent[0].to, false, t0),
+        "ours, but forged"
+    );
+    assert!(l.successes().is_empty());
+    assert_eq!(l.outcome(), None);
+}
+
+#[test]
+fn keep_going_checks_after_success_and_decides_at_the_deadline() {
+    let t0 = Instant::now();
+    let mut l = list(&["10.0.0.1:1", "10.0.0.2:2"], 1_000, true, false, t0);
+    l.handle_timeout(t0);
+    let sent = drain(&mut l);
+    l.on_response(sent[1].tid, sent[1].to, true, t0);
+    assert_eq!(l.outcome(), None, "the server keeps its NAT open");
+    let rounds = run_silent(&mut l, t0 + Duration::from_millis(900));
+    assert!(
+        rounds.iter().all(|(_, r)| r.len() == 2),
+        "both candidates are still checked"
+    );
+    run_silent(&mut l, t0 + Duration::from_secs(2));
+    assert_eq!(l.outcome().flatten().map(|s| s.index), Some(1));
+}
+
+#[test]
+fn peer_reflexive_candidates_are_checked_at_once_and_bounded() {
+    let t0 = Instant::now();
+    let mut l = list(&["10.0.0.1:1"], 5_000, false, false, t0);
+    l.handle_timeout(t0);
+    drain(&mut l);
+    l.on_peer_reflexive(a("198.51.100.1:7000"), t0);
+    let sent = drain(&mut l);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].to, sent[0].index), (a("198.51.100.1:7000"), 1));
+    // Known again: nothing new.
+    l.on_peer_reflexive(a("198.51.100.1:7000"), t0);
+    l.on_peer_reflexive(a("10.0.0.1:1"), t0);
+    assert!(drain(&mut l).is_empty());
+    // At most MAX_CANDIDATES + MAX_PEER_REFLEXIVE in all.
+    for p in 0..100 {
+        l.on_peer_reflexive(SocketAddr::from(([198, 51, 100, 2], 8000 + p)), t0);
+    }
+    assert_eq!(l.remote().len(), MAX_CANDIDATES + MAX_PEER_REFLEXIVE);
+    // An answer to the peer-reflexive check succeeds like any other.
+    l.on_response(sent[0].tid, sent[0].to, true, t0);
+    l.handle_timeout(t0 + GRACE);
+    assert_eq!(
+        l.outcome().flatten().map(|s| s.remote),
+        Some(a("198.51.100.1:7000"))
+    );
+}
+
+/// A peer whose answers leave its NAT from another port than the one we sent to
+/// (a symmetric NAT answering through a new mapping): our request reached it at the
+/// address we checked, so that pair succeeds and is what the tunnel dials. A direct
+/// probe (upgrade off the relay) counts only answers straight from the address
+/// checked, since an answer from elsewhere may have come through the relay.
+#[test]
+fn answers_from_another_port() {
+    let t0 = Instant::now();
+    let checked = "203.0.113.5:4000";
+    let answered_from = a("203.0.113.5:4711");
+
+    let mut l = list(&[checked], 5_000, false, false, t0);
+    l.handle_timeout(t0);
+    let sent = drain(&mut l);
+    l.on_response(sent[0].tid, answered_from, true, t0);
+    assert_eq!(
+        l.outcome(),
+        Some(Some(Selected {
+            remote: a(checked),
+            index: 0
+        })),
+        "the address we sent to is nominated, not the one the answer came from"
+    );
+
+    let mut direct = list(&[checked], 1_000, false, true, t0);
+    direct.handle_timeout(t0);
+    let sent = drain(&mut direct);
+    direct.on_response(sent[0].tid, answered_from, true, t0);
+    assert!(
+        direct.successes().is_empty(),
+        "a direct probe needs a straight answer"
+    );
+    run_silent(&mut direct, t0 + Duration::from_secs(2));
+    assert_eq!(direct.outcome(), Some(None));
+    // A straight answer does count.
+    let mut direct = list(&[checked], 1_000, false, true, t0);
+    direct.handle_timeout(t0);
+    let sent = drain(&mut direct);
+    direct.on_response(sent[0].tid, a(checked), true, t0);
+    assert_eq!(
+        direct.outcome().flatten().map(|s| s.remote),
+        Some(a(checked))
+    );
+}
+
+#[test]
+fn choose_prefers_the_top_candidate_and_waits_grace_for_better() {
+    let t0 = Instant::now();
+    let s = |index| Selected {
+        remote: a("10.0.0.1:1"),
+        index,
+    };
+    assert_eq!(choose(&[], None, t0), None);
+    assert_eq!(choose(&[s(0)], Some(t0), t0), Some(s(0)));
+    assert_eq!(choose(&[s(2)], Some(t0), t0), None);
+    assert_eq!(choose(&[s(2), s(1)], Some(t0), t0 + GRACE), Some(s(1)));
+}
+
+#[test]
+fn candidates_filtered_and_deduplicated() {
+    let local = a("0.0.0.0:4000");
+    let got = usable_candidates(
+        local,
+        &[
+            a("192.168.1.2:5000"),
+            a("[::1]:5000"),
+            a("192.168.1.2:5000"),
+            a("203.0.113.9:6000"),
+            a("0.0.0.0:1"),
+        ],
+    );
+    assert_eq!(got, vec![a("192.168.1.2:5000"), a("203.0.113.9:6000")]);
+    let lo = usable_candidates(
+        a("127.0.0.1:4000"),
+        &[a("10.0.0.2:5000"), a("127.0.0.1:5000")],
+    );
+    assert_eq!(lo, vec![a("127.0.0.1:5000")]);
+    let many: Vec<SocketAddr> = (1..100)
+        .map(|p| SocketAddr::from(([10, 0, 0, 1], p)))
+        .collect();
+    assert_eq!(usable_candidates(local, &many).len(), MAX_CANDIDATES);
+}
+
+fn offer(
+    nat: &str,
+    candidates: &[&str],
+    host_count: usize,
+    relay_count: usize,
+    turn: bool,
+) -> Offer {
+    Offer {
+        role: Role::Client,
+        id: "peer".into(),
+        nonce: "n".into(),
+        ts: 0,
+        candidates: candidates.iter().map(|s| a(s)).collect(),
+        host_count,
+        relay_count,
+        turn,
+        fp: String::new(),
+        nat: nat.into(),
+    }
+}
+
+#[test]
+fn gathering_orders_host_then_mapped_then_relayed() {
+    let host = [a("192.168.1.2:4000")];
+    let mapped = [a("203.0.113.1:4000"), a("192.168.1.2:4000")];
+    let relayed = Some(a("198.51.100.9:50000"));
+    let g = gather(&host, mapped, relayed, false);
+    assert_eq!(
+        g.candidates,
+        vec![
+            a("192.168.1.2:4000"),
+            a("203.0.113.1:4000"),
+            a("198.51.100.9:50000")
+        ]
+    );
+    assert_eq!((g.host_count, g.relay_count), (1, 1));
+    let always = gather(&host, mapped, relayed, true);
+    assert_eq!(always.candidates, vec![a("198.51.100.9:50000")]);
+    assert_eq!((always.host_count, always.relay_count), (0, 1));
+    let none = gather(&host, [], None, false);
+    assert_eq!((none.candidates.len(), none.relay_count), (1, 0));
+}
+
+#[test]
+fn relay_is_used_when_direct_is_hopeless_and_never_against_policy() {
+    let auto = relay_plan(RelayPolicy::Auto, true, false);
+    assert!(auto.allowed && !auto.allocate_now && !auto.always);
+    assert!(relay_plan(RelayPolicy::Always, true, false).allocate_now);
+    assert!(!relay_plan(RelayPolicy::Never, true, true).allowed);
+    assert!(!relay_plan(RelayPolicy::Auto, false, true).allocate_now);
+
+    let sym = NatType::Symmetric;
+    let port_restricted = offer("port-restricted", &["203.0.113.1:1"], 0, 0, true);
+    // Not hopeless: punch.
+    let cone = offer("full-cone", &["203.0.113.1:1"], 0, 0, false);
+    assert_eq!(
+        plan_path(Role::Client, sym, 0, &cone, auto, RelayPolicy::Auto),
+        PathPlan::Punch
+    );
+    // Hopeless: the server allocates; the client waits for the server's relay.
+    assert_eq!(
+        plan_path(
+            Role::Server,
+            sym,
+            0,
+            &port_restricted,
+            auto,
+            RelayPolicy::Auto
+        ),
+        PathPlan::AllocateRelay
+    );
+    assert_eq!(
+        plan_path(
+            Role::Client,
+            sym,
+            0,
+            &port_restricted,
+            auto,
+            RelayPolicy::Auto
+        ),
+        PathPlan::WaitForPeerRelay
+    );
+    // A server that cannot relay: the client allocates.
+    let no_turn = offer("port-restricted", &["203.0.113.1:1"], 0, 0, false);
+    assert_eq!(
+        plan_path(Role::Client, sym, 0, &no_turn, auto, RelayPolicy::Auto),
+        PathPlan::AllocateRelay
+    );
+    // Nobody can relay: no path.
+    let never = relay_plan(RelayPolicy::Never, true, false);
+    assert_eq!(
+        plan_path(Role::Client, sym, 0, &no_turn, never, RelayPolicy::Never),
+        PathPlan::NoPath
+    );
+    // Either offer already relayed: punch toward it.
+    let relayed = offer(
+        "port-restricted",
+        &["203.0.113.1:1", "198.51.100.9:2"],
+        0,
+        1,
+        true,
+    );
+    assert_eq!(
+        plan_path(Role::Client, sym, 0, &relayed, auto, RelayPolicy::Auto),
+        PathPlan::Punch
+    );
+    assert_eq!(
+        plan_path(Role::Client, sym, 1, &no_turn, auto, RelayPolicy::Auto),
+        PathPlan::Punch
+    );
+}
+
+#[test]
+fn a_failed_direct_attempt_turns_the_relay_on_for_the_next() {
+    let mut fallback = RelayFallback::default();
+    assert!(!fallback.wanted());
+    fallback.direct_failed(relay_plan(RelayPolicy::Never, true, false));
+    assert!(!fallback.wanted(), "never: stays off");
+    fallback.direct_failed(relay_plan(RelayPolicy::Auto, true, false));
+    assert!(fallback.wanted());
+    let next = relay_plan(RelayPolicy::Auto, true, fallback.wanted());
+    assert!(
+        next.allocate_now,
+        "the next attempt offers a relayed candidate"
+    );
+}
+
+#[test]
+fn path_kinds_and_targets_follow_the_offer_layout() {
+    let peer = offer(
+        "full-cone",
+        &["192.168.1.2:1", "203.0.113.1:1", "198.51.100.9:2"],
+        1,
+        1,
+        true,
+    );
+    assert_eq!(path_kind(&peer, a("192.168.1.2:1"), false), PathKind::Lan);
+    assert_eq!(
+        path_kind(&peer, a("203.0.113.1:1"), false),
+        PathKind::Direct
+    );
+    assert_eq!(
+        path_kind(&peer, a("198.51.100.9:2"), false),
+        PathKind::Relay
+    );
+    assert_eq!(
+        path_kind(&peer, a("203.0.113.77:9"), false),
+        PathKind::Direct,
+        "peer-reflexive"
+    );
+    assert_eq!(
+        path_kind(&peer, a("203.0.113.1:1"), true),
+        PathKind::Relay,
+        "via our relay"
+    );
+    assert_eq!(check_targets(&peer, true), vec![a("198.51.100.9:2")]);
+    assert_eq!(check_targets(&peer, false).len(), 3);
+    assert_eq!(
+        direct_candidates(&peer),
+        &[a("192.168.1.2:1"), a("203.0.113.1:1")]
+    );
+}
+
+/// Relay first, then upgrade: while relayed, direct probes go out 2 s, 4 s, … 60 s
+/// apart; a probe round that gets a straight answer nominates the direct pair.
+#[test]
+fn upgrade_probes_back_off_and_a_straight_answer_upgrades() {
+    let mut s = UpgradeSchedule::default();
+    let waits: Vec<u64> = (0..8).map(|_| s.next_wait().as_secs()).collect();
+    assert_eq!(waits, vec![2, 4, 8, 16, 32, 60, 60, 60]);
+
+    let t0 = Instant::now();
+    let peer = offer(
+        "full-cone",
+        &["203.0.113.1:1", "198.51.100.9:2"],
+        0,
+        1,
+        true,
+    );
+    let targets: Vec<String> = direct_candidates(&peer)
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let mut probe = list(
+        &refs,
+        UpgradeSchedule::PROBE_TIMEOUT.as_millis() as u64,
+        false,
+        true,
+        t0,
+    );
+    probe.handle_timeout(t0);
+    let sent = drain(&mut probe);
+    assert_eq!(sent.len(), 1, "only the direct candidate is probed");
+    probe.on_response(sent[0].tid, sent[0].to, true, t0);
+    let sel = probe.outcome().flatten().expect("upgraded");
+    assert_eq!(path_kind(&peer, sel.remote, false), PathKind::Direct);
+}
+
+#[test]
+fn retry_schedule_doubles_then_settles_and_resets() {
+    assert_eq!(retry_delay(1, 3), Duration::from_millis(500));
+    assert_eq!(retry_delay(2, 3), Duration::from_millis(1000));
+    assert_eq!(retry_delay(3, 3), Duration::from_millis(2000));
+    assert_eq!(retry_delay(4, 3), Duration::from_secs(30));
+    assert_eq!(
+        retry_delay(9, 20),
+        Duration::from_millis(500 * 64),
+        "capped at ×64"
+    );
+    let mut b = Backoff::new(3);
+    let waits: Vec<Duration> = (0..5).map(|_| b.failed()).collect();
+    assert_eq!(
+        waits,
+        [500, 1000, 2000, 30_000, 30_000]
+            .map(Duration::from_millis)
+            .to_vec()
+    );
+    assert_eq!(b.failures(), 5);
+    b.reset();
+    assert_eq!(
+        b.failed(),
+        Duration::from_millis(500),
+        "the peer started over"
+    );
+}
+
+#[test]
+fn relay_refresh_keeps_well_inside_the_lifetime() {
+    assert_eq!(
+        relay_refresh_every(Duration::from_secs(600)),
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        relay_refresh_every(Duration::from_secs(30)),
+        Duration::from_secs(15)
+    );
+    assert_eq!(
+        relay_refresh_every(Duration::from_millis(500)),
+        Duration::from_secs(1)
+    );
+}
