@@ -10,7 +10,8 @@
 //! rules), `performance` (tuning knobs), `relay` (the TURN relay and its URL),
 //! `endpoints` (rendezvous URL, STUN servers, socket addresses), `schema` (every key
 //! and its aliases), `values` (typed reads of JSON values), `lexical` (hosts, ports and
-//! the other pieces of spec strings) and `diagnostics` (how errors show values).
+//! the other pieces of spec strings) and `diagnostics` (how errors show values). The
+//! room name is [`RoomName`], from [`crate::room`].
 
 mod allow;
 mod diagnostics;
@@ -33,6 +34,7 @@ pub use self::allow::AllowRule;
 pub use self::mapping::{Mapping, Proto};
 pub use self::performance::{default_workers, Performance};
 pub use self::relay::{RelayConfig, RelayPolicy};
+pub use crate::room::{RoomName, MAX_ROOM_LEN};
 
 use self::allow::parse_allow_rules;
 use self::diagnostics::{document_line, preview, type_name};
@@ -94,9 +96,9 @@ impl fmt::Display for Mode {
 pub struct Config {
     /// `mode` (alias `role`): `client`/`sender` or `server`/`receiver`. Required.
     pub mode: Mode,
-    /// `room` (alias `roomId`): rendezvous name, 1-128 bytes, no whitespace or control
-    /// characters. Required.
-    pub room: String,
+    /// `room` (alias `roomId`): rendezvous name, 1 to [`MAX_ROOM_LEN`] bytes, no
+    /// whitespace or control characters. Required.
+    pub room: RoomName,
     /// `secret`: pre-shared key that authenticates the peers' offers. Redacted from
     /// `Debug` output. A server without one refuses to start unless `insecure` is set.
     pub secret: Option<String>,
@@ -157,7 +159,6 @@ impl fmt::Debug for Config {
 
 const MODE_EXPECTED: &str = "\"client\" or \"server\" (the Go tool's \"sender\" and \"receiver\" \
      also work)";
-const ROOM_EXPECTED: &str = "a room name of 1-128 bytes without whitespace or control characters";
 const SECRET_EXPECTED: &str = "a non-empty string shared by both peers";
 
 impl Config {
@@ -246,9 +247,8 @@ impl Config {
         let mode = Mode::parse(text)
             .ok_or_else(|| Error::config(&key, text, "unknown mode", MODE_EXPECTED))?;
 
-        let (key, v) = top.require(&ROOM, ROOM_EXPECTED)?;
-        let room = expect_str(&key, v, ROOM_EXPECTED)?.to_owned();
-        check_room(&key, &room)?;
+        let (key, v) = top.require(&ROOM, &RoomName::expected())?;
+        let room = RoomName::parse_at(&key, expect_str(&key, v, &RoomName::expected())?.into())?;
 
         let secret = match top.get(&SECRET)? {
             None => None,
@@ -346,9 +346,9 @@ impl Config {
     }
 
     /// Re-checks every invariant that parsing enforces, for a config built or changed in
-    /// code. Errors use the canonical key names.
+    /// code. Errors use the canonical key names. (A [`RoomName`] is checked when it is
+    /// made.)
     pub fn validate(&self) -> Result<()> {
-        check_room("room", &self.room)?;
         if let Some(secret) = &self.secret {
             check_secret("secret", secret)?;
         }
@@ -398,7 +398,7 @@ impl Config {
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert(MODE.name.into(), self.mode.as_str().into());
-        m.insert(ROOM.name.into(), self.room.clone().into());
+        m.insert(ROOM.name.into(), self.room.as_str().into());
         if let Some(secret) = &self.secret {
             m.insert(SECRET.name.into(), secret.clone().into());
         }
@@ -439,22 +439,6 @@ impl Config {
         m.insert(PERFORMANCE.name.into(), self.performance.to_json());
         Value::Object(m)
     }
-}
-
-fn check_room(key: &str, room: &str) -> Result<()> {
-    let problem = if room.is_empty() {
-        "the room name is empty".to_owned()
-    } else if room.len() > 128 {
-        format!("the room name is {} bytes long, at most 128", room.len())
-    } else if let Some(c) = room.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        format!(
-            "the room name contains whitespace or a control character (`{}`)",
-            c.escape_debug()
-        )
-    } else {
-        return Ok(());
-    };
-    Err(Error::config(key, room, problem, ROOM_EXPECTED))
 }
 
 fn check_secret(key: &str, secret: &str) -> Result<()> {
@@ -642,9 +626,12 @@ mod tests {
         c.validate().expect("distinct listeners");
         c.mappings[1].target_host = "bad host".into();
         assert_eq!(config_key(c.validate().map(|()| c.clone())), "mappings[1]");
-        let mut c = parse(minimal());
-        c.room = String::new();
-        assert_eq!(config_key(c.validate().map(|()| c.clone())), "room");
+        // A room name is checked when it is made, so no config holds a bad one.
+        let c = parse(minimal());
+        assert_eq!(
+            config_key(RoomName::new("").map(|room| Config { room, ..c })),
+            "room"
+        );
     }
 
     #[test]
