@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 pub use self::allow::AllowRule;
 pub use self::mapping::{Mapping, Proto};
 pub use self::performance::{default_workers, Performance};
-pub use self::relay::{RelayConfig, RelayPolicy};
+pub use self::relay::{RelayConfig, RelayPolicy, TurnUrl};
 pub use crate::room::{RoomName, MAX_ROOM_LEN};
 
 use self::allow::parse_allow_rules;
@@ -346,8 +346,8 @@ impl Config {
     }
 
     /// Re-checks every invariant that parsing enforces, for a config built or changed in
-    /// code. Errors use the canonical key names. (A [`RoomName`] is checked when it is
-    /// made.)
+    /// code. Errors use the canonical key names. (A [`RoomName`] and a [`TurnUrl`] are
+    /// checked when they are made.)
     pub fn validate(&self) -> Result<()> {
         if let Some(secret) = &self.secret {
             check_secret("secret", secret)?;
