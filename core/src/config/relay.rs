@@ -148,6 +148,14 @@ impl TurnUrl {
             Some((a, q)) => (a, Some(q)),
             None => (rest, None),
         };
+        if authority.contains('@') {
+            // Said without quoting any of it: what precedes the `@` is a password.
+            return Err(fail(
+                "the URL has user information (`…@`); give it as relay.username and \
+                 relay.credential instead"
+                    .into(),
+            ));
+        }
         check_spec_chars("the relay host", authority).map_err(fail)?;
         let (host, port) = parse_host_port(authority, Some(default_port)).map_err(fail)?;
         if let Some(query) = query {
@@ -161,7 +169,12 @@ impl TurnUrl {
                         "TURN over TCP is not supported yet; QUIC needs the UDP transport".into(),
                     ))
                 }
-                _ => return Err(fail(format!("unsupported query `?{}`", shown(query)))),
+                _ => {
+                    return Err(fail(format!(
+                        "unsupported query `?{}`",
+                        shown(&masked_query(query))
+                    )))
+                }
             }
         }
         if tls {
@@ -195,6 +208,22 @@ impl TurnUrl {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+}
+
+/// `query` for an error message: parameter names as given, values other than the
+/// transport's masked, since a token may hide in one.
+fn masked_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, value)) if name.eq_ignore_ascii_case("transport") => {
+                format!("{name}={value}")
+            }
+            Some((name, _)) => format!("{name}=***"),
+            None => "***".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 impl FromStr for TurnUrl {
@@ -329,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn turn_url_errors_say_what_is_supported() {
+    fn turn_url_errors_say_what_is_supported_and_show_no_secret() {
         for (url, needle) in [
             ("http://relay.example", "must start with turn: or turns:"),
             ("turn:relay.example?transport=tcp", "TURN over TCP"),
@@ -345,5 +374,20 @@ mod tests {
                 other => panic!("{url}: {other:?}"),
             }
         }
+        for url in [
+            "turn:user:pw-xyz@relay.example",
+            "turn:pw-xyz@relay.example:3478",
+            "turn:relay.example?token=pw-xyz",
+            "turn:relay.example?transport=udp&pw-xyz",
+        ] {
+            let err = TurnUrl::parse(url).expect_err(url).to_string();
+            assert!(!err.contains("pw-xyz"), "{err}");
+        }
+        let err = TurnUrl::parse("turn:h?transport=quic&token=x").expect_err("query");
+        assert!(
+            err.to_string()
+                .contains("unsupported query `?transport=quic&token=***`"),
+            "{err}"
+        );
     }
 }
