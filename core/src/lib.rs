@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod punch;
 pub mod redact;
 pub(crate) mod relay;
+pub mod room;
 pub mod signal;
 pub(crate) mod socket;
 pub mod stats;

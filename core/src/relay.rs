@@ -27,7 +27,7 @@ use stun::message::{
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 
-use crate::config::RelayConfig;
+use crate::config::{RelayConfig, TurnUrl};
 use crate::error::{Error, Result};
 use crate::stun::client::StunAgent;
 use crate::stun::message::{self, Tid};
@@ -43,7 +43,7 @@ const MAGIC: u32 = 0x2112_A442;
 #[derive(Clone)]
 pub(crate) struct RelayTarget {
     pub server: SocketAddr,
-    pub url: String,
+    pub url: TurnUrl,
     pub username: String,
     pub password: String,
 }
@@ -54,28 +54,6 @@ impl std::fmt::Debug for RelayTarget {
             .field("server", &self.server)
             .field("username", &self.username)
             .finish_non_exhaustive()
-    }
-}
-
-/// `turn:HOST[:PORT][?transport=udp]` → "HOST:PORT".
-pub(crate) fn host_port(url: &str) -> String {
-    let rest = url
-        .split_once(':')
-        .map(|(_, r)| r)
-        .unwrap_or(url)
-        .split('?')
-        .next()
-        .unwrap_or("");
-    if rest.starts_with('[') {
-        if rest.contains("]:") {
-            rest.to_owned()
-        } else {
-            format!("{rest}:3478")
-        }
-    } else if rest.contains(':') {
-        rest.to_owned()
-    } else {
-        format!("{rest}:3478")
     }
 }
 
@@ -334,7 +312,8 @@ impl TurnClient {
         TurnClient {
             target: RelayTarget {
                 server,
-                url: format!("turn:{server}"),
+                url: TurnUrl::parse(&format!("turn:{server}"))
+                    .expect("a socket address is a TURN host"),
                 username: "u".into(),
                 password: "p".into(),
             },
@@ -433,7 +412,7 @@ impl TurnClient {
 
     /// The relay URL as configured.
     pub fn url(&self) -> &str {
-        &self.target.url
+        self.target.url.as_str()
     }
 
     /// An authenticated request; retries once on 438 Stale Nonce.
@@ -625,7 +604,7 @@ mod tests {
     #[test]
     fn rest_api_credentials() {
         let cfg = RelayConfig {
-            url: "turn:h".into(),
+            url: "turn:h".parse().expect("TURN URL"),
             username: Some("alice".into()),
             credential: None,
             auth_secret: Some("s3cret".into()),
@@ -638,11 +617,6 @@ mod tests {
             pass,
             base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
         );
-        assert_eq!(
-            host_port("turn:relay.example?transport=udp"),
-            "relay.example:3478"
-        );
-        assert_eq!(host_port("turn:10.0.0.1:3479"), "10.0.0.1:3479");
     }
 
     /// Issue #14, finding 6: channel numbers are reserved under the lock, so binds

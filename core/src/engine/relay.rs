@@ -18,7 +18,7 @@ pub(crate) async fn ensure_relay(
     let Some(cfg) = shared.config.relay.clone() else {
         return Err(Attempt::Retry("no relay configured".into()));
     };
-    let host_port = crate::relay::host_port(&cfg.url);
+    let host_port = cfg.url.host_port();
     let server = tokio::time::timeout(
         Duration::from_secs(5),
         tokio::net::lookup_host(host_port.as_str()),

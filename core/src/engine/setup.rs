@@ -77,7 +77,7 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
     // the room name alone finds (and can overwrite or delete) nothing.
     let mailbox = match config.secret.as_deref() {
         Some(s) if !s.is_empty() => key.mailbox_name(),
-        _ => config.room.clone(),
+        _ => config.room.to_string(),
     };
     let signal = SignalClient::with_ca_file(
         &config.signal_url,

@@ -40,7 +40,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Stats {
         .collect();
     Stats {
         mode: shared.mode_str().to_owned(),
-        room: shared.config.room.clone(),
+        room: shared.config.room.to_string(),
         insecure: shared.config.secret.is_none(),
         path: if connected { peer.path } else { None },
         relay_server: match (connected, peer.path, lock(&shared.turn).as_ref()) {

@@ -10,8 +10,7 @@ use serde::Deserialize;
 
 use super::proto::Role;
 
-/// Longest room name the protocol allows, in bytes (servers may be configured lower).
-pub const MAX_ROOM_LEN: usize = 128;
+pub use crate::room::MAX_ROOM_LEN;
 
 /// Longest `wait` that parses (one day); servers cap it much lower.
 const MAX_WAIT_SECS: f64 = 86_400.0;

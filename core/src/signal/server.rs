@@ -386,7 +386,7 @@ fn check_config(c: &SignalServerConfig) -> Result<()> {
         "max_room_len",
         (1..=MAX_ROOM_LEN).contains(&c.max_room_len),
         c.max_room_len.to_string(),
-        "1 to 128 bytes",
+        &format!("1 to {MAX_ROOM_LEN} bytes"),
     )?;
     positive(
         "max_body",

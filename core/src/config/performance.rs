@@ -1,0 +1,257 @@
+//! Tuning knobs: [`Performance`] (the `performance` object), its defaults and ranges.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::schema::{
+    Fields, IDLE_TIMEOUT, KEEP_ALIVE, MAX_RETRIES, PERFORMANCE_FIELDS, SIGNAL_BACKOFF, STUN_CACHE,
+    TCP_BUFFER_SIZE, TUNNEL_WAIT, UDP_BUFFER_SIZE, UDP_FLOW_TIMEOUT, WORKERS,
+};
+use super::values::{
+    check_duration, check_int, expect_object, fmt_duration, parse_duration, parse_uint, parse_usize,
+};
+use crate::error::{Error, Result};
+
+const PERFORMANCE_EXPECTED: &str = "an object with keys stunCache, signalBackoff, tcpBufferSize, \
+     udpBufferSize, maxRetries, udpFlowTimeout, keepAlive, idleTimeout, workers, tunnelWait";
+
+/// Tuning knobs (the `performance` object). Every field has a default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Performance {
+    /// `stunCache`: how long a STUN result is reused. Default 5 min, 1 s-24 h.
+    pub stun_cache: Duration,
+    /// `signalBackoff`: first delay of the signaling poll's exponential backoff.
+    /// Default 500 ms, 10 ms-60 s.
+    pub signal_backoff: Duration,
+    /// `tcpBufferSize`: copy buffer per TCP direction, bytes. Default 65536, 1 KiB-16 MiB.
+    pub tcp_buffer_size: usize,
+    /// `udpBufferSize`: kernel `SO_RCVBUF`/`SO_SNDBUF` of UDP sockets, bytes.
+    /// Default 1 MiB, 8 KiB-64 MiB. Datagram read buffers are always 64 KiB, so nothing
+    /// is truncated whatever this is.
+    pub udp_buffer_size: usize,
+    /// `maxRetries`: fast reconnect attempts before falling back to one every 30 s.
+    /// Default 3, 0-1000.
+    pub max_retries: u32,
+    /// `udpFlowTimeout`: a UDP flow idle this long is closed on both sides.
+    /// Default 60 s, 1 s-24 h.
+    pub udp_flow_timeout: Duration,
+    /// `keepAlive`: QUIC keep-alive interval. Default 5 s (below common NAT UDP timeouts), 10 ms-1 h, and shorter than
+    /// `idle_timeout`.
+    pub keep_alive: Duration,
+    /// `idleTimeout`: QUIC idle timeout: a tunnel silent this long is declared lost and
+    /// reconnected. Default 15 s (three keep-alives), 100 ms-1 h.
+    pub idle_timeout: Duration,
+    /// `workers`: tokio worker threads of the engine's runtime, 1-64. Default: one per
+    /// two CPUs, at most 2 (see [`default_workers`]).
+    pub workers: usize,
+    /// `tunnelWait`: how long a local TCP connection or UDP flow accepted while the
+    /// tunnel is not up (starting, or reconnecting) waits for it. Its data is carried
+    /// once the tunnel is up; when the time runs out the TCP connection is reset and
+    /// counted in `tunnel_wait_timeouts`. Default 10 s, 100 ms-10 min.
+    pub tunnel_wait: Duration,
+}
+
+/// The default `workers`: one runtime thread per two CPUs, between 1 and 2. One QUIC
+/// connection is driven by one task, so more threads add little; and on a small
+/// machine, where the engine shares the CPUs with the service it forwards, a second
+/// worker costs more in cross-thread wake-ups than it gains. Measured on 2 cores with
+/// iperf3 through a loopback tunnel: 4.6-5.6 Gbit/s with 1 worker, 3.4-4.1 with 2
+/// (docs/benchmarks.md).
+pub fn default_workers() -> usize {
+    // Asked once: on Linux the answer reads the cgroup files, and every parsed config
+    // starts from `Performance::default()`.
+    static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WORKERS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cpus / 2).clamp(1, 2)
+    })
+}
+
+impl Default for Performance {
+    fn default() -> Self {
+        Performance {
+            stun_cache: Duration::from_secs(5 * 60),
+            signal_backoff: Duration::from_millis(500),
+            tcp_buffer_size: 64 * 1024,
+            udp_buffer_size: 1024 * 1024,
+            max_retries: 3,
+            udp_flow_timeout: Duration::from_secs(60),
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
+            workers: default_workers(),
+            tunnel_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+impl Performance {
+    pub(super) fn check(&self, prefix: &str) -> Result<()> {
+        let key = |name: &str| format!("{prefix}.{name}");
+        check_duration(
+            &key(STUN_CACHE.name),
+            self.stun_cache,
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+        )?;
+        check_duration(
+            &key(SIGNAL_BACKOFF.name),
+            self.signal_backoff,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        )?;
+        check_int(
+            &key(TCP_BUFFER_SIZE.name),
+            self.tcp_buffer_size as u64,
+            1024,
+            16 * MIB,
+            "bytes",
+        )?;
+        check_int(
+            &key(UDP_BUFFER_SIZE.name),
+            self.udp_buffer_size as u64,
+            8192,
+            64 * MIB,
+            "bytes",
+        )?;
+        check_int(
+            &key(MAX_RETRIES.name),
+            u64::from(self.max_retries),
+            0,
+            1000,
+            "attempts",
+        )?;
+        check_duration(
+            &key(UDP_FLOW_TIMEOUT.name),
+            self.udp_flow_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+        )?;
+        check_duration(
+            &key(KEEP_ALIVE.name),
+            self.keep_alive,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        )?;
+        check_duration(
+            &key(IDLE_TIMEOUT.name),
+            self.idle_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?;
+        if self.keep_alive >= self.idle_timeout {
+            return Err(Error::config(
+                key(KEEP_ALIVE.name),
+                fmt_duration(self.keep_alive),
+                format!(
+                    "the keep-alive must be shorter than idleTimeout ({}), or the connection \
+                     times out between keep-alives",
+                    fmt_duration(self.idle_timeout)
+                ),
+                "a keepAlive shorter than idleTimeout, typically half of it",
+            ));
+        }
+        check_int(&key(WORKERS.name), self.workers as u64, 1, 64, "threads")?;
+        check_duration(
+            &key(TUNNEL_WAIT.name),
+            self.tunnel_wait,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert(STUN_CACHE.name.into(), fmt_duration(self.stun_cache).into());
+        m.insert(
+            SIGNAL_BACKOFF.name.into(),
+            fmt_duration(self.signal_backoff).into(),
+        );
+        m.insert(TCP_BUFFER_SIZE.name.into(), self.tcp_buffer_size.into());
+        m.insert(UDP_BUFFER_SIZE.name.into(), self.udp_buffer_size.into());
+        m.insert(MAX_RETRIES.name.into(), self.max_retries.into());
+        m.insert(
+            UDP_FLOW_TIMEOUT.name.into(),
+            fmt_duration(self.udp_flow_timeout).into(),
+        );
+        m.insert(KEEP_ALIVE.name.into(), fmt_duration(self.keep_alive).into());
+        m.insert(
+            IDLE_TIMEOUT.name.into(),
+            fmt_duration(self.idle_timeout).into(),
+        );
+        m.insert(WORKERS.name.into(), self.workers.into());
+        m.insert(
+            TUNNEL_WAIT.name.into(),
+            fmt_duration(self.tunnel_wait).into(),
+        );
+        Value::Object(m)
+    }
+}
+
+pub(super) fn parse_performance(key: &str, v: &Value) -> Result<Performance> {
+    let obj = expect_object(key, v, PERFORMANCE_EXPECTED)?;
+    let fields = Fields::new(obj, key);
+    fields.check_unknown(PERFORMANCE_FIELDS)?;
+    let mut p = Performance::default();
+    if let Some((k, v)) = fields.get(&STUN_CACHE)? {
+        p.stun_cache = parse_duration(&k, v)?;
+    }
+    if let Some((k, v)) = fields.get(&SIGNAL_BACKOFF)? {
+        p.signal_backoff = parse_duration(&k, v)?;
+    }
+    if let Some((k, v)) = fields.get(&TCP_BUFFER_SIZE)? {
+        p.tcp_buffer_size = parse_usize(&k, v, "a size in bytes, 1024-16777216")?;
+    }
+    if let Some((k, v)) = fields.get(&UDP_BUFFER_SIZE)? {
+        p.udp_buffer_size = parse_usize(&k, v, "a size in bytes, 8192-67108864")?;
+    }
+    if let Some((k, v)) = fields.get(&MAX_RETRIES)? {
+        let n = parse_uint(&k, v, "a number of attempts, 0-1000")?;
+        p.max_retries = u32::try_from(n).unwrap_or(u32::MAX);
+        check_int(&k, n, 0, 1000, "attempts")?;
+    }
+    if let Some((k, v)) = fields.get(&UDP_FLOW_TIMEOUT)? {
+        p.udp_flow_timeout = parse_duration(&k, v)?;
+    }
+    if let Some((k, v)) = fields.get(&KEEP_ALIVE)? {
+        p.keep_alive = parse_duration(&k, v)?;
+    }
+    if let Some((k, v)) = fields.get(&IDLE_TIMEOUT)? {
+        p.idle_timeout = parse_duration(&k, v)?;
+    }
+    if let Some((k, v)) = fields.get(&WORKERS)? {
+        p.workers = parse_usize(&k, v, "a number of threads, 1-64")?;
+    }
+    if let Some((k, v)) = fields.get(&TUNNEL_WAIT)? {
+        p.tunnel_wait = parse_duration(&k, v)?;
+    }
+    p.check(key)?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use crate::config::test_support::{parse, with};
+
+    #[test]
+    fn go_review_performance_block() {
+        let c = parse(with(json!({"performance": {
+            "stunCache": "5m", "signalBackoff": "500ms", "tcpBufferSize": 65536,
+            "udpBufferSize": 8192, "maxRetries": 3
+        }})));
+        let p = &c.performance;
+        assert_eq!(p.stun_cache, Duration::from_secs(300));
+        assert_eq!(p.signal_backoff, Duration::from_millis(500));
+        assert_eq!(p.tcp_buffer_size, 65536);
+        assert_eq!(p.udp_buffer_size, 8192);
+        assert_eq!(p.max_retries, 3);
+        assert_eq!(p.idle_timeout, Duration::from_secs(15));
+    }
+}
