@@ -322,7 +322,7 @@ pub struct EngineStats {
 impl From<&core::Stats> for EngineStats {
     fn from(s: &core::Stats) -> Self {
         EngineStats {
-            mode: s.mode.clone(),
+            mode: s.mode.as_str().to_owned(),
             room: s.room.clone(),
             insecure: s.insecure,
             state: (&s.state).into(),
@@ -330,8 +330,8 @@ impl From<&core::Stats> for EngineStats {
             peer_addr: s.peer_addr.map(|a| a.to_string()),
             local_addr: s.local_addr.to_string(),
             public_addr: s.public_addr.map(|a| a.to_string()),
-            nat_type: s.nat_type.clone(),
-            peer_nat_type: s.peer_nat_type.clone(),
+            nat_type: s.nat_type.as_str().to_owned(),
+            peer_nat_type: s.peer_nat_type.map(|t| t.as_str().to_owned()),
             rtt_ms: s.rtt_ms,
             totals: (&s.totals).into(),
             mappings: s

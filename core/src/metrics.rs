@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::stats::{Stats, Traffic};
 use crate::status::{PathKind, State};
+use crate::stun::client::NatType;
 
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -176,13 +177,13 @@ pub fn render(stats: &Stats) -> String {
         "Always 1; the labels describe the engine.",
         &[(
             labels(&[
-                ("mode", &stats.mode),
+                ("mode", stats.mode.as_str()),
                 ("room", &stats.room),
                 ("local_addr", &stats.local_addr.to_string()),
-                ("nat_type", &stats.nat_type),
+                ("nat_type", stats.nat_type.as_str()),
                 (
                     "peer_nat_type",
-                    stats.peer_nat_type.as_deref().unwrap_or("unknown"),
+                    stats.peer_nat_type.map_or("unknown", NatType::as_str),
                 ),
             ]),
             1.0,
@@ -388,7 +389,7 @@ mod tests {
 
     fn stats() -> Stats {
         Stats {
-            mode: "client".into(),
+            mode: crate::config::Mode::Client,
             room: "r\"oom".into(),
             insecure: false,
             state: State::Connected {
@@ -400,7 +401,7 @@ mod tests {
             relay_server: None,
             local_addr: "127.0.0.1:1".parse().expect("addr"),
             public_addr: None,
-            nat_type: "unknown".into(),
+            nat_type: NatType::Unknown,
             peer_nat_type: None,
             rtt_ms: Some(1.5),
             totals: Traffic {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::config::Mode;
 use crate::status::{PathKind, State};
+use crate::stun::client::NatType;
 
 /// Live traffic counters of one mapping (or of the engine in total).
 #[derive(Debug, Default)]
@@ -175,7 +177,7 @@ pub struct Timings {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Stats {
     /// `client` or `server`.
-    pub mode: String,
+    pub mode: Mode,
     /// The room.
     pub room: String,
     /// No `secret` is set: anyone who knows the room name can join it.
@@ -193,9 +195,9 @@ pub struct Stats {
     /// Our public address per STUN.
     pub public_addr: Option<SocketAddr>,
     /// Our NAT type per STUN.
-    pub nat_type: String,
+    pub nat_type: NatType,
     /// The peer's NAT type from its offer.
-    pub peer_nat_type: Option<String>,
+    pub peer_nat_type: Option<NatType>,
     /// Smoothed round-trip time of the tunnel.
     pub rtt_ms: Option<f64>,
     /// All mappings together (server side: everything served for the peer).

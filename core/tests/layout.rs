@@ -50,11 +50,15 @@ fn module_of(path: &Path) -> String {
 /// file); test modules in files of their own (`tests.rs`) are skipped entirely.
 fn non_test(text: &str) -> Vec<&str> {
     let lines: Vec<&str> = text.lines().collect();
-    let end = lines
-        .windows(2)
-        .position(|w| {
-            w[0].trim() == "#[cfg(test)]" && w[1].trim_end().ends_with('{') && w[1].contains("mod ")
-        })
+    let opens_test_module = |i: usize| {
+        lines[i].trim() == "#[cfg(test)]"
+            && lines[i + 1..]
+                .iter()
+                .find(|l| !l.trim_start().starts_with("#["))
+                .is_some_and(|l| l.contains("mod ") && l.trim_end().ends_with('{'))
+    };
+    let end = (0..lines.len())
+        .find(|&i| opens_test_module(i))
         .unwrap_or(lines.len());
     lines[..end].to_vec()
 }

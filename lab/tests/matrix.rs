@@ -57,7 +57,10 @@ async fn cell(a: NatKind, b: NatKind, same_lan: bool, relay: bool) -> anyhow::Re
         tokio::task::spawn_blocking(move || c2.wait_connected(Duration::from_secs(30))).await?;
     let millis = started.elapsed().as_secs_f64() * 1000.0;
     let stats = client.stats();
-    let detected = (server.stats().nat_type, stats.nat_type.clone());
+    let detected = (
+        server.stats().nat_type.as_str().to_owned(),
+        stats.nat_type.as_str().to_owned(),
+    );
     let (server_name, client_name) = if same_lan {
         ("same LAN", "same LAN")
     } else {

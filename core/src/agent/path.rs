@@ -122,7 +122,10 @@ pub fn plan_path(
     relay: RelayPlan,
     policy: RelayPolicy,
 ) -> PathPlan {
-    if !our_nat.hopeless_with(&peer.nat) || peer.relay_count > 0 || our_relay_count > 0 {
+    if !our_nat.hopeless_with(NatType::from_name(&peer.nat))
+        || peer.relay_count > 0
+        || our_relay_count > 0
+    {
         return PathPlan::Punch;
     }
     let we_allocate = relay.allowed && (role == Role::Server || !peer.turn);

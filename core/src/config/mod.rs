@@ -53,7 +53,8 @@ use self::values::{check_duration, expect_str, fmt_duration, parse_duration};
 use crate::error::{Error, Result};
 
 /// Which side of the tunnel this peer is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Opens local listeners and forwards what they accept to the server
     /// (the Go tool's `sender`).

@@ -17,7 +17,7 @@ use crate::punch::{self, Punch, Selected};
 use crate::signal::proto::{unix_now, Offer, Role};
 use crate::stats::Timings;
 use crate::status::{PathKind, State};
-use crate::stun::client::{self as stun_client, Discovery};
+use crate::stun::client::{self as stun_client, Discovery, NatType};
 use crate::sync::lock;
 use crate::tunnel::{self, Fingerprint};
 
@@ -187,7 +187,7 @@ pub(crate) async fn connect_once(
     let signal_ms = ts.elapsed();
     {
         let mut p = lock(&shared.peer);
-        p.nat = Some(peer.nat.clone());
+        p.nat = Some(NatType::from_name(&peer.nat));
         p.offer_id = Some(peer.id.clone());
     }
     match path::plan_path(

@@ -20,7 +20,7 @@ use crate::signal::client::SignalClient;
 use crate::signal::proto::{Offer, OfferError, OfferGuard, Role, RoomKey};
 use crate::stats::{Counters, Timings};
 use crate::status::{Event, MappingId, PathKind, State};
-use crate::stun::client::{Discovery, StunAgent};
+use crate::stun::client::{Discovery, NatType, StunAgent};
 use crate::sync::lock;
 use crate::tunnel::{Identity, PinnedPeer};
 
@@ -47,7 +47,7 @@ pub(crate) fn insecure_warning(role: Role) -> String {
 pub(crate) struct PeerInfo {
     pub(crate) path: Option<PathKind>,
     pub(crate) addr: Option<SocketAddr>,
-    pub(crate) nat: Option<String>,
+    pub(crate) nat: Option<NatType>,
     pub(crate) offer_id: Option<String>,
     /// The offer the current tunnel was built from.
     pub(crate) offer: Option<Offer>,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::shared::Shared;
 use crate::stats::{MappingStats, Stats};
 use crate::status::PathKind;
+use crate::stun::client::NatType;
 use crate::sync::lock;
 
 pub(crate) async fn shutdown(shared: &Arc<Shared>, timeout: Duration) {
@@ -39,7 +40,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Stats {
         })
         .collect();
     Stats {
-        mode: shared.mode_str().to_owned(),
+        mode: shared.config.mode,
         room: shared.config.room.to_string(),
         insecure: shared.config.secret.is_none(),
         path: if connected { peer.path } else { None },
@@ -54,12 +55,8 @@ pub(crate) fn snapshot(shared: &Shared) -> Stats {
         state,
         local_addr: shared.local_addr,
         public_addr: disc.as_ref().and_then(|d| d.public_addr()),
-        nat_type: disc
-            .as_ref()
-            .map(|d| d.nat.as_str())
-            .unwrap_or("unknown")
-            .to_owned(),
-        peer_nat_type: peer.nat.clone(),
+        nat_type: disc.as_ref().map_or(NatType::Unknown, |d| d.nat),
+        peer_nat_type: peer.nat,
         rtt_ms: conn.map(|c| c.rtt().as_secs_f64() * 1000.0),
         totals: shared.totals.snapshot(),
         mappings,

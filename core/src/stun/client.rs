@@ -105,6 +105,7 @@ impl StunAgent {
 
 /// What we know of our NAT from STUN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 #[serde(rename_all = "kebab-case")]
 pub enum NatType {
     /// No STUN server answered (or none configured).
@@ -140,13 +141,35 @@ impl NatType {
         }
     }
 
+    /// The type named `name` (as [`NatType::as_str`] writes it; a peer's offer carries
+    /// it as text). A name this version does not know is [`NatType::Unknown`].
+    pub fn from_name(name: &str) -> NatType {
+        [
+            NatType::Open,
+            NatType::FullCone,
+            NatType::AddressRestricted,
+            NatType::PortRestricted,
+            NatType::Cone,
+            NatType::Nat,
+            NatType::Symmetric,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == name)
+        .unwrap_or(NatType::Unknown)
+    }
+
     /// True when two peers behind these NATs cannot reach each other directly: an
     /// endpoint-dependent mapping on one side with port-dependent filtering (or another
     /// endpoint-dependent mapping) on the other. Unknown types are never hopeless.
-    pub fn hopeless_with(self, peer: &str) -> bool {
-        let strict = |s: &str| s == "symmetric" || s == "port-restricted";
-        let me = self.as_str();
-        (me == "symmetric" && strict(peer)) || (peer == "symmetric" && strict(me))
+    pub fn hopeless_with(self, peer: NatType) -> bool {
+        let strict = |t: NatType| matches!(t, NatType::Symmetric | NatType::PortRestricted);
+        (self == NatType::Symmetric && strict(peer)) || (peer == NatType::Symmetric && strict(self))
+    }
+}
+
+impl std::fmt::Display for NatType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
