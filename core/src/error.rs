@@ -56,6 +56,10 @@ pub enum Error {
     /// The engine is stopped (or stopping) and cannot do this any more.
     #[error("engine is stopped")]
     Stopped,
+    /// A wait was cancelled from another thread (a [`crate::WaitCancel`] token, or
+    /// [`crate::Engine::cancel_waits`]) before it ended.
+    #[error("the wait was cancelled")]
+    Cancelled,
     /// The QUIC tunnel failed.
     #[error("tunnel: {0}")]
     Tunnel(String),
@@ -122,6 +126,7 @@ impl Error {
             Error::Timeout(_) => "ERR_TIMEOUT",
             Error::NoSuchMapping(_) => "ERR_NO_SUCH_MAPPING",
             Error::Stopped => "ERR_STOPPED",
+            Error::Cancelled => "ERR_CANCELLED",
             Error::Tunnel(_) => "ERR_TUNNEL",
             Error::NoPath { .. } => "ERR_NO_PATH",
             Error::Relay(_) => "ERR_RELAY",

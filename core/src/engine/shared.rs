@@ -118,10 +118,6 @@ pub(crate) struct Shared {
     /// `engine{room, mode}`: the parent span of every task, so each log line carries
     /// the room.
     pub(crate) span: tracing::Span,
-    /// The tunnel socket's descriptor, owned by quinn's endpoint (see
-    /// [`release_tunnel_port`]).
-    #[cfg(unix)]
-    pub(crate) tunnel_fd: std::os::fd::RawFd,
 }
 
 impl Shared {
