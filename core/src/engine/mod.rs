@@ -69,7 +69,6 @@ pub struct Engine {
     /// Where the engine is in its life; `stopped` is notified when it gets to the end.
     phase: Mutex<Phase>,
     stopped: Condvar,
-    handle: tokio::runtime::Handle,
     event_thread: Mutex<Option<JoinHandle<()>>>,
     event_thread_id: ThreadId,
     local_addr: SocketAddr,
@@ -86,7 +85,9 @@ enum Phase {
 
 #[derive(Clone)]
 enum Life {
-    Running(Arc<Shared>),
+    /// The shared state, and a handle of the runtime to run calls on (which, like
+    /// the state, holds descriptors: the runtime's epoll and waker).
+    Running(Arc<Shared>, tokio::runtime::Handle),
     /// `stop` let go of the shared state once the runtime was down: that last
     /// reference owned the QUIC endpoint, the tunnel socket and the rendezvous client,
     /// so dropping it closed them.
@@ -216,10 +217,9 @@ impl Engine {
             .map_err(|e| Error::io("cannot start the event thread", &e))?;
         let event_thread_id = event_thread.thread().id();
         let engine = Engine {
-            life: Mutex::new(Life::Running(shared.clone())),
+            life: Mutex::new(Life::Running(shared.clone(), handle.clone())),
             phase: Mutex::new(Phase::Running(rt)),
             stopped: Condvar::new(),
-            handle: handle.clone(),
             event_thread: Mutex::new(Some(event_thread)),
             event_thread_id,
             local_addr: shared.local_addr,
@@ -250,7 +250,7 @@ impl Engine {
     /// The shared state, unless the engine has stopped.
     fn live(&self) -> Option<Arc<Shared>> {
         match &*lock(&self.life) {
-            Life::Running(shared) => Some(shared.clone()),
+            Life::Running(shared, _) => Some(shared.clone()),
             Life::Stopped(_) => None,
         }
     }
@@ -262,7 +262,9 @@ impl Engine {
     /// Adds a mapping (client role). Works before and after the tunnel is up. Binds its
     /// local listener now, so a port in use is reported here.
     pub fn add_mapping(&self, mapping: Mapping) -> Result<MappingId> {
-        let shared = self.live().ok_or(Error::Stopped)?;
+        let Life::Running(shared, handle) = self.life() else {
+            return Err(Error::Stopped);
+        };
         if shared.config.mode != Mode::Client {
             return Err(Error::config(
                 "mappings",
@@ -275,7 +277,7 @@ impl Engine {
             return Err(Error::Stopped);
         }
         let span = shared.span.clone();
-        run_blocking(&self.handle, add_mapping(shared, mapping).instrument(span))
+        run_blocking(&handle, add_mapping(shared, mapping).instrument(span))
             .unwrap_or(Err(Error::Stopped))
     }
 
@@ -325,7 +327,7 @@ impl Engine {
     /// The current state.
     pub fn state(&self) -> State {
         match self.life() {
-            Life::Running(shared) => shared.state(),
+            Life::Running(shared, _) => shared.state(),
             Life::Stopped(last) => last.stats.state.clone(),
         }
     }
@@ -333,7 +335,7 @@ impl Engine {
     /// Why the engine gave up, when its state is `Failed`.
     pub fn failure(&self) -> Option<Error> {
         match self.life() {
-            Life::Running(shared) => lock(&shared.failure).clone(),
+            Life::Running(shared, _) => lock(&shared.failure).clone(),
             Life::Stopped(last) => last.failure.clone(),
         }
     }
@@ -362,7 +364,7 @@ impl Engine {
     /// `stopped`, or `failed` if it had given up).
     pub fn stats(&self) -> Stats {
         match self.life() {
-            Life::Running(shared) => snapshot(&shared),
+            Life::Running(shared, _) => snapshot(&shared),
             Life::Stopped(last) => last.stats.clone(),
         }
     }
