@@ -60,17 +60,19 @@ export declare class Engine {
   get localAddr(): string
   /**
    * A snapshot of the engine's figures: state, path, peer, traffic per mapping and in
-   * total, connect timings, counters.
+   * total, connect timings, counters. Once stopped, the final figures.
    */
   stats(): EngineStats
   /**
    * Resolves with the `connected` state once the tunnel is up (at once if it is).
    * Rejects with `ERR_TIMEOUT` after `timeoutMs` (default 30000; the message says
    * the state and the last error), `ERR_PEER_AUTH` when the peer's offer failed
-   * authentication (wrong secret), `ERR_STOPPED` when the engine stops first, or
-   * the reason it gave up when it fails for good (e.g. `ERR_NO_PATH`).
+   * authentication (wrong secret), `ERR_STOPPED` when the engine stops first, the
+   * reason it gave up when it fails for good (e.g. `ERR_NO_PATH`), or
+   * `ERR_CANCELLED` when `options.signal` (an `AbortSignal`) aborts the wait (the
+   * engine keeps running).
    */
-  waitConnected(timeoutMs?: number): Promise<EngineState>
+  waitConnected(timeoutMs?: number, options?: { signal?: AbortSignal }): Promise<EngineState>
   /**
    * Stops gracefully within about `timeoutMs` (default 2000): tells the peer, closes
    * listeners and connections, leaves the room. Resolves once everything has
@@ -241,6 +243,26 @@ export interface EngineStats {
   lastError: string | null
 }
 
+/** One log record of the library, as `setLogger`'s function receives it. */
+export interface LogRecord {
+  /** How severe it is. */
+  level: 'error' | 'warn' | 'info' | 'debug' | 'trace'
+  /**
+   * The Rust module it comes from, e.g. `stunfwd_core::engine::driver` (or another
+   * crate's, e.g. `quinn_proto::connection`).
+   */
+  target: string
+  /**
+   * The message, then ` key=value` for each of the record's fields (`room`,
+   * `state`, `peer`...).
+   */
+  message: string
+  /** The Rust source file, when known. */
+  file?: string
+  /** Its line, when known. */
+  line?: number
+}
+
 /**
  * A mapping was added (its listener is up) or removed (listener and connections
  * closed).
@@ -285,6 +307,18 @@ export interface MappingStats {
   /** Its traffic. */
   traffic: TrafficStats
 }
+
+/**
+ * Sends every log record of the library at `level` or more severe (default `'info'`;
+ * other crates' records, such as QUIC's and TLS's, from `'warn'` up only) to
+ * `logger`, or with `null` stops sending them. Process-wide: the last call wins.
+ *
+ * `logger` runs on the main thread, a little after the record was made (records are
+ * queued from the threads that log; if the main thread falls more than 1024 records
+ * behind, the excess is dropped and a warning record says how many). A logger that
+ * throws is reported as an uncaught exception. It does not keep the process alive.
+ */
+export declare function setLogger(logger: ((record: LogRecord) => void) | null, level?: 'error' | 'warn' | 'info' | 'debug' | 'trace'): void
 
 /** Traffic figures. "Sent" is toward the peer (into the tunnel), "received" from it. */
 export interface TrafficStats {

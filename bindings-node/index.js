@@ -837,3 +837,4 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.Engine = nativeBinding.Engine
 module.exports.SignalServer = nativeBinding.SignalServer
+module.exports.setLogger = nativeBinding.setLogger

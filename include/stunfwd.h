@@ -113,6 +113,10 @@ typedef enum stunfwd_result {
    * The TURN relay failed (credentials, quota, unreachable); the message says which.
    */
   STUNFWD_RESULT_RELAY = 17,
+  /**
+   * A wait was cancelled by `stunfwd_engine_cancel_waits` before it ended.
+   */
+  STUNFWD_RESULT_CANCELLED = 18,
 } stunfwd_result;
 
 /**
@@ -441,7 +445,9 @@ enum stunfwd_result stunfwd_engine_state(const struct stunfwd_engine *engine,
 
 /**
  * Blocks until the tunnel is up, or `timeout_ms` passes (`STUNFWD_RESULT_TIMEOUT`,
- * or `STUNFWD_RESULT_PEER_AUTH` when the peer's offer failed authentication).
+ * or `STUNFWD_RESULT_PEER_AUTH` when the peer's offer failed authentication). Ends
+ * early with `STUNFWD_RESULT_STOPPED` when the engine stops, and with
+ * `STUNFWD_RESULT_CANCELLED` when another thread calls `stunfwd_engine_cancel_waits`.
  *
  * # Safety
  * `engine` must be a live handle.
@@ -450,7 +456,18 @@ enum stunfwd_result stunfwd_engine_wait_connected(const struct stunfwd_engine *e
                                                   uint32_t timeout_ms);
 
 /**
- * Fills `*stats_out` with a snapshot of the engine's figures.
+ * Ends every `stunfwd_engine_wait_connected` blocked on this engine now: they
+ * return `STUNFWD_RESULT_CANCELLED`. Waits that start afterwards are not affected, and
+ * the engine keeps running.
+ *
+ * # Safety
+ * `engine` must be a live handle.
+ */
+enum stunfwd_result stunfwd_engine_cancel_waits(const struct stunfwd_engine *engine);
+
+/**
+ * Fills `*stats_out` with a snapshot of the engine's figures (the final ones once
+ * stopped).
  *
  * # Safety
  * `engine` must be a live handle; `stats_out` writable.
@@ -469,7 +486,11 @@ enum stunfwd_result stunfwd_engine_stats_json(const struct stunfwd_engine *engin
 
 /**
  * Stops the engine gracefully within about `timeout_ms` (tells the peer, closes
- * listeners and connections, leaves the room). Stopping twice is harmless. From
+ * listeners and connections, leaves the room) and closes every socket: the tunnel's
+ * and the mappings' ports are free when it returns. Afterwards `_stats` gives the
+ * final figures, `_add_mapping` and `_remove_mapping` return `STUNFWD_RESULT_STOPPED`
+ * and `_mapping_port` `STUNFWD_RESULT_NO_SUCH_MAPPING`. Stopping twice is harmless (a
+ * second call from another thread returns once the first is done). From
  * inside the log callback this returns `STUNFWD_RESULT_IN_CALLBACK` (it would block a
  * thread the engine needs); from an event callback it works.
  *
@@ -516,7 +537,9 @@ enum stunfwd_result stunfwd_set_log_callback(stunfwd_log_callback callback,
 /**
  * Starts a rendezvous server: HTTP mailbox on `http_addr` and, unless `stun_addr` is
  * NULL, a STUN responder on `stun_addr` (UDP). Use port 0 for any free port and read
- * the real ones back with `_url` / `_stun_addr`.
+ * the real ones back with `_url` / `_stun_addr`. An address that is not `IP:PORT` is
+ * `STUNFWD_RESULT_CONFIG` (the message names `http` or `stun`), a port in use
+ * `STUNFWD_RESULT_ADDR_IN_USE`.
  *
  * # Safety
  * Strings NUL-terminated (`stun_addr` may be NULL); `server_out` writable.

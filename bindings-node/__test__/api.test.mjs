@@ -26,11 +26,19 @@ function declaredClasses() {
   return classes
 }
 
-test('every class, method and getter in index.d.ts exists at runtime, and nothing else', () => {
+/** `export declare function name(` -> [name] */
+function declaredFunctions() {
+  return [...dts.matchAll(/^export declare function (\w+)\(/gm)].map((m) => m[1])
+}
+
+test('every class, function, method and getter in index.d.ts exists at runtime, and nothing else', () => {
   const classes = declaredClasses()
   assert.deepEqual(Object.keys(classes).sort(), ['Engine', 'SignalServer'])
+  const functions = declaredFunctions()
+  assert.deepEqual(functions, ['setLogger'])
+  for (const f of functions) assert.equal(typeof binding[f], 'function', f)
   const exported = Object.keys(binding).filter((k) => !k.startsWith('__')).sort()
-  assert.deepEqual(exported, Object.keys(classes).sort())
+  assert.deepEqual(exported, [...Object.keys(classes), ...functions].sort())
   for (const [name, members] of Object.entries(classes)) {
     const cls = binding[name]
     assert.equal(typeof cls, 'function', name)
@@ -47,6 +55,7 @@ test('every class, method and getter in index.d.ts exists at runtime, and nothin
 test('ESM named imports work (CommonJS loader, detected exports)', () => {
   assert.equal(esm.Engine, binding.Engine)
   assert.equal(esm.SignalServer, binding.SignalServer)
+  assert.equal(esm.setLogger, binding.setLogger)
 })
 
 test('Engine cannot be constructed with new', () => {

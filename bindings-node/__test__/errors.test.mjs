@@ -1,10 +1,11 @@
 // Every failure is an Error with a stable `code` and a message that says what to do.
 import assert from 'node:assert/strict'
 import dgram from 'node:dgram'
+import { getEventListeners } from 'node:events'
 import net from 'node:net'
 import { test } from 'node:test'
 
-import { Engine, SignalServer, config, forgeOffer, rendezvous, room } from './helpers.mjs'
+import { Engine, SignalServer, config, forgeOffer, rendezvous, room, setLogger } from './helpers.mjs'
 
 /** Asserts that `fn` throws an Error with `code` whose message matches `message`. */
 function throwsCode(fn, code, message) {
@@ -107,6 +108,31 @@ test('ERR_INVALID_ARG for JavaScript values of the wrong kind', async (t) => {
   await rejectsCode(client.stop('soon'), 'ERR_INVALID_ARG', /`timeoutMs` must be a number/)
   await rejectsCode(SignalServer.start('127.0.0.1:0'), 'ERR_INVALID_ARG', /`options` must be an object/)
   await rejectsCode(SignalServer.start({ http: 8080 }), 'ERR_INVALID_ARG', /`http` must be a string/)
+  await rejectsCode(client.waitConnected(10, 'soon'), 'ERR_INVALID_ARG', /`options` must be an object/)
+  await rejectsCode(client.waitConnected(10, { signal: 'soon' }), 'ERR_INVALID_ARG', /`options.signal` must be an AbortSignal/)
+  throwsCode(() => setLogger(42), 'ERR_INVALID_ARG', /`logger` must be a function, got a number/)
+  throwsCode(() => setLogger(() => {}, 'loud'), 'ERR_INVALID_ARG', /unknown log level "loud"/)
+})
+
+test('ERR_CANCELLED when the AbortSignal of waitConnected aborts; the engine runs on', async (t) => {
+  const signal = await rendezvous(t)
+  const client = Engine.start(config(signal, 'client', room()))
+  t.after(() => client.stop())
+  const controller = new AbortController()
+  const started = performance.now()
+  setTimeout(() => controller.abort(), 100)
+  await rejectsCode(client.waitConnected(20000, { signal: controller.signal }), 'ERR_CANCELLED', /cancelled/)
+  const took = performance.now() - started
+  assert.ok(took < 2000, `the abort took ${took.toFixed(0)} ms to end the wait`)
+  await rejectsCode(client.waitConnected(20000, { signal: AbortSignal.abort() }), 'ERR_CANCELLED')
+  assert.equal(client.state, 'signaling')
+  await rejectsCode(client.waitConnected(50), 'ERR_TIMEOUT')
+  // A signal used for many waits keeps no listener from those that ended.
+  const reused = new AbortController()
+  for (let i = 0; i < 12; i++) {
+    await rejectsCode(client.waitConnected(10, { signal: reused.signal }), 'ERR_TIMEOUT')
+  }
+  assert.equal(getEventListeners(reused.signal, 'abort').length, 0)
 })
 
 test('ERR_NO_SUCH_MAPPING, ERR_TIMEOUT, ERR_STOPPED', async (t) => {
@@ -120,7 +146,12 @@ test('ERR_NO_SUCH_MAPPING, ERR_TIMEOUT, ERR_STOPPED', async (t) => {
   await pending
   await rejectsCode(client.waitConnected(1000), 'ERR_STOPPED')
   throwsCode(() => client.addMapping('tcp:0:22'), 'ERR_STOPPED', /stopped/)
+  throwsCode(() => client.removeMapping(1), 'ERR_STOPPED', /stopped/)
   assert.equal(client.state, 'stopped')
+  // The final figures stay readable.
+  const stats = client.stats()
+  assert.equal(stats.state.state, 'stopped')
+  assert.ok(stats.signalingRequests > 0)
 })
 
 test('ERR_TIMEOUT naming the secret when the secrets differ', async (t) => {

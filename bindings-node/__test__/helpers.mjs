@@ -9,7 +9,7 @@ import { createRequire } from 'node:module'
 const require = createRequire(import.meta.url)
 
 /** The package under test (the directory's own loader and `.node` file). */
-export const { Engine, SignalServer } = require('../index.js')
+export const { Engine, SignalServer, setLogger } = require('../index.js')
 
 export const PACKAGE_DIR = fileURLToPath(new URL('..', import.meta.url))
 export const FIXTURES = fileURLToPath(new URL('./fixtures/', import.meta.url))

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use napi::bindgen_prelude::{FromNapiValue, Function, JsObjectValue, JsValue, Object, Unknown};
 use napi::{Env, ValueType};
+use stunfwd_core::blocking::listen_addr;
 use stunfwd_core::Config;
+use tracing::level_filters::LevelFilter;
 
 use crate::error::{core, invalid_arg, NapiExt, Result};
 
@@ -146,14 +148,63 @@ pub fn socket_addr(
         return Ok(None);
     }
     let text = string(&value, &format!("`{key}`"))?;
-    text.parse().map(Some).map_err(|_| {
-        core(&stunfwd_core::Error::config(
-            key,
-            text.as_str(),
-            "not an address",
-            "IP:PORT, e.g. 127.0.0.1:0 or [::1]:3478 (port 0 picks a free port)",
+    listen_addr(key, &text).map(Some).map_err(|e| core(&e))
+}
+
+/// The `signal` of an options object such as `waitConnected`'s: an `AbortSignal`, or
+/// `None` when there are no options or no signal.
+pub fn abort_signal<'env>(options: Option<&Unknown<'env>>) -> Result<Option<Object<'env>>> {
+    let Some(options) = options.filter(|v| !is_nullish(v)) else {
+        return Ok(None);
+    };
+    if !is(options, ValueType::Object) {
+        return Err(invalid_arg(format!(
+            "`options` must be an object such as {{ signal: AbortSignal.timeout(5000) }}, got {}",
+            kind(options)
+        )));
+    }
+    // SAFETY: checked to be an object.
+    let options: Object = unsafe { options.cast() }.js()?;
+    let signal: Unknown = options.get_named_property("signal").js()?;
+    if is_nullish(&signal) {
+        return Ok(None);
+    }
+    let not_a_signal = || {
+        invalid_arg(format!(
+            "`options.signal` must be an AbortSignal, got {}",
+            kind(&signal)
         ))
-    })
+    };
+    if !is(&signal, ValueType::Object) {
+        return Err(not_a_signal());
+    }
+    // SAFETY: checked to be an object.
+    let object: Object = unsafe { signal.cast() }.js()?;
+    let aborted: Unknown = object.get_named_property("aborted").js()?;
+    let add: Unknown = object.get_named_property("addEventListener").js()?;
+    if !is(&aborted, ValueType::Boolean) || !is(&add, ValueType::Function) {
+        return Err(not_a_signal());
+    }
+    Ok(Some(object))
+}
+
+/// The `level` of `setLogger`: `'error'`, `'warn'`, `'info'` (the default), `'debug'`
+/// or `'trace'`.
+pub fn log_level(value: Option<&Unknown>) -> Result<LevelFilter> {
+    let Some(value) = value.filter(|v| !is_nullish(v)) else {
+        return Ok(LevelFilter::INFO);
+    };
+    let what = "`level` ('error', 'warn', 'info', 'debug' or 'trace')";
+    match string(value, what)?.as_str() {
+        "error" => Ok(LevelFilter::ERROR),
+        "warn" => Ok(LevelFilter::WARN),
+        "info" => Ok(LevelFilter::INFO),
+        "debug" => Ok(LevelFilter::DEBUG),
+        "trace" => Ok(LevelFilter::TRACE),
+        other => Err(invalid_arg(format!(
+            "unknown log level {other:?}; valid: 'error', 'warn', 'info', 'debug', 'trace'"
+        ))),
+    }
 }
 
 fn bool_value(value: &Unknown) -> Result<bool> {

@@ -1,6 +1,6 @@
 //! The `Engine` class: one stunfwd peer.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use napi::bindgen_prelude::{
@@ -11,6 +11,7 @@ use napi::{sys, Env, Status};
 use napi_derive::napi;
 use stunfwd_core as core;
 
+use crate::abort;
 use crate::args;
 use crate::error::{core as core_error, invalid_arg, Failure, NapiExt, Result};
 use crate::settle::{self, Deferred, Lifecycle, StopTurn};
@@ -55,37 +56,14 @@ type Listeners = Arc<Mutex<Vec<Arc<Listener>>>>;
 
 /// State shared by the JavaScript object, the core's event callback and stop threads.
 struct Link {
-    /// The engine until it has stopped. Dropped then (not when JavaScript garbage
-    /// collects this object), because a stopped core engine still holds its tunnel
-    /// socket and HTTP connections until it is dropped.
-    engine: Mutex<Option<Arc<core::Engine>>>,
-    /// The engine's figures at the moment it stopped.
-    last_stats: Mutex<Option<core::Stats>>,
+    /// Set once `start` has the engine (its first events may come before). Weak: the
+    /// engine holds its event callback, which holds this.
+    engine: OnceLock<Weak<core::Engine>>,
     queue: Mutex<Option<EventQueue>>,
     life: Lifecycle,
 }
 
 impl Link {
-    /// The engine, unless it has stopped.
-    fn engine(&self) -> Option<Arc<core::Engine>> {
-        lock(&self.engine).clone()
-    }
-
-    /// Like `engine`, with `ERR_STOPPED` once it has stopped.
-    fn running(&self) -> Result<Arc<core::Engine>> {
-        self.engine()
-            .ok_or_else(|| core_error(&core::Error::Stopped))
-    }
-
-    /// Stops the engine (on a helper thread) and lets go of it.
-    fn stop(&self, engine: Arc<core::Engine>, timeout: Duration) -> Vec<Deferred<()>> {
-        engine.stop(timeout);
-        *lock(&self.last_stats) = Some(engine.stats());
-        lock(&self.engine).take();
-        drop(engine);
-        self.life.finish()
-    }
-
     fn send(&self, msg: Msg) {
         if let Some(queue) = lock(&self.queue).as_ref() {
             // Fails only while Node is tearing the environment down; nothing to tell then.
@@ -149,8 +127,8 @@ fn dispatch(ctx: FunctionCallContext, listeners: &Listeners) -> napi::Result<()>
 /// `stop()` has resolved it no longer does.
 #[napi]
 pub struct Engine {
+    engine: Arc<core::Engine>,
     link: Arc<Link>,
-    local_addr: String,
     listeners: Listeners,
 }
 
@@ -204,21 +182,21 @@ impl Engine {
             })
             .js()?;
         let link = Arc::new(Link {
-            engine: Mutex::new(None),
-            last_stats: Mutex::new(None),
+            engine: OnceLock::new(),
             queue: Mutex::new(Some(queue)),
             life: Lifecycle::default(),
         });
         let sink = link.clone();
         let started = core::Engine::start_with_events(config, move |event| {
-            // Why the engine gave up is not in the event; the core returns it from
-            // `wait_connected`, at once since the state is final.
+            // Why the engine gave up is not in the event; the core keeps it.
             let failure = match event {
                 core::Event::State {
                     state: core::State::Failed { .. },
                 } => sink
-                    .engine()
-                    .and_then(|e| e.wait_connected(Duration::ZERO).err()),
+                    .engine
+                    .get()
+                    .and_then(Weak::upgrade)
+                    .and_then(|e| e.failure()),
                 _ => None,
             };
             for e in EngineEvent::from_core(event, failure) {
@@ -227,11 +205,11 @@ impl Engine {
         });
         match started {
             Ok(engine) => {
-                let local_addr = engine.local_addr().to_string();
-                *lock(&link.engine) = Some(Arc::new(engine));
+                let engine = Arc::new(engine);
+                let _ = link.engine.set(Arc::downgrade(&engine));
                 Ok(Engine {
+                    engine,
                     link,
-                    local_addr,
                     listeners,
                 })
             }
@@ -253,8 +231,7 @@ impl Engine {
     #[napi(ts_args_type = "spec: string")]
     pub fn add_mapping(&self, spec: Unknown) -> Result<i64> {
         let spec = args::string(&spec, "`spec` (a mapping such as \"tcp:8080:22\")")?;
-        self.link
-            .running()?
+        self.engine
             .add_mapping_str(&spec)
             .map(crate::types::id)
             .map_err(|e| core_error(&e))
@@ -265,19 +242,17 @@ impl Engine {
     #[napi(ts_args_type = "id: number")]
     pub fn remove_mapping(&self, id: Unknown) -> Result<()> {
         let id = args::mapping_id(&id)?;
-        self.link
-            .running()?
-            .remove_mapping(id)
-            .map_err(|e| core_error(&e))
+        self.engine.remove_mapping(id).map_err(|e| core_error(&e))
     }
 
     /// The registered mappings, with the ports they actually listen on.
     #[napi]
     pub fn mappings(&self) -> Vec<MappingInfo> {
-        match self.link.engine() {
-            Some(engine) => engine.mappings().iter().map(MappingInfo::from).collect(),
-            None => Vec::new(),
-        }
+        self.engine
+            .mappings()
+            .iter()
+            .map(MappingInfo::from)
+            .collect()
     }
 
     /// The current state's name: `starting`, `discovering`, `signaling`, `punching`,
@@ -288,46 +263,40 @@ impl Engine {
         ts_return_type = "'starting' | 'discovering' | 'signaling' | 'punching' | 'connected' | 'reconnecting' | 'stopped' | 'failed'"
     )]
     pub fn state(&self) -> String {
-        match self.link.engine() {
-            Some(engine) => engine.state().name().to_owned(),
-            None => core::State::Stopped.name().to_owned(),
-        }
+        self.engine.state().name().to_owned()
     }
 
     /// The tunnel socket's local address, `host:port`.
     #[napi(getter)]
     pub fn local_addr(&self) -> String {
-        self.local_addr.clone()
+        self.engine.local_addr().to_string()
     }
 
     /// A snapshot of the engine's figures: state, path, peer, traffic per mapping and in
-    /// total, connect timings, counters.
+    /// total, connect timings, counters. Once stopped, the final figures.
     #[napi]
     pub fn stats(&self) -> EngineStats {
-        match self.link.engine() {
-            Some(engine) => (&engine.stats()).into(),
-            None => lock(&self.link.last_stats)
-                .as_ref()
-                .map(EngineStats::from)
-                .expect("a stopped engine has its last stats"),
-        }
+        (&self.engine.stats()).into()
     }
 
     /// Resolves with the `connected` state once the tunnel is up (at once if it is).
     /// Rejects with `ERR_TIMEOUT` after `timeoutMs` (default 30000; the message says
     /// the state and the last error), `ERR_PEER_AUTH` when the peer's offer failed
-    /// authentication (wrong secret), `ERR_STOPPED` when the engine stops first, or
-    /// the reason it gave up when it fails for good (e.g. `ERR_NO_PATH`).
+    /// authentication (wrong secret), `ERR_STOPPED` when the engine stops first, the
+    /// reason it gave up when it fails for good (e.g. `ERR_NO_PATH`), or
+    /// `ERR_CANCELLED` when `options.signal` (an `AbortSignal`) aborts the wait (the
+    /// engine keeps running).
     #[napi(
-        ts_args_type = "timeoutMs?: number",
+        ts_args_type = "timeoutMs?: number, options?: { signal?: AbortSignal }",
         ts_return_type = "Promise<EngineState>"
     )]
     pub fn wait_connected<'env>(
         &self,
         env: &'env Env,
         timeout_ms: Option<Unknown>,
+        options: Option<Unknown>,
     ) -> Result<Object<'env>> {
-        settle::or_reject(env, self.wait_connected_inner(env, timeout_ms))
+        settle::or_reject(env, self.wait_connected_inner(env, timeout_ms, options))
     }
 
     /// Stops gracefully within about `timeoutMs` (default 2000): tells the peer, closes
@@ -428,16 +397,28 @@ impl Engine {
         &self,
         env: &'env Env,
         timeout_ms: Option<Unknown>,
+        options: Option<Unknown>,
     ) -> Result<Object<'env>> {
         let timeout =
             args::timeout_ms(timeout_ms.as_ref(), "`timeoutMs`", DEFAULT_CONNECT_TIMEOUT)?;
-        let engine = self.link.running()?;
-        settle::spawn(env, "stunfwd-wait", move || {
+        let cancel = core::WaitCancel::new();
+        let watch = match args::abort_signal(options.as_ref())? {
+            Some(signal) => abort::watch(env, &signal, &cancel)?,
+            None => None,
+        };
+        let engine = self.engine.clone();
+        let wait = move || {
             engine
-                .wait_connected(timeout)
+                .wait_connected_with(timeout, &cancel)
                 .map(|s| EngineState::from(&s))
                 .map_err(Failure::from)
-        })
+        };
+        let done = move |env: &Env| {
+            if let Some(watch) = watch {
+                watch.end(env);
+            }
+        };
+        settle::spawn(env, "stunfwd-wait", wait, done)
     }
 
     fn stop_inner<'env>(
@@ -452,13 +433,8 @@ impl Engine {
             StopTurn::Done(deferred) => settle::resolve_all(vec![deferred]),
             StopTurn::Start => {
                 let link = self.link.clone();
-                match link.engine() {
-                    Some(engine) => settle::background("stunfwd-stop", move || {
-                        let waiting = link.stop(engine, timeout);
-                        link.close(waiting);
-                    }),
-                    None => link.close(link.life.finish()),
-                }
+                self.engine
+                    .stop_in_background(timeout, move || link.close(link.life.finish()));
             }
         }
         Ok(promise)
@@ -483,12 +459,8 @@ impl Drop for Engine {
     fn drop(&mut self) {
         if self.link.life.abandon() {
             let link = self.link.clone();
-            if let Some(engine) = link.engine() {
-                settle::background("stunfwd-stop", move || {
-                    link.stop(engine, DEFAULT_STOP_TIMEOUT);
-                    link.close(Vec::new());
-                });
-            }
+            self.engine
+                .stop_in_background(DEFAULT_STOP_TIMEOUT, move || link.close(Vec::new()));
         }
     }
 }

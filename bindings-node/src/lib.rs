@@ -8,11 +8,14 @@
 //! (`waitConnected`, `stop`, `SignalServer.start`/`stop`) runs on a helper thread and
 //! settles a Promise; engine events are queued to the main thread through one
 //! threadsafe function per engine, which is released when the engine stops so that a
-//! stopped engine never keeps the process alive.
+//! stopped engine never keeps the process alive. Log records reach `setLogger`'s
+//! function the same way, through a weak threadsafe function.
 
+mod abort;
 mod args;
 pub mod engine;
 pub mod error;
+pub mod log;
 mod settle;
 pub mod signal;
 pub mod types;

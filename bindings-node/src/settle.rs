@@ -1,5 +1,5 @@
 //! Promises settled from helper threads, and the bookkeeping of a `stop()` that several
-//! callers may await at once.
+//! callers may await at once (the stopping itself is the core's).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -24,39 +24,49 @@ pub fn settle<T: ToNapiValue + Send + 'static>(
     deferred: Deferred<T>,
     result: std::result::Result<T, Failure>,
 ) {
-    deferred.resolve(Box::new(move |env| match result {
-        Ok(value) => Ok(value),
-        Err(failure) => Err(failure.to_rejection(&env)),
+    settle_then(deferred, result, |_| {});
+}
+
+/// [`settle`], running `done` on the main thread first (to let go of JavaScript
+/// values the work needed).
+fn settle_then<T: ToNapiValue + Send + 'static>(
+    deferred: Deferred<T>,
+    result: std::result::Result<T, Failure>,
+    done: impl FnOnce(&Env) + Send + 'static,
+) {
+    deferred.resolve(Box::new(move |env| {
+        done(&env);
+        match result {
+            Ok(value) => Ok(value),
+            Err(failure) => Err(failure.to_rejection(&env)),
+        }
     }));
 }
 
-/// Runs `work` on a new thread and settles the promise with its result. Every promise
-/// made here settles: one left pending would keep the process alive for good.
-pub fn spawn<'env, T, F>(env: &'env Env, name: &str, work: F) -> Result<Object<'env>>
+/// Runs `work` on a new thread and settles the promise with its result, after `done`
+/// has run on the main thread. Every promise made here settles: one left pending
+/// would keep the process alive for good.
+pub fn spawn<'env, T, F, D>(env: &'env Env, name: &str, work: F, done: D) -> Result<Object<'env>>
 where
     T: ToNapiValue + Send + 'static,
     F: FnOnce() -> std::result::Result<T, Failure> + Send + 'static,
+    D: FnOnce(&Env) + Send + 'static,
 {
     let (deferred, promise) = promise::<T>(env)?;
-    let slot = Arc::new(Mutex::new(Some(deferred)));
+    let slot = Arc::new(Mutex::new(Some((deferred, done))));
     let theirs = slot.clone();
     let spawned = std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
             let result = work();
-            if let Some(deferred) = lock(&theirs).take() {
-                settle(deferred, result);
+            if let Some((deferred, done)) = lock(&theirs).take() {
+                settle_then(deferred, result, done);
             }
         });
     if let Err(e) = spawned {
-        if let Some(deferred) = lock(&slot).take() {
-            settle(
-                deferred,
-                Err(Failure::from(coded(
-                    "ERR_IO",
-                    format!("cannot start a thread: {e}"),
-                ))),
-            );
+        if let Some((deferred, done)) = lock(&slot).take() {
+            let failure = coded("ERR_IO", format!("cannot start a thread: {e}"));
+            settle_then(deferred, Err(Failure::from(failure)), done);
         }
     }
     Ok(promise)
@@ -149,25 +159,6 @@ pub fn or_reject<'env>(env: &'env Env, result: Result<Object<'env>>) -> Result<O
             let (deferred, promise) = promise::<()>(env)?;
             settle(deferred, Err(Failure::from(e)));
             Ok(promise)
-        }
-    }
-}
-
-/// Runs `work` on a new thread named `name`; if no thread can be started, runs it
-/// here (blocking the caller, but the work still gets done and its promises settle).
-pub fn background<F: FnOnce() + Send + 'static>(name: &str, work: F) {
-    let slot = Arc::new(Mutex::new(Some(work)));
-    let theirs = slot.clone();
-    let spawned = std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            if let Some(work) = lock(&theirs).take() {
-                work();
-            }
-        });
-    if spawned.is_err() {
-        if let Some(work) = lock(&slot).take() {
-            work();
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The `SignalServer` class: the rendezvous (mailbox + STUN) server, hosted in the
-//! Node.js process on a small runtime of its own.
+//! Node.js process (the core's [`BlockingSignalServer`], on a small runtime of its own).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -8,10 +8,10 @@ use napi::bindgen_prelude::{Object, Unknown};
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Env, Status, ValueType};
 use napi_derive::napi;
-use stunfwd_core::{SignalServer as CoreServer, SignalServerConfig};
+use stunfwd_core::{BlockingSignalServer, SignalServerConfig};
 
 use crate::args;
-use crate::error::{coded, invalid_arg, Failure, NapiExt, Result};
+use crate::error::{invalid_arg, Failure, NapiExt, Result};
 use crate::settle::{self, Lifecycle, StopTurn};
 
 /// Default of `stop(timeoutMs)`.
@@ -24,41 +24,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Never called: holding it keeps the Node.js process alive while the server runs.
 type KeepAlive = ThreadsafeFunction<(), (), (), Status, false>;
 
-struct Hosted {
-    rt: tokio::runtime::Runtime,
-    server: CoreServer,
-}
-
-impl Hosted {
-    fn start(config: SignalServerConfig) -> std::result::Result<Hosted, Failure> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("stunfwd-signal")
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                Failure::from(coded(
-                    "ERR_IO",
-                    format!("cannot start the rendezvous server's runtime: {e}"),
-                ))
-            })?;
-        match rt.block_on(CoreServer::start(config)) {
-            Ok(server) => Ok(Hosted { rt, server }),
-            Err(e) => {
-                rt.shutdown_background();
-                Err(e.into())
-            }
-        }
-    }
-
-    fn stop(self, timeout: Duration) {
-        let Hosted { rt, server } = self;
-        rt.block_on(server.stop(timeout));
-        drop(server);
-        rt.shutdown_timeout(Duration::from_secs(1));
-    }
-}
-
 /// A rendezvous server (HTTP mailbox plus, optionally, a STUN responder on UDP) running
 /// inside this process. Engines use its `url` as `signalUrl` and its `stunAddr` in
 /// `stunServers`.
@@ -67,12 +32,9 @@ impl Hosted {
 /// once `stop()` has resolved it no longer does.
 #[napi]
 pub struct SignalServer {
-    hosted: Arc<Mutex<Option<Hosted>>>,
+    server: Arc<BlockingSignalServer>,
     keep_alive: Arc<Mutex<Option<KeepAlive>>>,
     life: Arc<Lifecycle>,
-    url: String,
-    http_addr: String,
-    stun_addr: Option<String>,
 }
 
 #[napi]
@@ -93,20 +55,20 @@ impl SignalServer {
     /// The mailbox URL engines use as `signalUrl`, e.g. `http://127.0.0.1:41234/`.
     #[napi(getter)]
     pub fn url(&self) -> String {
-        self.url.clone()
+        self.server.url().to_owned()
     }
 
     /// The HTTP listen address, `host:port`.
     #[napi(getter)]
     pub fn http_addr(&self) -> String {
-        self.http_addr.clone()
+        self.server.http_addr().to_string()
     }
 
     /// The STUN responder's address, `host:port`, for `stunServers`; `null` when the
     /// server runs none.
     #[napi(getter)]
     pub fn stun_addr(&self) -> Option<String> {
-        self.stun_addr.clone()
+        self.server.stun_addr().map(|a| a.to_string())
     }
 
     /// Stops within about `timeoutMs` (default 1000): answers pending long-polls, closes
@@ -154,18 +116,18 @@ impl SignalServer {
             .callee_handled::<false>()
             .build()
             .js()?;
-        settle::spawn(env, "stunfwd-signal-start", move || {
+        let start = move || {
             // On failure `keep_alive` is dropped with this closure, so nothing is left
             // holding the process.
-            Hosted::start(config).map(|hosted| SignalServer {
-                url: hosted.server.url(),
-                http_addr: hosted.server.http_addr().to_string(),
-                stun_addr: hosted.server.stun_addr().map(|a| a.to_string()),
-                hosted: Arc::new(Mutex::new(Some(hosted))),
-                keep_alive: Arc::new(Mutex::new(Some(keep_alive))),
-                life: Arc::new(Lifecycle::default()),
-            })
-        })
+            BlockingSignalServer::start(config)
+                .map(|server| SignalServer {
+                    server: Arc::new(server),
+                    keep_alive: Arc::new(Mutex::new(Some(keep_alive))),
+                    life: Arc::new(Lifecycle::default()),
+                })
+                .map_err(Failure::from)
+        };
+        settle::spawn(env, "stunfwd-signal-start", start, |_| {})
     }
 
     fn stop_inner<'env>(
@@ -179,16 +141,8 @@ impl SignalServer {
             StopTurn::Joined => {}
             StopTurn::Done(deferred) => settle::resolve_all(vec![deferred]),
             StopTurn::Start => {
-                let (hosted, keep_alive, life) = (
-                    self.hosted.clone(),
-                    self.keep_alive.clone(),
-                    self.life.clone(),
-                );
-                settle::background("stunfwd-signal-stop", move || {
-                    let taken = lock(&hosted).take();
-                    if let Some(h) = taken {
-                        h.stop(timeout);
-                    }
+                let (keep_alive, life) = (self.keep_alive.clone(), self.life.clone());
+                self.server.stop_in_background(timeout, move || {
                     lock(&keep_alive).take();
                     settle::resolve_all(life.finish());
                 });
@@ -202,14 +156,11 @@ impl Drop for SignalServer {
     /// Garbage collection of a running server stops it, off the main thread.
     fn drop(&mut self) {
         if self.life.abandon() {
-            let (hosted, keep_alive) = (self.hosted.clone(), self.keep_alive.clone());
-            settle::background("stunfwd-signal-stop", move || {
-                let taken = lock(&hosted).take();
-                if let Some(h) = taken {
-                    h.stop(DEFAULT_STOP_TIMEOUT);
-                }
-                lock(&keep_alive).take();
-            });
+            let keep_alive = self.keep_alive.clone();
+            self.server
+                .stop_in_background(DEFAULT_STOP_TIMEOUT, move || {
+                    lock(&keep_alive).take();
+                });
         }
     }
 }

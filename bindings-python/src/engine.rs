@@ -1,20 +1,19 @@
 //! `_stunfwd.Engine`: a [`stunfwd_core::Engine`] with the GIL released around every call
 //! that waits, and its events handed to a Python dispatcher.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
-use stunfwd_core::{Config, Engine, Error, Event, State};
+use stunfwd_core::{Config, Engine, Error, Event, State, WaitCancel};
 
 use crate::errors::{lock, seconds, to_py};
 use crate::log;
 
-/// How long `wait_connected` blocks between two checks for Ctrl-C (and cancellation).
+/// How often a blocked `wait_connected` runs the signal handlers (Ctrl-C).
 const SLICE: Duration = Duration::from_millis(100);
 
 /// The Python callable that receives every event as `(json, description)`, the
@@ -27,17 +26,55 @@ type Slot = Arc<Mutex<Option<Py<PyAny>>>>;
 
 /// A running engine. Create it with `from_json` or `from_path`; the public class is
 /// `stunfwd.Engine`.
-///
-/// `stop` drops the core engine once it has stopped, because the core releases the
-/// tunnel's UDP socket only on drop; what is still asked afterwards (state, stats) is
-/// answered from a snapshot taken at that moment.
 #[pyclass(name = "Engine", module = "stunfwd._stunfwd", frozen)]
 pub(crate) struct NativeEngine {
-    engine: Mutex<Option<(Arc<Engine>, log::Live)>>,
-    /// `(state, stats JSON)` when stopped.
-    last: Mutex<Option<(State, String)>>,
-    local_addr: SocketAddr,
+    engine: Arc<Engine>,
+    /// Until stopped.
+    live: Mutex<Option<log::Live>>,
     dispatch: Slot,
+}
+
+/// Ends a wait from another thread: `stunfwd.Engine.wait_connected_async` cancels it
+/// when its task is cancelled.
+#[pyclass(name = "WaitCancel", module = "stunfwd._stunfwd", frozen)]
+pub(crate) struct NativeWaitCancel {
+    token: WaitCancel,
+}
+
+#[pymethods]
+impl NativeWaitCancel {
+    #[new]
+    fn new() -> Self {
+        NativeWaitCancel {
+            token: WaitCancel::new(),
+        }
+    }
+
+    /// Ends the waits given this token (they return `None`), now and later.
+    fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// True once cancelled.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// A token that cancels a wait on Ctrl-C: every [`SLICE`] the waiting thread attaches
+/// and runs the signal handlers; an exception they raise (`KeyboardInterrupt`) ends the
+/// wait and is kept in `raised`.
+fn on_signal(raised: Arc<Mutex<Option<PyErr>>>) -> WaitCancel {
+    WaitCancel::polling(SLICE, move || {
+        Python::attach(|py| match py.check_signals() {
+            Ok(()) => false,
+            Err(e) => {
+                *lock(&raised) = Some(e);
+                true
+            }
+        })
+    })
 }
 
 /// Runs on the engine's event thread: attaches to the interpreter and calls the
@@ -82,9 +119,8 @@ impl NativeEngine {
             py.detach(move || Engine::start_with_events(config, move |e| deliver(&events, e)));
         match started {
             Ok(engine) => Ok(NativeEngine {
-                local_addr: engine.local_addr(),
-                engine: Mutex::new(Some((Arc::new(engine), log::Live::new()))),
-                last: Mutex::new(None),
+                engine: Arc::new(engine),
+                live: Mutex::new(Some(log::Live::new())),
                 dispatch: slot,
             }),
             Err(e) => {
@@ -95,24 +131,13 @@ impl NativeEngine {
         }
     }
 
-    /// The engine, unless it is stopped.
-    fn running(&self) -> Option<Arc<Engine>> {
-        lock(&self.engine).as_ref().map(|(e, _)| e.clone())
-    }
-
-    /// The engine, or `StoppedError` once it is stopped.
-    fn engine(&self, py: Python<'_>) -> PyResult<Arc<Engine>> {
-        self.running().ok_or_else(|| to_py(py, &Error::Stopped))
-    }
-
     /// Runs `f` on the engine with the GIL released.
     fn call<T: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&Engine) -> Result<T, Error> + Send,
     ) -> PyResult<T> {
-        let engine = self.engine(py)?;
-        py.detach(|| f(&engine)).map_err(|e| to_py(py, &e))
+        py.detach(|| f(&self.engine)).map_err(|e| to_py(py, &e))
     }
 }
 
@@ -147,10 +172,7 @@ impl NativeEngine {
 
     /// `(id, spec, proto, listen, target)` of every mapping.
     fn mappings(&self) -> Vec<(u64, String, String, String, String)> {
-        let Some(engine) = self.running() else {
-            return Vec::new();
-        };
-        engine
+        self.engine
             .mappings()
             .into_iter()
             .map(|m| {
@@ -167,75 +189,42 @@ impl NativeEngine {
 
     /// `(json, text)` of the current state.
     fn state(&self) -> (String, String) {
-        match self.running() {
-            Some(engine) => state_pair(&engine.state()),
-            None => state_pair(
-                &lock(&self.last)
-                    .as_ref()
-                    .map_or(State::Stopped, |l| l.0.clone()),
-            ),
-        }
+        state_pair(&self.engine.state())
     }
 
     /// The tunnel socket's local address, `IP:PORT`.
     fn local_addr(&self) -> String {
-        self.local_addr.to_string()
+        self.engine.local_addr().to_string()
     }
 
     /// The stats snapshot as JSON (the final figures once stopped).
     fn stats_json(&self) -> String {
-        match self.running() {
-            Some(engine) => engine.stats_json(),
-            None => lock(&self.last)
-                .as_ref()
-                .map_or_else(|| "{}".to_owned(), |l| l.1.clone()),
-        }
+        self.engine.stats_json()
     }
 
     /// Waits up to `timeout` seconds for the tunnel; returns the connected state as
-    /// `(json, text)`, or `None` once `cancel.is_set()` is true. Checks for signals
+    /// `(json, text)`, or `None` once `cancel` is cancelled. Runs the signal handlers
     /// (Ctrl-C) every 100 ms; the GIL is released in between.
     #[pyo3(signature = (timeout, cancel=None))]
     fn wait_connected(
         &self,
         py: Python<'_>,
         timeout: f64,
-        cancel: Option<Bound<'_, PyAny>>,
+        cancel: Option<PyRef<'_, NativeWaitCancel>>,
     ) -> PyResult<Option<(String, String)>> {
-        let total = seconds("timeout", timeout)?;
-        let engine = self.engine(py)?;
-        let deadline = Instant::now().checked_add(total);
-        loop {
-            let remaining = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => SLICE,
-            };
-            let slice = remaining.min(SLICE);
-            let result = py.detach(|| engine.wait_connected(slice));
-            let done = slice == remaining;
-            match result {
-                Ok(state) => return Ok(Some(state_pair(&state))),
-                // Not connected yet: a timeout, or "the peer does not authenticate" which
-                // the core reports in place of a timeout; both are final only at the end.
-                Err(Error::Timeout(_) | Error::PeerAuth(_)) if !done => {
-                    py.check_signals()?;
-                    if let Some(cancel) = &cancel {
-                        if cancel.call_method0("is_set")?.is_truthy()? {
-                            return Ok(None);
-                        }
-                    }
-                }
-                // The core words the message after the slice it waited; name the whole wait.
-                Err(Error::Timeout(message)) => {
-                    let message = message.replacen(
-                        &format!("not connected after {slice:?}"),
-                        &format!("not connected after {total:?}"),
-                        1,
-                    );
-                    return Err(to_py(py, &Error::Timeout(message)));
-                }
-                Err(e) => return Err(to_py(py, &e)),
-            }
+        let timeout = seconds("timeout", timeout)?;
+        let raised = Arc::new(Mutex::new(None));
+        let token = match &cancel {
+            Some(c) => c.token.clone(),
+            None => on_signal(raised.clone()),
+        };
+        match py.detach(|| self.engine.wait_connected_with(timeout, &token)) {
+            Ok(state) => Ok(Some(state_pair(&state))),
+            Err(Error::Cancelled) => match lock(&raised).take() {
+                Some(e) => Err(e),
+                None => Ok(None),
+            },
+            Err(e) => Err(to_py(py, &e)),
         }
     }
 
@@ -243,28 +232,15 @@ impl NativeEngine {
     /// thread, including inside an event callback.
     fn stop(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
         let timeout = seconds("timeout", timeout)?;
-        let Some(engine) = self.running() else {
-            return Ok(());
-        };
-        py.detach(|| engine.stop(timeout));
-        let last = (engine.state(), engine.stats_json());
-        let mut slot = lock(&self.engine);
-        if slot.is_some() {
-            *lock(&self.last) = Some(last);
-        }
-        let ours = slot.take();
-        drop(slot);
-        // The last reference frees the tunnel socket (unless another call still holds one
-        // for a moment); the engine is stopped, so dropping it does not wait.
-        drop(ours);
-        drop(engine);
+        py.detach(|| self.engine.stop(timeout));
+        lock(&self.live).take();
         Ok(())
     }
 
     /// True once `stop` has returned.
     #[getter]
     fn stopped(&self) -> bool {
-        lock(&self.engine).is_none()
+        self.engine.is_stopped()
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -287,16 +263,14 @@ impl Drop for NativeEngine {
     /// An engine that was never stopped is stopped on a helper thread: stopping joins the
     /// event thread, which may be waiting for the GIL that the dropping thread holds.
     fn drop(&mut self) {
-        let Some((engine, _live)) = lock(&self.engine).take() else {
+        if self.engine.is_stopped() {
             return;
-        };
-        let spare = engine.clone();
-        let spawned = std::thread::Builder::new()
-            .name("stunfwd-drop".into())
-            .spawn(move || engine.stop(Duration::from_secs(2)));
-        if spawned.is_err() {
-            // No thread to be had: stop here, without holding the GIL.
-            let _ = Python::try_attach(|py| py.detach(|| spare.stop(Duration::from_secs(2))));
+        }
+        let engine = &self.engine;
+        let stop = || engine.stop_in_background(Duration::from_secs(2), || {});
+        // Without the GIL, should no thread be available and it stops right here.
+        if Python::try_attach(|py| py.detach(stop)).is_none() {
+            stop();
         }
     }
 }

@@ -1,10 +1,10 @@
 //! `stunfwd._stunfwd`, the native half of the `stunfwd` Python package.
 //!
 //! This crate translates between Python and `stunfwd-core` and nothing else: it wraps
-//! [`stunfwd_core::Engine`] and [`stunfwd_core::SignalServer`], releases the GIL around
-//! everything that waits, turns core errors into the exception classes of
-//! `stunfwd._errors`, hands events to a Python dispatcher and forwards `tracing` logs to
-//! the `logging` module. The Pythonic API (enums, dataclasses, context managers,
+//! [`stunfwd_core::Engine`] and [`stunfwd_core::BlockingSignalServer`], releases the
+//! GIL around everything that waits, turns core errors into the exception classes of
+//! `stunfwd._errors`, hands events to a Python dispatcher and forwards the core's log
+//! records to the `logging` module. The Pythonic API (enums, dataclasses, context managers,
 //! asyncio) is the pure-Python layer in `python/stunfwd/`.
 
 use pyo3::prelude::*;
@@ -21,6 +21,8 @@ mod _stunfwd {
 
     #[pymodule_export]
     use super::engine::NativeEngine;
+    #[pymodule_export]
+    use super::engine::NativeWaitCancel;
     #[pymodule_export]
     use super::log::shutdown_logging;
     #[pymodule_export]

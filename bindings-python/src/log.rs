@@ -1,35 +1,29 @@
 //! `tracing` events of the library, forwarded to Python's `logging.getLogger("stunfwd")`.
 //!
-//! The threads that log (engine workers, the rendezvous runtime) never touch the
-//! interpreter: the layer formats the record and `try_send`s it to a bounded channel.
-//! One dedicated thread, `stunfwd-log`, attaches to the interpreter and calls
-//! `Logger.log`. A record the channel cannot take is counted and reported later instead
-//! of blocking a worker. Records below the logger's effective level are filtered before
-//! they are formatted; that level is read again whenever an engine or a server starts,
+//! The core's log forwarding ([`stunfwd_core::logging`]) calls back on the threads that
+//! log (engine workers, the rendezvous runtime); the callback never touches the
+//! interpreter: it `try_send`s the record to a bounded channel. One dedicated thread,
+//! `stunfwd-log`, attaches to the interpreter and hands the records to the logger. A
+//! record the channel cannot take is counted and reported later instead of blocking a
+//! worker. The core filters records below the logger's effective level before they
+//! are formatted; that level is read again whenever an engine or a server starts,
 //! after every batch the thread delivers, and every second while an engine or a server
 //! runs, so a change of level takes effect within a second.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Mutex, Once, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, TrySendError};
+use std::sync::{Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
-use tracing::field::{Field, Visit};
-use tracing::subscriber::Interest;
-use tracing::{Level, Metadata, Subscriber};
-use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::prelude::*;
+use stunfwd_core::logging::{self, LogLevels, LogRecord};
+use tracing::level_filters::LevelFilter;
+use tracing::Level;
 
 use crate::errors::lock;
-
-/// Python's `logging.WARNING`: dependencies (quinn, rustls, hyper...) are forwarded from
-/// this level up only.
-const WARNING: u8 = 30;
 
 /// Records waiting for the logging thread, at most.
 const QUEUE: usize = 4096;
@@ -37,11 +31,8 @@ const QUEUE: usize = 4096;
 /// How often the logger's level is re-read while something runs.
 const REFRESH: Duration = Duration::from_secs(1);
 
-/// The effective level of the "stunfwd" logger, as last read.
-static MIN_LEVEL: AtomicU8 = AtomicU8::new(WARNING);
 /// Records dropped because the queue was full, not yet reported.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
-static SENDER: RwLock<Option<SyncSender<Record>>> = RwLock::new(None);
 static THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
 static INSTALL: Once = Once::new();
 /// Engines and servers running now.
@@ -66,19 +57,14 @@ impl Drop for Live {
 }
 
 struct Record {
-    level: u8,
-    target: String,
-    message: String,
-    /// Source file and line of the `tracing` call, when known.
-    file: Option<&'static str>,
-    line: u32,
+    record: LogRecord,
     /// The Rust thread that logged (`stunfwd-worker`, `stunfwd-events`...).
     thread: Option<String>,
 }
 
 /// Python's level number for a `tracing` level (TRACE becomes 5, below DEBUG).
-fn py_level(level: &Level) -> u8 {
-    match *level {
+fn py_level(level: Level) -> u8 {
+    match level {
         Level::TRACE => 5,
         Level::DEBUG => 10,
         Level::INFO => 20,
@@ -87,72 +73,17 @@ fn py_level(level: &Level) -> u8 {
     }
 }
 
-fn wanted(meta: &Metadata<'_>) -> bool {
-    let level = py_level(meta.level());
-    level >= MIN_LEVEL.load(Ordering::Relaxed)
-        && (level >= WARNING || meta.target().starts_with("stunfwd"))
-}
-
-/// A record's text: its message, then ` k=v` for every other field.
-#[derive(Default)]
-struct Line {
-    message: String,
-    fields: String,
-}
-
-impl Visit for Line {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
-        } else {
-            let _ = write!(self.fields, " {}={value:?}", field.name());
-        }
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.message.push_str(value);
-        } else {
-            let _ = write!(self.fields, " {}={value}", field.name());
-        }
-    }
-}
-
-struct PythonLayer;
-
-impl<S: Subscriber> Layer<S> for PythonLayer {
-    fn register_callsite(&self, _meta: &'static Metadata<'static>) -> Interest {
-        // The level can change at any time, so every callsite is asked each time.
-        Interest::sometimes()
-    }
-
-    fn enabled(&self, meta: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
-        wanted(meta)
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        let meta = event.metadata();
-        if !wanted(meta) {
-            return;
-        }
-        let mut line = Line::default();
-        event.record(&mut line);
-        line.message.push_str(&line.fields);
-        let record = Record {
-            level: py_level(meta.level()),
-            target: meta.target().to_owned(),
-            message: line.message,
-            file: meta.file(),
-            line: meta.line().unwrap_or(0),
-            thread: std::thread::current().name().map(str::to_owned),
-        };
-        let sender = SENDER.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = sender.as_ref() {
-            if let Err(TrySendError::Full(_)) = tx.try_send(record) {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
+/// What a Python effective level lets through: stunfwd's records at that level,
+/// other crates' (quinn, rustls, hyper...) from warnings up only.
+fn levels(py: i64) -> LogLevels {
+    LogLevels::new(match py {
+        ..=5 => LevelFilter::TRACE,
+        6..=10 => LevelFilter::DEBUG,
+        11..=20 => LevelFilter::INFO,
+        21..=30 => LevelFilter::WARN,
+        31..=40 => LevelFilter::ERROR,
+        _ => LevelFilter::OFF,
+    })
 }
 
 fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
@@ -171,7 +102,7 @@ pub(crate) fn refresh(py: Python<'_>) {
     if let Ok(level) =
         logger(py).and_then(|l| l.call_method0("getEffectiveLevel")?.extract::<i64>())
     {
-        MIN_LEVEL.store(level.clamp(0, i64::from(u8::MAX)) as u8, Ordering::Relaxed);
+        logging::set_levels(levels(level));
     }
 }
 
@@ -186,37 +117,34 @@ fn emit(py: Python<'_>, batch: Vec<Record>) -> PyResult<()> {
             ),),
         )?;
     }
-    for record in batch {
-        if !logger
-            .call_method1("isEnabledFor", (record.level,))?
-            .is_truthy()?
-        {
+    for Record { record, thread } in batch {
+        let level = py_level(record.level);
+        if !logger.call_method1("isEnabledFor", (level,))?.is_truthy()? {
             continue;
         }
         // A record made by hand rather than `Logger.log`, so that it carries the Rust
         // source location and thread instead of this thread's.
         let extra = PyDict::new(py);
-        extra.set_item("rust_target", &record.target)?;
+        extra.set_item("rust_target", record.target)?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("extra", extra)?;
         let args = (
             "stunfwd",
-            record.level,
-            record.file.unwrap_or(record.target.as_str()),
-            record.line,
+            level,
+            record.file.unwrap_or(record.target),
+            record.line.unwrap_or(0),
             record.message,
             PyTuple::empty(py),
             py.None(),
         );
         let made = logger.call_method("makeRecord", args, Some(&kwargs))?;
-        if let Some(thread) = record.thread {
+        if let Some(thread) = thread {
             made.setattr("threadName", thread)?;
         }
         logger.call_method1("handle", (made,))?;
     }
     Ok(())
 }
-
 fn pump(rx: Receiver<Record>) {
     loop {
         let first = match rx.recv_timeout(REFRESH) {
@@ -249,7 +177,8 @@ fn pump(rx: Receiver<Record>) {
     }
 }
 
-/// Installs the process-wide `tracing` subscriber and starts the logging thread (once).
+/// Installs the core's log forwarding, with a callback that queues records for the
+/// logging thread, and starts that thread (once).
 pub(crate) fn install(py: Python<'_>) {
     INSTALL.call_once(|| {
         let (tx, rx) = sync_channel(QUEUE);
@@ -259,10 +188,8 @@ pub(crate) fn install(py: Python<'_>) {
         let Ok(thread) = thread else {
             return;
         };
-        *SENDER.write().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         *lock(&THREAD) = Some(thread);
-        let subscriber = tracing_subscriber::registry().with(PythonLayer);
-        if tracing::subscriber::set_global_default(subscriber).is_err() {
+        if logging::install().is_err() {
             // Another library in this process installed a Rust subscriber first; our
             // events go there. Say so once, through the logger they would have used.
             if let Ok(l) = logger(py) {
@@ -272,6 +199,18 @@ pub(crate) fn install(py: Python<'_>) {
                 );
             }
         }
+        let queue = move |record: &LogRecord| {
+            let thread = std::thread::current().name().map(str::to_owned);
+            let record = Record {
+                record: record.clone(),
+                thread,
+            };
+            if let Err(TrySendError::Full(_)) = tx.try_send(record) {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        // Not from inside the log callback: the only error there is.
+        let _ = logging::set_logger(Some(Box::new(queue)), levels(30));
     });
     refresh(py);
 }
@@ -280,8 +219,9 @@ pub(crate) fn install(py: Python<'_>) {
 /// exit, after every engine has stopped; later records are dropped.
 #[pyfunction]
 pub(crate) fn shutdown_logging(py: Python<'_>) {
-    let sender = SENDER.write().unwrap_or_else(|p| p.into_inner()).take();
-    drop(sender);
+    // Dropping the callback drops the channel's sender: the thread delivers what is
+    // queued, then ends.
+    let _ = logging::set_logger(None, levels(0));
     let thread = lock(&THREAD).take();
     if let Some(thread) = thread {
         // The thread needs the GIL to deliver what is queued.

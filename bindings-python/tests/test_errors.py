@@ -166,14 +166,21 @@ def test_forged_offer_is_a_peer_auth_error(rendezvous: Rendezvous) -> None:
 
 
 def test_calls_after_stop_raise_stopped(rendezvous: Rendezvous) -> None:
-    engine = stunfwd.Engine(rendezvous.config("client", room()))
+    engine = stunfwd.Engine(rendezvous.config("client", room(), mappings=("tcp:0:22",)))
     engine.stop()
     engine.stop()  # idempotent
     with pytest.raises(stunfwd.StoppedError):
         engine.add_mapping("tcp:0:22")
     with pytest.raises(stunfwd.StoppedError):
+        engine.remove_mapping(1)
+    with pytest.raises(stunfwd.StoppedError):
         engine.wait_connected(1)
     assert engine.state is stunfwd.State.STOPPED
+    # The final figures stay readable; the mappings are closed.
+    stats = engine.stats()
+    assert stats["state"] == {"state": "stopped"}
+    assert len(stats["mappings"]) == 1
+    assert engine.mappings() == []
 
 
 def test_every_code_has_a_class() -> None:

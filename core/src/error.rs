@@ -60,6 +60,10 @@ pub enum Error {
     /// The engine is stopped (or stopping) and cannot do this any more.
     #[error("engine is stopped")]
     Stopped,
+    /// A wait was cancelled from another thread (a [`crate::WaitCancel`] token, or
+    /// [`crate::Engine::cancel_waits`]) before it ended.
+    #[error("the wait was cancelled")]
+    Cancelled,
     /// The QUIC tunnel failed.
     #[error("tunnel: {0}")]
     Tunnel(String),
@@ -126,6 +130,7 @@ impl Error {
             Error::Timeout(_) => ErrorKind::Timeout,
             Error::NoSuchMapping(_) => ErrorKind::NoSuchMapping,
             Error::Stopped => ErrorKind::Stopped,
+            Error::Cancelled => ErrorKind::Cancelled,
             Error::Tunnel(_) => ErrorKind::Tunnel,
             Error::NoPath { .. } => ErrorKind::NoPath,
             Error::Relay(_) => ErrorKind::Relay,
@@ -160,6 +165,8 @@ pub enum ErrorKind {
     NoSuchMapping,
     /// [`Error::Stopped`].
     Stopped,
+    /// [`Error::Cancelled`].
+    Cancelled,
     /// [`Error::Tunnel`].
     Tunnel,
     /// [`Error::NoPath`].
@@ -181,6 +188,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "ERR_TIMEOUT",
             ErrorKind::NoSuchMapping => "ERR_NO_SUCH_MAPPING",
             ErrorKind::Stopped => "ERR_STOPPED",
+            ErrorKind::Cancelled => "ERR_CANCELLED",
             ErrorKind::Tunnel => "ERR_TUNNEL",
             ErrorKind::NoPath => "ERR_NO_PATH",
             ErrorKind::Relay => "ERR_RELAY",

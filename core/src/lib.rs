@@ -3,13 +3,17 @@
 //! mutually authenticated QUIC tunnel.
 //!
 //! The public API is [`Engine`], [`Config`], [`Mapping`] and the rendezvous
-//! [`SignalServer`]; everything runs on a runtime the engine owns.
+//! [`SignalServer`]; everything runs on a runtime the engine owns. Hosts without an
+//! async runtime (the C, Python and Node.js bindings) use [`BlockingSignalServer`] and
+//! forward logs with [`logging`].
 
 pub mod agent;
+pub mod blocking;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod forward;
+pub mod logging;
 pub mod metrics;
 pub mod punch;
 pub mod redact;
@@ -23,8 +27,9 @@ pub mod stun;
 pub(crate) mod sync;
 pub mod tunnel;
 
+pub use blocking::BlockingSignalServer;
 pub use config::{AllowRule, Config, Mapping, Mode, Performance, Proto};
-pub use engine::{Engine, Event, MappingId, MappingInfo, PathKind, State};
+pub use engine::{Engine, Event, MappingId, MappingInfo, PathKind, State, WaitCancel};
 pub use error::{Error, ErrorKind, Result};
 pub use signal::server::{SignalServer, SignalServerConfig};
 pub use stats::{MappingStats, Stats, Timings, Traffic};

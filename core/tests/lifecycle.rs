@@ -187,9 +187,8 @@ fn dropping_the_engine_stops_it_and_frees_its_ports() {
     std::net::UdpSocket::bind(tunnel).expect("tunnel socket free");
 }
 
-// On Unix `stop` frees the tunnel port (dup3 over quinn's descriptor); elsewhere it is
-// freed when the engine is dropped.
-#[cfg(unix)]
+// `stop` lets go of the engine's shared state, and with it the QUIC endpoint and the
+// tunnel socket.
 #[test]
 fn stop_frees_every_port_before_the_engine_is_dropped() {
     // An application that stops an engine and starts a new one on the same fixed port

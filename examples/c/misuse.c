@@ -72,6 +72,7 @@ int main(void) {
   EXPECT(stunfwd_engine_mapping_port(NULL, 1, &port), STUNFWD_RESULT_NULL_ARGUMENT);
   EXPECT(stunfwd_engine_state(NULL, &state), STUNFWD_RESULT_NULL_ARGUMENT);
   EXPECT(stunfwd_engine_wait_connected(NULL, 10), STUNFWD_RESULT_NULL_ARGUMENT);
+  EXPECT(stunfwd_engine_cancel_waits(NULL), STUNFWD_RESULT_NULL_ARGUMENT);
   EXPECT(stunfwd_engine_stats(NULL, &stats), STUNFWD_RESULT_NULL_ARGUMENT);
   EXPECT(stunfwd_engine_stats_json(NULL, &str), STUNFWD_RESULT_NULL_ARGUMENT);
   EXPECT(stunfwd_engine_stop(NULL, 10), STUNFWD_RESULT_NULL_ARGUMENT);
@@ -82,6 +83,11 @@ int main(void) {
   EXPECT(stunfwd_signal_server_start(NULL, NULL, &server), STUNFWD_RESULT_NULL_ARGUMENT);
   EXPECT(stunfwd_signal_server_start("127.0.0.1:0", NULL, NULL), STUNFWD_RESULT_NULL_ARGUMENT);
   EXPECT(stunfwd_signal_server_start("nonsense", NULL, &server), STUNFWD_RESULT_CONFIG);
+  if (strstr(stunfwd_last_error_message(), "`http`") == NULL) {
+    fprintf(stderr, "FAIL: the address error does not name `http`: %s\n", stunfwd_last_error_message());
+    failures++;
+  }
+  EXPECT(stunfwd_signal_server_start("127.0.0.1:0", "nonsense", &server), STUNFWD_RESULT_CONFIG);
   EXPECT(stunfwd_signal_server_start(bad_utf8, NULL, &server), STUNFWD_RESULT_INVALID_UTF8);
   EXPECT(stunfwd_signal_server_url(NULL, &str), STUNFWD_RESULT_NULL_ARGUMENT);
   EXPECT(stunfwd_signal_server_stun_addr(NULL, &str), STUNFWD_RESULT_NULL_ARGUMENT);
@@ -128,9 +134,17 @@ int main(void) {
   EXPECT(stunfwd_engine_stop(engine, 1000), STUNFWD_RESULT_OK);
   EXPECT(stunfwd_engine_stop(engine, 1000), STUNFWD_RESULT_OK);
   EXPECT(stunfwd_engine_add_mapping(engine, "tcp:0:22", &id), STUNFWD_RESULT_STOPPED);
+  EXPECT(stunfwd_engine_remove_mapping(engine, id), STUNFWD_RESULT_STOPPED);
   EXPECT(stunfwd_engine_wait_connected(engine, 50), STUNFWD_RESULT_STOPPED);
   EXPECT(stunfwd_engine_state(engine, &state), STUNFWD_RESULT_OK);
   if (state != STUNFWD_STATE_STOPPED) failures++;
+  /* The final figures stay readable after stop. */
+  EXPECT(stunfwd_engine_stats(engine, &stats), STUNFWD_RESULT_OK);
+  if (stats.state != STUNFWD_STATE_STOPPED || stats.signaling_requests == 0) {
+    fprintf(stderr, "FAIL: stats after stop: state %d, %llu signaling requests\n", (int)stats.state,
+            (unsigned long long)stats.signaling_requests);
+    failures++;
+  }
   stunfwd_engine_free(engine);
   EXPECT(stunfwd_signal_server_stop(server, 1000), STUNFWD_RESULT_OK);
   EXPECT(stunfwd_signal_server_stop(server, 1000), STUNFWD_RESULT_OK);

@@ -9,7 +9,9 @@
  *     returns; a thread blocked in wait_connected while another frees the engine gets
  *     STUNFWD_RESULT_STOPPED (not a use after free);
  *  5. a log callback running on an engine's only worker thread may call back into the
- *     engine (add_mapping) without deadlocking.
+ *     engine (add_mapping) without deadlocking;
+ *  6. stunfwd_engine_cancel_waits ends a wait blocked on another thread
+ *     (STUNFWD_RESULT_CANCELLED) and the engine runs on.
  * Prints "soundness: N passed, 0 failed" and exits 0 only if every check held.
  */
 #include "stunfwd.h"
@@ -231,6 +233,23 @@ int main(void) {
   stunfwd_engine_free(w.engine);
   pthread_join(waiter, NULL);
   EXPECT(w.rc == STUNFWD_RESULT_STOPPED, "wait_connected returned %d", w.rc);
+
+  /* 6. A wait blocked on another thread, cancelled from this one. */
+  config(cfg, sizeof cfg, "client", "soundness-cancel", url, stun, "");
+  struct waiter c = {NULL, -1};
+  CHECK(stunfwd_engine_start(cfg, NULL, NULL, &c.engine));
+  pthread_create(&waiter, NULL, wait_worker, &c);
+  sleep_ms(300);
+  double cancelled_at = now_s();
+  EXPECT(stunfwd_engine_cancel_waits(c.engine) == STUNFWD_RESULT_OK, "cancel_waits");
+  pthread_join(waiter, NULL);
+  EXPECT(c.rc == STUNFWD_RESULT_CANCELLED, "wait_connected returned %d", c.rc);
+  EXPECT(now_s() - cancelled_at < 2.0, "the wait ended %.1f s after cancel_waits", now_s() - cancelled_at);
+  stunfwd_state st = STUNFWD_STATE_STOPPED;
+  CHECK(stunfwd_engine_state(c.engine, &st));
+  EXPECT(st != STUNFWD_STATE_STOPPED, "the engine stopped");
+  EXPECT(stunfwd_engine_wait_connected(c.engine, 50) == STUNFWD_RESULT_TIMEOUT, "a later wait");
+  stunfwd_engine_free(c.engine);
 
   /* 4c. The callback frees the engine on `stopped` while this thread is inside stop. */
   struct racing r1 = {NULL, 0, -1, 0};

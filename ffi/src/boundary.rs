@@ -48,6 +48,8 @@ pub enum stunfwd_result {
     NoPath = 16,
     /// The TURN relay failed (credentials, quota, unreachable); the message says which.
     Relay = 17,
+    /// A wait was cancelled by `stunfwd_engine_cancel_waits` before it ended.
+    Cancelled = 18,
 }
 
 thread_local! {
@@ -76,6 +78,7 @@ pub(crate) fn fail(err: &Error) -> stunfwd_result {
         Error::Timeout(_) => stunfwd_result::Timeout,
         Error::NoSuchMapping(_) => stunfwd_result::NoSuchMapping,
         Error::Stopped => stunfwd_result::Stopped,
+        Error::Cancelled => stunfwd_result::Cancelled,
         Error::Tunnel(_) => stunfwd_result::Tunnel,
         Error::NoPath { .. } => stunfwd_result::NoPath,
         Error::Relay(_) => stunfwd_result::Relay,
@@ -231,6 +234,7 @@ mod tests {
             (stunfwd_result::InCallback, 15),
             (stunfwd_result::NoPath, 16),
             (stunfwd_result::Relay, 17),
+            (stunfwd_result::Cancelled, 18),
         ];
         for (code, value) in fixed {
             assert_eq!(code as i32, value, "{code:?}");

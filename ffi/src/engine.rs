@@ -141,7 +141,7 @@ pub struct stunfwd_stats {
 /// that starts once `_free` has begun gets the same error; one made after `_free`
 /// returned is the caller's bug (the handle is gone).
 struct Handle {
-    engine: Engine,
+    engine: Arc<Engine>,
     /// Calls running now; `_free` waits for 0.
     calls: Mutex<usize>,
     idle: std::sync::Condvar,
@@ -216,7 +216,8 @@ struct EventSink {
     user_data: usize,
 }
 
-fn deliver(sink: EventSink, event: &Event, state: &State, path: Option<PathKind>) {
+/// Calls the C callback with `event`; `state` is the engine's state after it.
+fn deliver(sink: EventSink, event: &Event, state: &State) {
     let (kind, mapping_id, message) = match event {
         Event::State { state } => (stunfwd_event_kind::State, 0, state.to_string()),
         Event::MappingAdded { id, spec, listen } => (
@@ -232,19 +233,15 @@ fn deliver(sink: EventSink, event: &Event, state: &State, path: Option<PathKind>
         Event::PeerRejected { reason } => (stunfwd_event_kind::PeerRejected, 0, reason.clone()),
         Event::Warning { message } => (stunfwd_event_kind::Warning, 0, message.clone()),
     };
-    let state = match event {
-        Event::State { state } => state.clone(),
-        _ => state.clone(),
-    };
-    let path = match &state {
+    let path = match state {
         State::Connected { path, .. } => Some(*path),
-        _ => path,
+        _ => None,
     };
     let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
     let json = CString::new(serde_json::to_string(event).unwrap_or_default()).unwrap_or_default();
     let ev = stunfwd_event {
         kind,
-        state: state_code(&state),
+        state: state_code(state),
         path: path_code(path),
         mapping_id,
         message: message.as_ptr(),
@@ -317,26 +314,23 @@ pub unsafe extern "C" fn stunfwd_engine_start(
                 };
                 let gate = gate.clone();
                 // The engine is not known inside its own first callbacks; the state
-                // is tracked here for the events that carry none.
-                let last = Arc::new(Mutex::new((State::Starting, None)));
+                // is tracked here for the events that carry none. (Events arrive one
+                // at a time on the event thread.)
+                let last = Mutex::new(State::Starting);
                 Engine::start_with_events(config, move |e| {
-                    let (state, path) = {
-                        let mut g = last.lock().unwrap_or_else(|p| p.into_inner());
+                    let state = {
+                        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
                         if let Event::State { state } = e {
-                            g.1 = match state {
-                                State::Connected { path, .. } => Some(*path),
-                                _ => None,
-                            };
-                            g.0 = state.clone();
+                            *last = state.clone();
                         }
-                        g.clone()
+                        last.clone()
                     };
                     let _open = gate.lock.read().unwrap_or_else(|p| p.into_inner());
                     if gate.closed.load(Ordering::SeqCst) {
                         return;
                     }
                     IN_EVENT_CALLBACK.with(|c| c.set(true));
-                    deliver(sink, e, &state, path);
+                    deliver(sink, e, &state);
                     IN_EVENT_CALLBACK.with(|c| c.set(false));
                 })
             }
@@ -345,7 +339,7 @@ pub unsafe extern "C" fn stunfwd_engine_start(
         match started {
             Ok(engine) => {
                 let h = Box::new(Handle {
-                    engine,
+                    engine: Arc::new(engine),
                     calls: Mutex::new(0),
                     idle: std::sync::Condvar::new(),
                     freeing: AtomicBool::new(false),
@@ -473,7 +467,9 @@ pub unsafe extern "C" fn stunfwd_engine_state(
 }
 
 /// Blocks until the tunnel is up, or `timeout_ms` passes (`STUNFWD_RESULT_TIMEOUT`,
-/// or `STUNFWD_RESULT_PEER_AUTH` when the peer's offer failed authentication).
+/// or `STUNFWD_RESULT_PEER_AUTH` when the peer's offer failed authentication). Ends
+/// early with `STUNFWD_RESULT_STOPPED` when the engine stops, and with
+/// `STUNFWD_RESULT_CANCELLED` when another thread calls `stunfwd_engine_cancel_waits`.
 ///
 /// # Safety
 /// `engine` must be a live handle.
@@ -498,7 +494,29 @@ pub unsafe extern "C" fn stunfwd_engine_wait_connected(
     })
 }
 
-/// Fills `*stats_out` with a snapshot of the engine's figures.
+/// Ends every `stunfwd_engine_wait_connected` blocked on this engine now: they
+/// return `STUNFWD_RESULT_CANCELLED`. Waits that start afterwards are not affected, and
+/// the engine keeps running.
+///
+/// # Safety
+/// `engine` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn stunfwd_engine_cancel_waits(
+    engine: *const stunfwd_engine,
+) -> stunfwd_result {
+    boundary(|| {
+        // SAFETY: forwarded contract.
+        let h = match unsafe { handle(engine) } {
+            Ok(h) => h,
+            Err(r) => return r,
+        };
+        h.engine.cancel_waits();
+        stunfwd_result::Ok
+    })
+}
+
+/// Fills `*stats_out` with a snapshot of the engine's figures (the final ones once
+/// stopped).
 ///
 /// # Safety
 /// `engine` must be a live handle; `stats_out` writable.
@@ -573,7 +591,11 @@ pub unsafe extern "C" fn stunfwd_engine_stats_json(
 }
 
 /// Stops the engine gracefully within about `timeout_ms` (tells the peer, closes
-/// listeners and connections, leaves the room). Stopping twice is harmless. From
+/// listeners and connections, leaves the room) and closes every socket: the tunnel's
+/// and the mappings' ports are free when it returns. Afterwards `_stats` gives the
+/// final figures, `_add_mapping` and `_remove_mapping` return `STUNFWD_RESULT_STOPPED`
+/// and `_mapping_port` `STUNFWD_RESULT_NO_SUCH_MAPPING`. Stopping twice is harmless (a
+/// second call from another thread returns once the first is done). From
 /// inside the log callback this returns `STUNFWD_RESULT_IN_CALLBACK` (it would block a
 /// thread the engine needs); from an event callback it works.
 ///
@@ -629,12 +651,12 @@ pub unsafe extern "C" fn stunfwd_engine_free(engine: *mut stunfwd_engine) {
             h.events.closed.store(true, Ordering::SeqCst);
         }
         let ptr = engine as usize;
+        // Once the engine has stopped (which wakes blocked calls: they return
+        // STUNFWD_RESULT_STOPPED, also one inside a running event callback, and ends
+        // the event thread), let go of the handle.
         let release = move || {
             // SAFETY: the handle stays allocated until the Box below is dropped.
             let h = unsafe { &*(ptr as *const Handle) };
-            // First stop: it wakes blocked calls (they return STUNFWD_RESULT_STOPPED),
-            // also one inside a running event callback, and ends the event thread.
-            h.engine.stop(Duration::from_secs(2));
             {
                 // No event callback after this (one still running is waited for).
                 let _closing = h.events.lock.write().unwrap_or_else(|p| p.into_inner());
@@ -654,10 +676,9 @@ pub unsafe extern "C" fn stunfwd_engine_free(engine: *mut stunfwd_engine) {
             // Waiting here could wait for ourselves: another thread may be inside a call
             // (e.g. `stop`, which joins this event thread), or this logging thread may
             // be inside a call on this engine. A helper thread waits instead.
-            let _ = std::thread::Builder::new()
-                .name("stunfwd-free".into())
-                .spawn(release);
+            h.engine.stop_in_background(Duration::from_secs(2), release);
         } else {
+            h.engine.stop(Duration::from_secs(2));
             release();
         }
     });

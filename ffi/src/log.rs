@@ -1,14 +1,11 @@
-//! The process-wide log callback: `tracing` events of the library, forwarded to C.
+//! The process-wide log callback: the core's log forwarding
+//! ([`stunfwd_core::logging`]) with a C function at the end.
 
-use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::fmt::Write as _;
-use std::sync::{Once, RwLock};
 
-use tracing::field::{Field, Visit};
-use tracing::{Level, Subscriber};
-use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::prelude::*;
+use stunfwd_core::logging::{self, LogError, LogLevels, LogRecord};
+use tracing::level_filters::LevelFilter;
+use tracing::Level;
 
 use crate::boundary::{boundary, fail_with, stunfwd_result};
 
@@ -34,27 +31,13 @@ pub type stunfwd_log_callback = Option<
     unsafe extern "C" fn(user_data: *mut c_void, level: stunfwd_log_level, message: *const c_char),
 >;
 
-#[derive(Clone, Copy)]
-struct Sink {
-    cb: unsafe extern "C" fn(*mut c_void, stunfwd_log_level, *const c_char),
-    user_data: usize,
-    max: stunfwd_log_level,
-}
-
-static SINK: RwLock<Option<Sink>> = RwLock::new(None);
-static INSTALL: Once = Once::new();
-
-thread_local! {
-    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
-}
-
 /// True while this thread is inside the log callback.
 pub(crate) fn in_log_callback() -> bool {
-    IN_CALLBACK.with(|c| c.get())
+    logging::in_log_callback()
 }
 
-fn level_of(l: &Level) -> stunfwd_log_level {
-    match *l {
+fn level_of(l: Level) -> stunfwd_log_level {
+    match l {
         Level::ERROR => stunfwd_log_level::Error,
         Level::WARN => stunfwd_log_level::Warn,
         Level::INFO => stunfwd_log_level::Info,
@@ -63,60 +46,12 @@ fn level_of(l: &Level) -> stunfwd_log_level {
     }
 }
 
-struct Line(String);
-
-impl Visit for Line {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.0, "{value:?}");
-        } else {
-            let _ = write!(self.0, " {}={value:?}", field.name());
-        }
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0.push_str(value);
-        } else {
-            let _ = write!(self.0, " {}={value}", field.name());
-        }
-    }
-}
-
-struct CallbackLayer;
-
-impl<S: Subscriber> Layer<S> for CallbackLayer {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        // A log line of the callback's own doing is not sent back to it (and must not
-        // take the lock again).
-        if in_log_callback() {
-            return;
-        }
-        // Held for the whole call: `stunfwd_set_log_callback` takes the write lock, so
-        // it returns only when no call with the old callback is in flight.
-        let guard = SINK.read().unwrap_or_else(|p| p.into_inner());
-        let Some(sink) = *guard else {
-            return;
-        };
-        let level = level_of(event.metadata().level());
-        if level > sink.max {
-            return;
-        }
-        let mut line = Line(format!("{}: ", event.metadata().target()));
-        event.record(&mut line);
-        let Ok(message) = CString::new(line.0.replace('\0', " ")) else {
-            return;
-        };
-        IN_CALLBACK.with(|c| c.set(true));
-        let result = std::panic::catch_unwind(|| {
-            // SAFETY: the host registered `cb` for `user_data` and accepts calls from
-            // any thread; `message` outlives the call.
-            unsafe { (sink.cb)(sink.user_data as *mut c_void, level, message.as_ptr()) };
-        });
-        IN_CALLBACK.with(|c| c.set(false));
-        drop(result);
-        drop(guard);
-    }
+fn fail_log(e: LogError) -> stunfwd_result {
+    let code = match e {
+        LogError::InCallback => stunfwd_result::InCallback,
+        _ => stunfwd_result::InvalidArgument,
+    };
+    fail_with(code, &format!("stunfwd_set_log_callback: {e}"))
 }
 
 /// Sets (or with NULL, clears) the process-wide log callback, receiving every log line
@@ -140,11 +75,11 @@ pub unsafe extern "C" fn stunfwd_set_log_callback(
 ) -> stunfwd_result {
     boundary(|| {
         let max_level = match max_level {
-            1 => stunfwd_log_level::Error,
-            2 => stunfwd_log_level::Warn,
-            3 => stunfwd_log_level::Info,
-            4 => stunfwd_log_level::Debug,
-            5 => stunfwd_log_level::Trace,
+            1 => LevelFilter::ERROR,
+            2 => LevelFilter::WARN,
+            3 => LevelFilter::INFO,
+            4 => LevelFilter::DEBUG,
+            5 => LevelFilter::TRACE,
             other => {
                 return fail_with(
                     stunfwd_result::InvalidArgument,
@@ -155,31 +90,30 @@ pub unsafe extern "C" fn stunfwd_set_log_callback(
                 )
             }
         };
-        if in_log_callback() {
-            return fail_with(
-                stunfwd_result::InCallback,
-                "stunfwd_set_log_callback cannot be called from inside the log callback \
-                 (it waits for running callbacks to return)",
-            );
+        if let Err(e) = logging::install() {
+            return fail_log(e);
         }
-        let mut installed = true;
-        INSTALL.call_once(|| {
-            let filter = tracing_subscriber::filter::LevelFilter::TRACE;
-            let subscriber = tracing_subscriber::registry().with(CallbackLayer.with_filter(filter));
-            installed = tracing::subscriber::set_global_default(subscriber).is_ok();
+        let user_data = user_data as usize;
+        let forward = callback.map(|cb| -> logging::LogCallback {
+            Box::new(move |record: &LogRecord| {
+                let line = format!("{}: {}", record.target, record.message);
+                let Ok(line) = CString::new(line.replace('\0', " ")) else {
+                    return;
+                };
+                // SAFETY: the host registered `cb` for `user_data` and accepts calls
+                // from any thread; `line` outlives the call.
+                unsafe {
+                    cb(
+                        user_data as *mut c_void,
+                        level_of(record.level),
+                        line.as_ptr(),
+                    )
+                };
+            })
         });
-        if !installed {
-            return fail_with(
-                stunfwd_result::InvalidArgument,
-                "another tracing subscriber is already installed in this process",
-            );
+        match logging::set_logger(forward, LogLevels::all(max_level)) {
+            Ok(()) => stunfwd_result::Ok,
+            Err(e) => fail_log(e),
         }
-        let sink = callback.map(|cb| Sink {
-            cb,
-            user_data: user_data as usize,
-            max: max_level,
-        });
-        *SINK.write().unwrap_or_else(|p| p.into_inner()) = sink;
-        stunfwd_result::Ok
     })
 }

@@ -1,10 +1,10 @@
-//! Hosting the rendezvous (signaling + STUN) server from C.
+//! Hosting the rendezvous (signaling + STUN) server from C: a
+//! [`BlockingSignalServer`] behind an opaque pointer.
 
 use std::ffi::c_char;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use stunfwd_core::{SignalServer, SignalServerConfig};
+use stunfwd_core::BlockingSignalServer;
 
 use crate::boundary::{
     arg_str, boundary, boundary_void, fail, fail_with, stunfwd_result, to_c_string,
@@ -16,75 +16,29 @@ pub struct stunfwd_signal_server {
     _private: [u8; 0],
 }
 
-/// Every function but `_free` may run on any thread at the same time as the others:
-/// what `_stop` changes is behind a mutex, the rest never changes after `_start`.
-struct Server {
-    running: std::sync::Mutex<Running>,
-    url: String,
-    stun: Option<SocketAddr>,
-}
-
-struct Running {
-    rt: Option<tokio::runtime::Runtime>,
-    server: Option<SignalServer>,
-}
-
-impl Server {
-    /// Stops the server; a concurrent or later call waits for the first, then returns.
-    fn stop(&self, timeout: Duration) {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(rt) = running.rt.take() else { return };
-        if let Some(s) = running.server.take() {
-            let (tx, rx) = std::sync::mpsc::channel();
-            rt.spawn(async move {
-                s.stop(timeout).await;
-                drop(s);
-                let _ = tx.send(());
-            });
-            let _ = rx.recv_timeout(timeout + Duration::from_millis(200));
-        }
-        if tokio::runtime::Handle::try_current().is_ok() {
-            rt.shutdown_background();
-        } else {
-            rt.shutdown_timeout(Duration::from_secs(1));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(1));
-    }
-}
-
-// Compile-time check: `Server` is Send + Sync (shared between threads by C).
+// Compile-time check: the server is Send + Sync (shared between threads by C).
 const _: () = {
     const fn shared<T: Send + Sync>() {}
-    shared::<Server>();
+    shared::<BlockingSignalServer>();
 };
-
-fn parse_addr(s: &str, name: &str) -> Result<SocketAddr, stunfwd_result> {
-    s.parse().map_err(|_| {
-        fail_with(
-            stunfwd_result::Config,
-            &format!("`{name}` = {s:?} is not an address; valid: IP:PORT, e.g. 127.0.0.1:0 or [::1]:3478"),
-        )
-    })
-}
 
 /// # Safety
 /// `ptr` must be NULL or a live handle.
-unsafe fn server<'a>(ptr: *const stunfwd_signal_server) -> Result<&'a Server, stunfwd_result> {
+unsafe fn server<'a>(
+    ptr: *const stunfwd_signal_server,
+) -> Result<&'a BlockingSignalServer, stunfwd_result> {
     if ptr.is_null() {
         return Err(fail_with(stunfwd_result::NullArgument, "`server` is NULL"));
     }
-    // SAFETY: per the contract it points to a Server leaked by _start.
-    Ok(unsafe { &*(ptr as *const Server) })
+    // SAFETY: per the contract it points to a server leaked by _start.
+    Ok(unsafe { &*(ptr as *const BlockingSignalServer) })
 }
 
 /// Starts a rendezvous server: HTTP mailbox on `http_addr` and, unless `stun_addr` is
 /// NULL, a STUN responder on `stun_addr` (UDP). Use port 0 for any free port and read
-/// the real ones back with `_url` / `_stun_addr`.
+/// the real ones back with `_url` / `_stun_addr`. An address that is not `IP:PORT` is
+/// `STUNFWD_RESULT_CONFIG` (the message names `http` or `stun`), a port in use
+/// `STUNFWD_RESULT_ADDR_IN_USE`.
 ///
 /// # Safety
 /// Strings NUL-terminated (`stun_addr` may be NULL); `server_out` writable.
@@ -96,69 +50,32 @@ pub unsafe extern "C" fn stunfwd_signal_server_start(
 ) -> stunfwd_result {
     boundary(|| {
         // SAFETY: forwarded contract.
-        let http = match unsafe { arg_str(http_addr, "http_addr") }
-            .and_then(|s| parse_addr(s, "http_addr"))
-        {
-            Ok(a) => a,
+        let http = match unsafe { arg_str(http_addr, "http_addr") } {
+            Ok(s) => s,
             Err(r) => return r,
         };
         let stun = if stun_addr.is_null() {
             None
         } else {
             // SAFETY: forwarded contract.
-            match unsafe { arg_str(stun_addr, "stun_addr") }
-                .and_then(|s| parse_addr(s, "stun_addr"))
-            {
-                Ok(a) => Some(a),
+            match unsafe { arg_str(stun_addr, "stun_addr") } {
+                Ok(s) => Some(s),
                 Err(r) => return r,
             }
         };
         if server_out.is_null() {
             return fail_with(stunfwd_result::NullArgument, "`server_out` is NULL");
         }
-        let rt = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("stunfwd-signal")
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                return fail_with(stunfwd_result::Io, &format!("cannot start a runtime: {e}"))
+        match BlockingSignalServer::start_on(http, stun) {
+            Ok(server) => {
+                // SAFETY: checked non-null.
+                unsafe {
+                    *server_out = Box::into_raw(Box::new(server)) as *mut stunfwd_signal_server
+                };
+                stunfwd_result::Ok
             }
-        };
-        let config = SignalServerConfig {
-            http,
-            stun,
-            ..SignalServerConfig::default()
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        rt.spawn(async move {
-            let _ = tx.send(SignalServer::start(config).await);
-        });
-        let started = rx.recv();
-        let s = match started {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                rt.shutdown_background();
-                return fail(&e);
-            }
-            Err(_) => {
-                rt.shutdown_background();
-                return fail_with(stunfwd_result::Io, "rendezvous server failed to start");
-            }
-        };
-        let server = Box::new(Server {
-            url: s.url(),
-            stun: s.stun_addr(),
-            running: std::sync::Mutex::new(Running {
-                server: Some(s),
-                rt: Some(rt),
-            }),
-        });
-        // SAFETY: checked non-null.
-        unsafe { *server_out = Box::into_raw(server) as *mut stunfwd_signal_server };
-        stunfwd_result::Ok
+            Err(e) => fail(&e),
+        }
     })
 }
 
@@ -182,7 +99,7 @@ pub unsafe extern "C" fn stunfwd_signal_server_url(
             return fail_with(stunfwd_result::NullArgument, "`url_out` is NULL");
         }
         // SAFETY: checked non-null.
-        unsafe { *url_out = to_c_string(&s.url) };
+        unsafe { *url_out = to_c_string(s.url()) };
         stunfwd_result::Ok
     })
 }
@@ -206,7 +123,7 @@ pub unsafe extern "C" fn stunfwd_signal_server_stun_addr(
         if addr_out.is_null() {
             return fail_with(stunfwd_result::NullArgument, "`addr_out` is NULL");
         }
-        let Some(stun) = s.stun else {
+        let Some(stun) = s.stun_addr() else {
             return fail_with(
                 stunfwd_result::InvalidArgument,
                 "this server runs no STUN responder",
@@ -256,6 +173,6 @@ pub unsafe extern "C" fn stunfwd_signal_server_free(server: *mut stunfwd_signal_
     }
     boundary_void(|| {
         // SAFETY: came from Box::into_raw in _start and is released once.
-        drop(unsafe { Box::from_raw(server as *mut Server) });
+        drop(unsafe { Box::from_raw(server as *mut BlockingSignalServer) });
     });
 }

@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import threading
 import warnings
 from types import TracebackType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Type, TypeVar, Union
@@ -16,6 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Type, TypeVar, 
 from . import _lifecycle
 from ._errors import NoSuchMappingError, _config_error, _from_native
 from ._stunfwd import Engine as _NativeEngine
+from ._stunfwd import WaitCancel as _WaitCancel
 from ._types import Address, Event, MappingInfo, State, StateInfo, _address, _event_from_native
 
 __all__ = ["Engine", "ConfigSource", "EventCallback"]
@@ -221,13 +221,13 @@ class Engine:
     async def wait_connected_async(self, timeout: float) -> StateInfo:
         """:meth:`wait_connected` for asyncio: the wait runs on the loop's default
         executor, so the event loop is never blocked. Cancelling the task ends the wait
-        within 100 ms."""
+        at once."""
         loop = asyncio.get_running_loop()
-        cancel = threading.Event()
+        cancel = _WaitCancel()
         try:
             pair = await loop.run_in_executor(None, self._native.wait_connected, timeout, cancel)
         except asyncio.CancelledError:
-            cancel.set()
+            cancel.cancel()
             raise
         if pair is None:
             raise asyncio.CancelledError()

@@ -1,9 +1,9 @@
 """Native module of the stunfwd package (Rust, pyo3). Use the ``stunfwd`` package: this
 module only translates between Python and the Rust engine."""
 
-from typing import Callable, List, Optional, Protocol, Tuple, final
+from typing import Callable, List, Optional, Tuple, final
 
-__all__ = ["Engine", "shutdown_logging", "SignalServer", "__version__"]
+__all__ = ["Engine", "shutdown_logging", "SignalServer", "WaitCancel", "__version__"]
 
 __version__: str
 
@@ -13,8 +13,14 @@ _Dispatch = Callable[[str, str], object]
 _StatePair = Tuple[str, str]
 """A state as ``(json, description)``."""
 
-class _Flag(Protocol):
-    def is_set(self) -> bool: ...
+@final
+class WaitCancel:
+    """Ends the waits given it, from another thread."""
+
+    def __new__(cls) -> WaitCancel: ...
+    def cancel(self) -> None: ...
+    @property
+    def cancelled(self) -> bool: ...
 
 @final
 class Engine:
@@ -31,7 +37,7 @@ class Engine:
     def local_addr(self) -> str: ...
     def stats_json(self) -> str: ...
     def wait_connected(
-        self, timeout: float, cancel: Optional[_Flag] = None
+        self, timeout: float, cancel: Optional[WaitCancel] = None
     ) -> Optional[_StatePair]: ...
     def stop(self, timeout: float) -> None: ...
     @property

@@ -5,7 +5,9 @@
 //! background on the engine's own tokio runtime, so callers never need tokio.
 //!
 //! The pieces, one concern per file:
-//! - this file: the [`Engine`] handle and its lifecycle (start, stop, waiting);
+//! - this file: the [`Engine`] handle and its lifecycle (start, stop, what is kept
+//!   after stop);
+//! - [`wait`]: waiting for the tunnel, and cancelling such a wait;
 //! - [`shared`]: the state every task of the engine shares;
 //! - [`setup`]: binding the tunnel socket and building the QUIC endpoint;
 //! - [`mappings`]: the mapping registry;
@@ -30,11 +32,12 @@ mod shared;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod wait;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -42,6 +45,7 @@ use tracing::Instrument;
 
 pub use crate::status::{Event, MappingId, PathKind, State};
 pub use mappings::MappingInfo;
+pub use wait::WaitCancel;
 
 use crate::config::{Config, Mapping, Mode};
 use crate::error::{Error, Result};
@@ -53,22 +57,57 @@ use setup::setup;
 use shared::{insecure_warning, Callback, Shared};
 use snapshot::{shutdown, snapshot};
 
+/// How much longer than its own budget a `stop` waits for one already running on
+/// another thread.
+const STOP_MARGIN: Duration = Duration::from_secs(1);
+
 /// A running stunfwd peer. All methods are thread-safe; dropping it stops it.
 pub struct Engine {
-    shared: Arc<Shared>,
-    rt: Mutex<Option<tokio::runtime::Runtime>>,
-    handle: tokio::runtime::Handle,
+    /// The state the engine's tasks share while it runs; what `stop` kept of it
+    /// afterwards.
+    life: Mutex<Life>,
+    /// Where the engine is in its life; `stopped` is notified when it gets to the end.
+    phase: Mutex<Phase>,
+    stopped: Condvar,
     event_thread: Mutex<Option<JoinHandle<()>>>,
     event_thread_id: ThreadId,
+    local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    /// The token of [`Engine::cancel_waits`]; replaced each time it is cancelled.
+    waits: Mutex<WaitCancel>,
+}
+
+enum Phase {
+    Running(tokio::runtime::Runtime),
+    Stopping,
+    Stopped,
+}
+
+#[derive(Clone)]
+enum Life {
+    /// The shared state, and a handle of the runtime to run calls on (which, like
+    /// the state, holds descriptors: the runtime's epoll and waker).
+    Running(Arc<Shared>, tokio::runtime::Handle),
+    /// `stop` let go of the shared state once the runtime was down: that last
+    /// reference owned the QUIC endpoint, the tunnel socket and the rendezvous client,
+    /// so dropping it closed them.
+    Stopped(Arc<Last>),
+}
+
+/// An engine's figures as `stop` left them.
+struct Last {
+    stats: Stats,
+    failure: Option<Error>,
 }
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stats = self.stats();
         f.debug_struct("Engine")
-            .field("mode", &self.shared.mode_str())
-            .field("room", &self.shared.config.room)
-            .field("local_addr", &self.shared.local_addr)
-            .field("state", &self.shared.state())
+            .field("mode", &stats.mode)
+            .field("room", &stats.room)
+            .field("local_addr", &self.local_addr)
+            .field("state", &stats.state)
             .finish()
     }
 }
@@ -97,33 +136,14 @@ fn run_blocking<T: Send + 'static>(
     rx.recv().ok()
 }
 
-/// Frees the tunnel socket's local port once the runtime is shut down. quinn's endpoint
-/// (held until the `Engine` is dropped) owns the descriptor, so it cannot be closed
-/// here; instead a fresh, unbound UDP socket is `dup3`ed (or `dup2`ed) over it. That
-/// closes the bound socket (its port is free for a new engine at once), and the
-/// descriptor the endpoint closes later is the unbound stand-in.
-#[cfg(unix)]
-fn release_tunnel_port(shared: &Shared) {
-    let domain = socket2::Domain::for_address(shared.local_addr);
-    let Ok(spare) = socket2::Socket::new(domain, socket2::Type::DGRAM, None) else {
-        return;
-    };
-    let spare_fd = std::os::fd::AsRawFd::as_raw_fd(&spare);
-    // SAFETY: `tunnel_fd` is open: the endpoint that owns it lives as long as `shared`.
-    // dup2/dup3 replace what the number refers to atomically and leave `spare`'s own
-    // descriptor to its owner. The stand-in keeps close-on-exec, as the original had.
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-    let rc = unsafe { libc::dup3(spare_fd, shared.tunnel_fd, libc::O_CLOEXEC) };
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-    let rc = unsafe {
-        let rc = libc::dup2(spare_fd, shared.tunnel_fd);
-        if rc >= 0 {
-            libc::fcntl(shared.tunnel_fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
-        rc
-    };
-    if rc < 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "tunnel port not released");
+/// Drops `stop`'s reference to the shared state once calls in flight on other threads
+/// (a `stats()`, a `wait_connected` waking up) have let go of theirs, so that the
+/// tunnel port is free when `stop` returns. Waits at most `within`; a reference still
+/// held after that frees the port when its call returns.
+fn release(shared: Arc<Shared>, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -197,15 +217,19 @@ impl Engine {
             .map_err(|e| Error::io("cannot start the event thread", &e))?;
         let event_thread_id = event_thread.thread().id();
         let engine = Engine {
-            shared: shared.clone(),
-            rt: Mutex::new(Some(rt)),
-            handle: handle.clone(),
+            life: Mutex::new(Life::Running(shared.clone(), handle.clone())),
+            phase: Mutex::new(Phase::Running(rt)),
+            stopped: Condvar::new(),
             event_thread: Mutex::new(Some(event_thread)),
             event_thread_id,
+            local_addr: shared.local_addr,
+            metrics_addr: shared.metrics_addr,
+            waits: Mutex::new(WaitCancel::new()),
         };
         // Mappings from the config; on failure the whole engine is torn down.
         for mapping in config.mappings.clone() {
             if let Err(e) = engine.add_mapping(mapping) {
+                drop((shared, incoming));
                 engine.stop(Duration::from_secs(2));
                 return Err(e);
             }
@@ -223,10 +247,25 @@ impl Engine {
         Ok(engine)
     }
 
+    /// The shared state, unless the engine has stopped.
+    fn live(&self) -> Option<Arc<Shared>> {
+        match &*lock(&self.life) {
+            Life::Running(shared, _) => Some(shared.clone()),
+            Life::Stopped(_) => None,
+        }
+    }
+
+    fn life(&self) -> Life {
+        lock(&self.life).clone()
+    }
+
     /// Adds a mapping (client role). Works before and after the tunnel is up. Binds its
     /// local listener now, so a port in use is reported here.
     pub fn add_mapping(&self, mapping: Mapping) -> Result<MappingId> {
-        if self.shared.config.mode != Mode::Client {
+        let Life::Running(shared, handle) = self.life() else {
+            return Err(Error::Stopped);
+        };
+        if shared.config.mode != Mode::Client {
             return Err(Error::config(
                 "mappings",
                 mapping.to_string(),
@@ -234,12 +273,11 @@ impl Engine {
                 "no mappings in server mode (the server side only dials what its allow rules permit)",
             ));
         }
-        if self.shared.root.is_cancelled() {
+        if shared.root.is_cancelled() {
             return Err(Error::Stopped);
         }
-        let shared = self.shared.clone();
         let span = shared.span.clone();
-        run_blocking(&self.handle, add_mapping(shared, mapping).instrument(span))
+        run_blocking(&handle, add_mapping(shared, mapping).instrument(span))
             .unwrap_or(Err(Error::Stopped))
     }
 
@@ -249,8 +287,10 @@ impl Engine {
     }
 
     /// Removes a mapping: closes its listener and its live connections.
+    /// `Error::Stopped` once the engine has stopped (its mappings are closed then).
     pub fn remove_mapping(&self, id: MappingId) -> Result<()> {
-        let entry = lock(&self.shared.mappings)
+        let shared = self.live().ok_or(Error::Stopped)?;
+        let entry = lock(&shared.mappings)
             .remove(&id)
             .ok_or(Error::NoSuchMapping(id))?;
         entry.token.cancel();
@@ -260,121 +300,73 @@ impl Engine {
         while Instant::now() < deadline && port_busy(entry.info.mapping.proto, listen) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.shared.emit(Event::MappingRemoved { id });
+        shared.emit(Event::MappingRemoved { id });
         Ok(())
     }
 
-    /// The registered mappings.
+    /// The registered mappings (none once the engine has stopped; the final stats
+    /// still list each mapping's traffic).
     pub fn mappings(&self) -> Vec<MappingInfo> {
-        lock(&self.shared.mappings)
+        let Some(shared) = self.live() else {
+            return Vec::new();
+        };
+        let list = lock(&shared.mappings)
             .values()
             .map(|e| e.info.clone())
-            .collect()
+            .collect();
+        list
     }
 
-    /// The address a mapping listens on.
+    /// The address a mapping listens on (`None` once the engine has stopped).
     pub fn mapping_addr(&self, id: MappingId) -> Option<SocketAddr> {
-        lock(&self.shared.mappings).get(&id).map(|e| e.info.listen)
+        let shared = self.live()?;
+        let addr = lock(&shared.mappings).get(&id).map(|e| e.info.listen);
+        addr
     }
 
     /// The current state.
     pub fn state(&self) -> State {
-        self.shared.state()
+        match self.life() {
+            Life::Running(shared, _) => shared.state(),
+            Life::Stopped(last) => last.stats.state.clone(),
+        }
     }
 
     /// Why the engine gave up, when its state is `Failed`.
     pub fn failure(&self) -> Option<Error> {
-        lock(&self.shared.failure).clone()
+        match self.life() {
+            Life::Running(shared, _) => lock(&shared.failure).clone(),
+            Life::Stopped(last) => last.failure.clone(),
+        }
     }
 
-    /// The tunnel socket's local address.
+    /// The tunnel socket's local address (the one it had, once stopped).
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
+        self.local_addr
     }
 
     /// Where `/metrics` is served (the bound address, port 0 resolved), when
     /// `metricsAddr` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.shared.metrics_addr
+        self.metrics_addr
     }
 
     /// Calls `callback` for every event from now on, on the engine's event thread.
-    /// Callbacks may call any engine method, including `stop`.
+    /// Callbacks may call any engine method, including `stop`. Once the engine has
+    /// stopped there are no more events, and this does nothing.
     pub fn subscribe(&self, callback: impl Fn(&Event) + Send + Sync + 'static) {
-        lock(&self.shared.subscribers).push(Arc::new(callback));
-    }
-
-    /// Blocks until the tunnel is up (returns the `Connected` state), the engine
-    /// stops or fails (error), or `timeout` passes (`Error::Timeout`).
-    pub fn wait_connected(&self, timeout: Duration) -> Result<State> {
-        let deadline = Instant::now() + timeout;
-        let mut s = lock(&self.shared.state.state);
-        loop {
-            if s.is_connected() {
-                return Ok(s.clone());
-            }
-            if *s == State::Stopped {
-                return Err(Error::Stopped);
-            }
-            if let State::Failed { reason } = &*s {
-                let failure = lock(&self.shared.failure).clone();
-                return Err(failure.unwrap_or_else(|| Error::Tunnel(reason.clone())));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let state = s.clone();
-                drop(s);
-                return Err(self.not_connected(timeout, &state));
-            }
-            s = self
-                .shared
-                .state
-                .cv
-                .wait_timeout(s, (deadline - now).min(Duration::from_millis(100)))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+        if let Some(shared) = self.live() {
+            lock(&shared.subscribers).push(Arc::new(callback));
         }
     }
 
-    fn not_connected(&self, timeout: Duration, state: &State) -> Error {
-        let last = lock(&self.shared.last_error).clone();
-        // Still waiting because every offer we read was rejected: say so (a wrong
-        // secret, a tampering rendezvous), not just "timed out".
-        if let Some(Error::PeerAuth(reason)) = lock(&self.shared.rejected).clone() {
-            if !matches!(state, State::Punching) {
-                return Error::PeerAuth(format!(
-                    "not connected after {timeout:?} (state: {}): {reason}",
-                    state.name()
-                ));
-            }
-        }
-        match (state, last) {
-            (State::Reconnecting { reason, .. }, _)
-                if self.shared.auth_failed.load(std::sync::atomic::Ordering::Relaxed) =>
-            {
-                Error::PeerAuth(reason.clone())
-            }
-            (State::Signaling, last) if lock(&self.shared.peer).offer_id.is_none() => {
-                Error::Timeout(format!(
-                    "not connected after {timeout:?}; state: signaling; no valid offer from the {} peer yet: it is \
-                 not running, or it uses another room, secret or rendezvous URL (with a \
-                 secret, peers meet in a mailbox named after room and secret, so peers with \
-                 different secrets never see each other){}",
-                    self.shared.role.peer(),
-                    last.map(|l| format!("; last error: {l}"))
-                        .unwrap_or_default()
-                ))
-            }
-            (_, Some(last)) => Error::Timeout(format!(
-                "not connected after {timeout:?}; state: {state}; last error: {last}"
-            )),
-            _ => Error::Timeout(format!("not connected after {timeout:?}; state: {state}")),
-        }
-    }
-
-    /// A snapshot of the engine's figures.
+    /// A snapshot of the engine's figures; once stopped, the final ones (state
+    /// `stopped`, or `failed` if it had given up).
     pub fn stats(&self) -> Stats {
-        snapshot(&self.shared)
+        match self.life() {
+            Life::Running(shared, _) => snapshot(&shared),
+            Life::Stopped(last) => last.stats.clone(),
+        }
     }
 
     /// [`Engine::stats`] as JSON.
@@ -382,47 +374,105 @@ impl Engine {
         serde_json::to_string(&self.stats()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
+    /// True once [`Engine::stop`] has finished.
+    pub fn is_stopped(&self) -> bool {
+        matches!(*lock(&self.phase), Phase::Stopped)
+    }
+
     /// Stops gracefully within about `timeout`: closes listeners and connections, tells
-    /// the peer, leaves the room, and ends every task and thread of the engine.
-    /// Calling it again (or from an event callback) is harmless.
+    /// the peer, leaves the room, ends every task and thread of the engine and closes
+    /// every socket, so the tunnel's and the mappings' ports are free when it returns.
+    /// Afterwards [`Engine::stats`] returns the final figures.
+    ///
+    /// Calling it again is harmless: a call while another thread is stopping waits
+    /// for that stop to finish, except from an event callback (the stopping thread
+    /// waits for the callback), where it returns at once.
     pub fn stop(&self, timeout: Duration) {
-        let Some(rt) = lock(&self.rt).take() else {
-            return;
-        };
-        let started = Instant::now();
-        let shared = self.shared.clone();
-        let (tx, rx) = std_mpsc::channel();
-        let span = shared.span.clone();
-        rt.spawn(
-            async move {
-                shutdown(&shared, timeout).await;
-                let _ = tx.send(());
+        let rt = {
+            let mut phase = lock(&self.phase);
+            match std::mem::replace(&mut *phase, Phase::Stopping) {
+                Phase::Running(rt) => rt,
+                Phase::Stopping => {
+                    if std::thread::current().id() != self.event_thread_id {
+                        let _ =
+                            self.stopped
+                                .wait_timeout_while(phase, timeout + STOP_MARGIN, |p| {
+                                    matches!(p, Phase::Stopping)
+                                });
+                    }
+                    return;
+                }
+                Phase::Stopped => {
+                    *phase = Phase::Stopped;
+                    return;
+                }
             }
-            .instrument(span),
-        );
-        let _ = rx.recv_timeout(timeout);
-        self.shared.set_state(State::Stopped);
-        let rest = timeout
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_millis(100));
-        if tokio::runtime::Handle::try_current().is_ok() {
-            // Inside some async context blocking is not allowed; threads end on their own.
-            rt.shutdown_background();
-        } else {
-            rt.shutdown_timeout(rest);
-            // Free the tunnel port now, not when the engine is dropped. The runtime's
-            // tasks are gone (should shutdown have timed out, a straggler can at worst
-            // send from the unbound stand-in, which the kernel binds to a random port).
-            #[cfg(unix)]
-            release_tunnel_port(&self.shared);
+        };
+        if let Some(shared) = self.live() {
+            self.shut_down(shared, rt, timeout);
         }
-        // Closing the channel ends the event thread once it has delivered `Stopped`.
-        lock(&self.shared.events_tx).take();
         if std::thread::current().id() != self.event_thread_id {
             if let Some(t) = lock(&self.event_thread).take() {
                 let _ = t.join();
             }
         }
+        *lock(&self.phase) = Phase::Stopped;
+        self.stopped.notify_all();
+    }
+
+    fn shut_down(&self, shared: Arc<Shared>, rt: tokio::runtime::Runtime, timeout: Duration) {
+        let started = Instant::now();
+        let (tx, rx) = std_mpsc::channel();
+        let span = shared.span.clone();
+        let task = shared.clone();
+        rt.spawn(
+            async move {
+                shutdown(&task, timeout).await;
+                let _ = tx.send(());
+            }
+            .instrument(span),
+        );
+        let _ = rx.recv_timeout(timeout);
+        shared.set_state(State::Stopped);
+        let rest = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(100));
+        let in_async = tokio::runtime::Handle::try_current().is_ok();
+        if in_async {
+            // Inside some async context blocking is not allowed; threads end on their own.
+            rt.shutdown_background();
+        } else {
+            rt.shutdown_timeout(rest);
+        }
+        let last = Last {
+            stats: snapshot(&shared),
+            failure: lock(&shared.failure).clone(),
+        };
+        // Closing the channel ends the event thread once it has delivered `Stopped`.
+        lock(&shared.events_tx).take();
+        // The runtime's tasks are gone with their references: this is the last one
+        // but for calls still running on other threads.
+        *lock(&self.life) = Life::Stopped(Arc::new(last));
+        if !in_async {
+            release(shared, rest.min(STOP_MARGIN));
+        }
+    }
+
+    /// [`Engine::stop`] on a helper thread, then `then` on that thread; returns at once.
+    /// For a caller that must not block: a garbage collector's finalizer, or a thread
+    /// holding a lock the event callbacks need (Python's GIL). Should no thread be
+    /// available, it stops on the calling thread.
+    pub fn stop_in_background(
+        self: &Arc<Self>,
+        timeout: Duration,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        let engine = self.clone();
+        crate::blocking::in_background("stunfwd-stop", move || {
+            engine.stop(timeout);
+            drop(engine);
+            then();
+        });
     }
 }
 

@@ -1,5 +1,6 @@
 //! Building an engine's shared state: the tunnel socket, the QUIC endpoint, the STUN
-//! agent, the rendezvous client; and freeing the tunnel port at stop.
+//! agent, the rendezvous client. (Nothing here needs freeing by hand: `Engine::stop`
+//! drops the last reference to the [`Shared`] built here, which closes the socket.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -36,8 +37,6 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
     let pinned = PinnedPeer::new();
 
     let std_socket = bind_tunnel_socket(config.bind, config.performance.udp_buffer_size)?;
-    #[cfg(unix)]
-    let tunnel_fd = std::os::fd::AsRawFd::as_raw_fd(&std_socket);
     let local_addr = std_socket
         .local_addr()
         .map_err(|e| Error::io("tunnel socket: local address", &e))?;
@@ -142,8 +141,6 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         auth_failed: AtomicBool::new(false),
         metrics_addr,
         span,
-        #[cfg(unix)]
-        tunnel_fd,
         config,
     });
     if let Some(listener) = metrics_listener {

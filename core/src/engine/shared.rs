@@ -121,10 +121,6 @@ pub(crate) struct Shared {
     /// `engine{room, mode}`: the parent span of every task, so each log line carries
     /// the room.
     pub(crate) span: tracing::Span,
-    /// The tunnel socket's descriptor, owned by quinn's endpoint (see
-    /// [`release_tunnel_port`]).
-    #[cfg(unix)]
-    pub(crate) tunnel_fd: std::os::fd::RawFd,
 }
 
 impl Shared {
@@ -155,10 +151,6 @@ impl Shared {
 
     pub(crate) fn fail_reason(&self, reason: String) {
         *lock(&self.last_error) = Some(reason);
-    }
-
-    pub(crate) fn mode_str(&self) -> &'static str {
-        self.config.mode.as_str()
     }
 
     /// Our offer id of the current attempt.
