@@ -12,7 +12,6 @@ pub mod forward;
 pub mod metrics;
 pub mod punch;
 pub mod redact;
-pub(crate) mod relay;
 pub mod signal;
 pub(crate) mod socket;
 pub mod stats;
@@ -20,6 +19,7 @@ pub mod status;
 pub mod stun;
 pub(crate) mod sync;
 pub mod tunnel;
+pub(crate) mod turn;
 
 pub use config::{AllowRule, Config, Mapping, Mode, Performance, Proto};
 pub use engine::{Engine, Event, MappingId, MappingInfo, PathKind, State};

@@ -236,7 +236,7 @@ pub(crate) async fn connect_once(
         ));
     };
     lock(&shared.peer).offer = Some(peer.clone());
-    let turn = lock(&shared.turn).clone();
+    let turn = shared.turn.current();
     if let Some(turn) = turn {
         // Let the peer's packets in through our relay (permissions are per IP).
         let ips: Vec<std::net::IpAddr> = peer.candidates.iter().map(|c| c.ip()).collect();

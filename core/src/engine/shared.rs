@@ -14,7 +14,6 @@ use super::mappings::MappingEntry;
 use crate::config::Config;
 use crate::error::Error;
 use crate::forward::Ctx;
-use crate::relay::TurnClient;
 use crate::signal::client::SignalClient;
 use crate::signal::proto::{Offer, OfferError, OfferGuard, Role, RoomKey};
 use crate::stats::{Counters, Timings};
@@ -22,6 +21,7 @@ use crate::status::{Event, MappingId, PathKind, State};
 use crate::stun::client::{Discovery, StunAgent};
 use crate::sync::lock;
 use crate::tunnel::{Identity, PinnedPeer};
+use crate::turn::allocation::RelayAllocation;
 
 /// Tunnels the server's accept loop completed, for the driver (which owns the
 /// receiving end: one attempt or session at a time reads it).
@@ -109,8 +109,8 @@ pub(crate) struct Shared {
     /// Why the engine gave up, when it did (`State::Failed`).
     pub(crate) failure: Mutex<Option<Error>>,
     pub(crate) prflx: Mutex<Option<(String, mpsc::Sender<SocketAddr>)>>,
-    /// Our TURN allocation, once made.
-    pub(crate) turn: Mutex<Option<Arc<TurnClient>>>,
+    /// Our TURN allocation: made on first need, released at stop.
+    pub(crate) turn: RelayAllocation,
     /// A direct attempt failed: offer the relay from now on (policy auto).
     pub(crate) relay_wanted: AtomicBool,
     /// Where `/metrics` is served, when `metricsAddr` is set (port 0 resolved).
