@@ -6,7 +6,7 @@
 //! checks, answers) goes out through the same socket, so the address STUN reports is
 //! the address the peer punches to and QUIC later uses.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
@@ -24,6 +24,9 @@ use tokio::sync::{mpsc, Notify};
 use crate::stun::message::is_stun_first_byte;
 use crate::sync::{lock, read, write};
 use crate::turn::wire;
+use routes::{frame, Hop, Routes};
+
+mod routes;
 
 /// A STUN datagram taken off the shared socket.
 #[derive(Debug)]
@@ -34,71 +37,8 @@ pub(crate) struct StunDatagram {
     pub relayed: bool,
 }
 
-/// How to reach peers through a TURN relay.
-#[derive(Debug, Default)]
-struct Routes {
-    /// The TURN server, when we hold an allocation.
-    server: Option<SocketAddr>,
-    /// Peers with a permission on our allocation: a TURN server relays only their
-    /// packets, so a Data indication naming any other peer is forged and dropped.
-    permitted: HashSet<IpAddr>,
-    /// Peers whose packets go through the relay.
-    via: HashSet<SocketAddr>,
-    channels: HashMap<SocketAddr, u16>,
-    by_channel: HashMap<u16, SocketAddr>,
-    /// Peers that Data indications started routing through the relay, waiting for a
-    /// channel bind (see [`DemuxSocket::take_new_relayed_peers`]).
-    new_relayed: Vec<SocketAddr>,
-    /// A connection's peer address → where its packets really go now (after an
-    /// upgrade from relay to direct), and back.
-    alias: HashMap<SocketAddr, SocketAddr>,
-    unalias: HashMap<SocketAddr, SocketAddr>,
-    /// Relayed peers that proved, with an authentic connectivity check that arrived
-    /// directly, that they reach us directly: only their direct QUIC packets move
-    /// them off the relay (a forged packet "from" the peer's address does not).
-    direct_ok: HashSet<SocketAddr>,
-}
-
-impl Routes {
-    /// Nothing here changes where a packet goes: no relay, no alias. Every packet then
-    /// goes straight to (comes straight from) the address quinn names.
-    fn is_plain(&self) -> bool {
-        self.server.is_none() && self.alias.is_empty()
-    }
-
-    /// See [`DemuxSocket::route_via_relay`].
-    fn route_via_relay(&mut self, peer: SocketAddr) -> bool {
-        if self.server.is_none()
-            || (self.via.len() >= MAX_RELAYED_PEERS && !self.via.contains(&peer))
-        {
-            return false;
-        }
-        self.direct_ok.remove(&peer);
-        self.via.insert(peer)
-    }
-}
-
-/// Most peers routed through the relay at once (a stunfwd peer has one; the bound
-/// keeps forged Data indications from growing the table).
-pub(crate) const MAX_RELAYED_PEERS: usize = 64;
-
 /// Most relayed QUIC packets held for quinn (see [`DemuxSocket::unwrapped`]).
 const MAX_UNWRAPPED: usize = 1024;
-
-/// Where one packet goes.
-enum Hop {
-    /// Straight to this address.
-    Direct(SocketAddr),
-    /// Wrapped for `peer` and sent to our TURN server `server`: as ChannelData on
-    /// `channel` once bound, in a Send indication before.
-    Relay {
-        server: SocketAddr,
-        peer: SocketAddr,
-        channel: Option<u16>,
-    },
-    /// Nowhere: the peer is marked relayed but there is no relay any more.
-    Drop,
-}
 
 /// What one datagram from our TURN server carries.
 enum FromRelay {
@@ -187,13 +127,7 @@ impl DemuxSocket {
 
     /// Uses `server` as our TURN relay (None: no allocation, all routes direct).
     pub fn set_relay_server(&self, server: Option<SocketAddr>) {
-        self.update(|r| {
-            if server.is_none() {
-                *r = Routes::default();
-            } else {
-                r.server = server;
-            }
-        });
+        self.update(|r| r.set_relay_server(server));
     }
 
     /// The peers with a permission on our allocation: only their Data indications are
@@ -203,7 +137,7 @@ impl DemuxSocket {
     }
 
     /// Sends to `peer` through the relay from now on. False when it already was, there
-    /// is no relay, or [`MAX_RELAYED_PEERS`] are relayed already.
+    /// is no relay, or [`MAX_RELAYED_PEERS`](routes::MAX_RELAYED_PEERS) are relayed already.
     pub fn route_via_relay(&self, peer: SocketAddr) -> bool {
         self.update(|r| r.route_via_relay(peer))
     }
@@ -211,26 +145,14 @@ impl DemuxSocket {
     /// `peer` sent an authentic connectivity check that arrived directly (not through
     /// the relay): its direct QUIC packets may now move it off the relay.
     pub fn direct_path_proven(&self, peer: SocketAddr) {
-        self.update(|r| {
-            if r.via.contains(&peer) {
-                r.direct_ok.insert(peer);
-            }
-        });
+        self.update(|r| r.direct_path_proven(peer));
     }
 
     /// Packets for `conn_addr` go to `real` (directly), and packets from `real` are
     /// presented as coming from `conn_addr`: how a relayed connection moves to a direct
     /// path without the QUIC connection noticing on our side.
     pub fn alias(&self, conn_addr: SocketAddr, real: SocketAddr) {
-        self.update(|r| {
-            r.via.remove(&real);
-            if conn_addr == real {
-                r.via.remove(&conn_addr);
-                return;
-            }
-            r.alias.insert(conn_addr, real);
-            r.unalias.insert(real, conn_addr);
-        });
+        self.update(|r| r.alias(conn_addr, real));
     }
 
     /// Sends one datagram straight to `to`, ignoring relay routes (connectivity checks
@@ -246,10 +168,7 @@ impl DemuxSocket {
 
     /// Records a bound channel.
     pub fn set_channel(&self, peer: SocketAddr, channel: u16) {
-        self.update(|r| {
-            r.channels.insert(peer, channel);
-            r.by_channel.insert(channel, peer);
-        });
+        self.update(|r| r.set_channel(peer, channel));
     }
 
     /// Waits until Data indications have routed new peers through the relay (then
@@ -264,51 +183,13 @@ impl DemuxSocket {
         self.update(|r| std::mem::take(&mut r.new_relayed))
     }
 
-    /// Where QUIC packets for `to` go (quinn's view of the peer's address).
-    fn quic_hop(&self, to: SocketAddr) -> Hop {
-        let Some(r) = self.routes() else {
-            return Hop::Direct(to);
-        };
-        let real = r.alias.get(&to).copied().unwrap_or(to);
-        if real != to && !r.via.contains(&real) {
-            return Hop::Direct(real);
-        }
-        if !r.via.contains(&to) {
-            return Hop::Direct(to);
-        }
-        match r.server {
-            Some(server) => Hop::Relay {
-                server,
-                peer: to,
-                channel: r.channels.get(&to).copied(),
-            },
-            None => Hop::Drop,
-        }
-    }
-
-    /// Where STUN for `to` goes: like QUIC, but an aliased peer is relayed when its
-    /// real address is.
-    fn stun_hop(&self, to: SocketAddr) -> Hop {
-        let Some(r) = self.routes() else {
-            return Hop::Direct(to);
-        };
-        let to = r.alias.get(&to).copied().unwrap_or(to);
-        match r.server.filter(|_| r.via.contains(&to)) {
-            Some(server) => Hop::Relay {
-                server,
-                peer: to,
-                channel: r.channels.get(&to).copied(),
-            },
-            None => Hop::Direct(to),
-        }
-    }
-
     /// Sends one datagram (used for STUN; QUIC sends through quinn).
     pub async fn send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
-        match self.stun_hop(to) {
+        let hop = self.routes().map_or(Hop::Direct(to), |r| r.stun_hop(to));
+        match hop {
             Hop::Direct(to) => self.send_raw(data, to).await,
             Hop::Relay {
                 server,
@@ -417,16 +298,7 @@ impl DemuxSocket {
                 return r.permitted.contains(&peer.ip());
             }
         }
-        let accepted = self.update(|r| {
-            if !r.permitted.contains(&peer.ip()) {
-                return None;
-            }
-            let added = r.route_via_relay(peer);
-            if added && r.new_relayed.len() < MAX_RELAYED_PEERS {
-                r.new_relayed.push(peer);
-            }
-            Some(added)
-        });
+        let accepted = self.update(|r| r.accept_data_indication(peer));
         if accepted == Some(true) {
             self.relayed_peers_added.notify_one();
         }
@@ -467,22 +339,15 @@ impl DemuxSocket {
     }
 }
 
-/// `data` framed for `peer` on our TURN server: ChannelData on `channel` once bound,
-/// else a Send indication.
-fn frame(peer: SocketAddr, channel: Option<u16>, data: &[u8]) -> Vec<u8> {
-    match channel {
-        Some(ch) => wire::channel_data(ch, data),
-        None => wire::send_indication(peer, data),
-    }
-}
-
 impl AsyncUdpSocket for DemuxSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         self.inner.clone().create_io_poller()
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        match self.quic_hop(transmit.destination) {
+        let to = transmit.destination;
+        let hop = self.routes().map_or(Hop::Direct(to), |r| r.quic_hop(to));
+        match hop {
             Hop::Direct(to) if to == transmit.destination => self.inner.try_send(transmit),
             Hop::Direct(to) => self.inner.try_send(&Transmit {
                 destination: to,
@@ -698,6 +563,7 @@ pub(crate) async fn drain(socket: Arc<DemuxSocket>) {
 
 #[cfg(test)]
 mod tests {
+    use super::routes::MAX_RELAYED_PEERS;
     use super::*;
     use crate::config::Performance;
     use crate::tunnel::{client_config, endpoint_config, server_config, Identity, PinnedPeer};
