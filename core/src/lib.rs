@@ -17,7 +17,6 @@ pub mod logging;
 pub mod metrics;
 pub mod punch;
 pub mod redact;
-pub(crate) mod relay;
 pub mod room;
 pub mod signal;
 pub(crate) mod socket;
@@ -26,6 +25,7 @@ pub mod status;
 pub mod stun;
 pub(crate) mod sync;
 pub mod tunnel;
+pub(crate) mod turn;
 
 pub use blocking::BlockingSignalServer;
 pub use config::{AllowRule, Config, Mapping, Mode, Performance, Proto};

@@ -51,7 +51,7 @@ fn escape_label(v: &str) -> String {
 }
 
 /// `{k="v",...}`, or nothing without labels.
-fn labels(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> String {
     if pairs.is_empty() {
         return String::new();
     }
@@ -62,22 +62,39 @@ fn labels(pairs: &[(&str, &str)]) -> String {
     format!("{{{}}}", inner.join(","))
 }
 
+/// A metric family's type.
 #[derive(Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
+    /// Only ever grows (the name ends in `_total`).
     Counter,
+    /// A value now.
     Gauge,
 }
 
-/// Writes one metric family: `# HELP`, `# TYPE`, then its samples.
-struct Writer {
+/// Writes the Prometheus text exposition format (version 0.0.4), one metric family at
+/// a time. The one writer of both `/metrics` pages: the engine's ([`render`]) and the
+/// rendezvous server's (`signal::metrics`).
+pub(crate) struct Writer {
     out: String,
 }
 
 impl Writer {
-    fn family(&mut self, name: &str, kind: Kind, help: &str, samples: &[(String, f64)]) {
-        if samples.is_empty() {
-            return;
+    /// An empty page with room for `capacity` bytes.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Writer {
+            out: String::with_capacity(capacity),
         }
+    }
+
+    /// `# HELP`, `# TYPE`, then one line per sample: its labels (from [`labels`]) and
+    /// value.
+    pub(crate) fn family<V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        samples: &[(String, V)],
+    ) {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -89,14 +106,21 @@ impl Writer {
         }
     }
 
-    fn one(&mut self, name: &str, kind: Kind, help: &str, v: f64) {
+    /// A family of one unlabeled sample.
+    pub(crate) fn one<V: std::fmt::Display>(&mut self, name: &str, kind: Kind, help: &str, v: V) {
         self.family(name, kind, help, &[(String::new(), v)]);
     }
 
-    fn maybe(&mut self, name: &str, help: &str, v: Option<f64>) {
+    /// A gauge of one unlabeled sample, left out when unknown.
+    pub(crate) fn maybe<V: std::fmt::Display>(&mut self, name: &str, help: &str, v: Option<V>) {
         if let Some(v) = v {
             self.one(name, Kind::Gauge, help, v);
         }
+    }
+
+    /// The page.
+    pub(crate) fn finish(self) -> String {
+        self.out
     }
 }
 
@@ -166,9 +190,7 @@ fn ms_to_s(ms: Option<f64>) -> Option<f64> {
 
 /// Renders `stats` in the Prometheus text exposition format (version 0.0.4).
 pub fn render(stats: &Stats) -> String {
-    let mut w = Writer {
-        out: String::with_capacity(4096),
-    };
+    let mut w = Writer::with_capacity(4096);
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
 
     w.family(
@@ -262,6 +284,9 @@ pub fn render(stats: &Stats) -> String {
                 )
             })
             .collect();
+        if samples.is_empty() {
+            continue;
+        }
         w.family(
             &format!("stunfwd_mapping_{name}"),
             kind,
@@ -327,7 +352,7 @@ pub fn render(stats: &Stats) -> String {
         "From the start of the latest successful attempt to the tunnel being up.",
         ms_to_s(t.time_to_connected_ms),
     );
-    w.out
+    w.finish()
 }
 
 /// Binds the metrics listener now (so a port in use is reported at once) and returns

@@ -6,24 +6,27 @@
 //! checks, answers) goes out through the same socket, so the address STUN reports is
 //! the address the peer punches to and QUIC later uses.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use tokio::sync::mpsc;
-
-use std::net::IpAddr;
+use tokio::sync::{mpsc, Notify};
 
 use crate::stun::message::is_stun_first_byte;
 use crate::sync::{lock, read, write};
+use crate::turn::wire;
+use routes::{frame, Hop, Routes};
+
+mod routes;
 
 /// A STUN datagram taken off the shared socket.
 #[derive(Debug)]
@@ -34,46 +37,53 @@ pub(crate) struct StunDatagram {
     pub relayed: bool,
 }
 
-/// How to reach peers through a TURN relay.
-#[derive(Debug, Default)]
-struct Routes {
-    /// The TURN server, when we hold an allocation.
-    server: Option<SocketAddr>,
-    /// Peers whose packets go through the relay.
-    via: HashSet<SocketAddr>,
-    channels: HashMap<SocketAddr, u16>,
-    by_channel: HashMap<u16, SocketAddr>,
-    /// A connection's peer address → where its packets really go now (after an
-    /// upgrade from relay to direct), and back.
-    alias: HashMap<SocketAddr, SocketAddr>,
-    unalias: HashMap<SocketAddr, SocketAddr>,
-    /// Relayed peers that proved, with an authentic connectivity check that arrived
-    /// directly, that they reach us directly: only their direct QUIC packets move
-    /// them off the relay (a forged packet "from" the peer's address does not).
-    direct_ok: HashSet<SocketAddr>,
-}
+/// Most relayed QUIC packets held for quinn (see [`DemuxSocket::unwrapped`]).
+const MAX_UNWRAPPED: usize = 1024;
 
-/// Most peers routed through the relay at once (a stunfwd peer has one; the bound
-/// keeps forged Data indications from growing the table).
-pub(crate) const MAX_RELAYED_PEERS: usize = 64;
+/// What one datagram from our TURN server carries.
+enum FromRelay {
+    /// Nothing to pass on (unknown channel, forged or malformed indication).
+    Drop,
+    /// STUN at this range of the datagram, from `from`; `relayed` when a peer's
+    /// (unwrapped), not the server's own.
+    Stun {
+        from: SocketAddr,
+        range: Range<usize>,
+        relayed: bool,
+    },
+    /// Anything else at this range, for quinn, as if from `from`.
+    Quic {
+        from: SocketAddr,
+        range: Range<usize>,
+    },
+}
 
 /// Wraps quinn's socket and diverts STUN datagrams to a channel. With a TURN
 /// allocation it also relays: packets to peers marked "via relay" are wrapped in
 /// ChannelData or Send indications for the TURN server, and relayed packets from the
-/// server are unwrapped and presented as coming from the peer itself, so quinn and the
-/// STUN code never see the relay.
+/// server (ChannelData and Data indications) are unwrapped and presented as coming
+/// from the peer itself, so quinn and the STUN code never see the relay.
 pub(crate) struct DemuxSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     stun_tx: mpsc::Sender<StunDatagram>,
     /// STUN datagrams dropped because the dispatcher was behind.
     pub dropped: AtomicU64,
+    /// False while `routes` is plain (no relay, no alias; see [`Routes::is_plain`]):
+    /// sends and receives then skip `routes` and its lock altogether, which is the
+    /// common case of a direct tunnel.
+    routed: AtomicBool,
+    /// Lock rule: held only for lookups and updates, never across an `.await` or a
+    /// send; written only through [`DemuxSocket::update`], which keeps `routed` in step.
     routes: RwLock<Routes>,
-    /// QUIC packets that arrived in Data indications, waiting for quinn.
-    injected: Mutex<Injected>,
+    /// QUIC packets unwrapped from a GRO batch of relayed datagrams (which cannot be
+    /// unwrapped in place), for quinn's next `poll_recv`. Filled and emptied only
+    /// inside `poll_recv`, so no waker is needed.
+    unwrapped: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    /// `unwrapped` is not empty: checked on every `poll_recv` instead of its lock.
+    has_unwrapped: AtomicBool,
+    /// Notified when Data indications start routing peers through the relay.
+    relayed_peers_added: Notify,
 }
-
-/// Relayed QUIC packets waiting for quinn, and the waker of quinn's receive task.
-type Injected = (VecDeque<(SocketAddr, Vec<u8>)>, Option<Waker>);
 
 impl fmt::Debug for DemuxSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -90,60 +100,59 @@ impl DemuxSocket {
                 inner,
                 stun_tx,
                 dropped: AtomicU64::new(0),
+                routed: AtomicBool::new(false),
                 routes: RwLock::new(Routes::default()),
-                injected: Mutex::new((VecDeque::new(), None)),
+                unwrapped: Mutex::new(VecDeque::new()),
+                has_unwrapped: AtomicBool::new(false),
+                relayed_peers_added: Notify::new(),
             }),
             stun_rx,
         )
     }
 
-    /// Uses `server` as our TURN relay (None: no allocation, all routes direct).
-    pub fn set_relay_server(&self, server: Option<SocketAddr>) {
+    /// Changes the routes (under the write lock) and keeps `routed` in step.
+    fn update<R>(&self, f: impl FnOnce(&mut Routes) -> R) -> R {
         let mut r = write(&self.routes);
-        if server.is_none() {
-            *r = Routes::default();
-        } else {
-            r.server = server;
-        }
+        let out = f(&mut r);
+        self.routed.store(!r.is_plain(), Ordering::Release);
+        out
     }
 
-    /// The TURN server in use.
-    pub fn relay_server(&self) -> Option<SocketAddr> {
-        read(&self.routes).server
+    /// The routes, unless they are plain (then there is nothing to look up).
+    fn routes(&self) -> Option<std::sync::RwLockReadGuard<'_, Routes>> {
+        self.routed
+            .load(Ordering::Acquire)
+            .then(|| read(&self.routes))
+    }
+
+    /// Uses `server` as our TURN relay (None: no allocation, all routes direct).
+    pub fn set_relay_server(&self, server: Option<SocketAddr>) {
+        self.update(|r| r.set_relay_server(server));
+    }
+
+    /// The peers with a permission on our allocation: only their Data indications are
+    /// accepted from now on.
+    pub fn set_permitted(&self, ips: &[IpAddr]) {
+        self.update(|r| r.permitted = ips.iter().copied().collect());
     }
 
     /// Sends to `peer` through the relay from now on. False when it already was, there
-    /// is no relay, or [`MAX_RELAYED_PEERS`] are relayed already.
+    /// is no relay, or [`MAX_RELAYED_PEERS`](routes::MAX_RELAYED_PEERS) are relayed already.
     pub fn route_via_relay(&self, peer: SocketAddr) -> bool {
-        let mut r = write(&self.routes);
-        if r.server.is_none() || (r.via.len() >= MAX_RELAYED_PEERS && !r.via.contains(&peer)) {
-            return false;
-        }
-        r.direct_ok.remove(&peer);
-        r.via.insert(peer)
+        self.update(|r| r.route_via_relay(peer))
     }
 
     /// `peer` sent an authentic connectivity check that arrived directly (not through
     /// the relay): its direct QUIC packets may now move it off the relay.
     pub fn direct_path_proven(&self, peer: SocketAddr) {
-        let mut r = write(&self.routes);
-        if r.via.contains(&peer) {
-            r.direct_ok.insert(peer);
-        }
+        self.update(|r| r.direct_path_proven(peer));
     }
 
     /// Packets for `conn_addr` go to `real` (directly), and packets from `real` are
     /// presented as coming from `conn_addr`: how a relayed connection moves to a direct
     /// path without the QUIC connection noticing on our side.
     pub fn alias(&self, conn_addr: SocketAddr, real: SocketAddr) {
-        let mut r = write(&self.routes);
-        r.via.remove(&real);
-        if conn_addr == real {
-            r.via.remove(&conn_addr);
-            return;
-        }
-        r.alias.insert(conn_addr, real);
-        r.unalias.insert(real, conn_addr);
+        self.update(|r| r.alias(conn_addr, real));
     }
 
     /// Sends one datagram straight to `to`, ignoring relay routes (connectivity checks
@@ -154,41 +163,24 @@ impl DemuxSocket {
 
     /// True when packets to `peer` go through the relay.
     pub fn is_via_relay(&self, peer: SocketAddr) -> bool {
-        read(&self.routes).via.contains(&peer)
+        self.routes().is_some_and(|r| r.via.contains(&peer))
     }
 
     /// Records a bound channel.
     pub fn set_channel(&self, peer: SocketAddr, channel: u16) {
-        let mut r = write(&self.routes);
-        r.channels.insert(peer, channel);
-        r.by_channel.insert(channel, peer);
+        self.update(|r| r.set_channel(peer, channel));
     }
 
-    /// Hands quinn a packet that arrived inside a Data indication from `from`.
-    pub fn inject(&self, from: SocketAddr, data: Vec<u8>) {
-        let waker = {
-            let mut q = lock(&self.injected);
-            if q.0.len() < 1024 {
-                q.0.push_back((from, data));
-            }
-            q.1.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+    /// Waits until Data indications have routed new peers through the relay (then
+    /// [`take_new_relayed_peers`](Self::take_new_relayed_peers) returns them).
+    pub async fn new_relayed_peers(&self) {
+        self.relayed_peers_added.notified().await;
     }
 
-    /// Wraps `data` for `to` if `to` is reached through the relay.
-    fn encapsulate(&self, to: SocketAddr, data: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
-        let r = read(&self.routes);
-        let server = r.server?;
-        if !r.via.contains(&to) {
-            return None;
-        }
-        Some(match r.channels.get(&to) {
-            Some(&ch) => (server, crate::relay::channel_data(ch, data)),
-            None => (server, crate::relay::send_indication(to, data)),
-        })
+    /// The peers that Data indications started routing through the relay since the
+    /// last call: each wants a channel bound.
+    pub fn take_new_relayed_peers(&self) -> Vec<SocketAddr> {
+        self.update(|r| std::mem::take(&mut r.new_relayed))
     }
 
     /// Sends one datagram (used for STUN; QUIC sends through quinn).
@@ -196,21 +188,16 @@ impl DemuxSocket {
         if data.is_empty() {
             return Ok(());
         }
-        let to = self.real(to);
-        let wrapped = self.encapsulate(to, data);
-        let (to, data) = match &wrapped {
-            Some((server, framed)) => (*server, framed.as_slice()),
-            None => (to, data),
-        };
-        self.send_raw(data, to).await
-    }
-
-    fn real(&self, to: SocketAddr) -> SocketAddr {
-        let r = read(&self.routes);
-        if r.alias.is_empty() {
-            return to;
+        let hop = self.routes().map_or(Hop::Direct(to), |r| r.stun_hop(to));
+        match hop {
+            Hop::Direct(to) => self.send_raw(data, to).await,
+            Hop::Relay {
+                server,
+                peer,
+                channel,
+            } => self.send_raw(&frame(peer, channel, data), server).await,
+            Hop::Drop => Ok(()),
         }
-        r.alias.get(&to).copied().unwrap_or(to)
     }
 
     async fn send_raw(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
@@ -247,6 +234,109 @@ impl DemuxSocket {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Reads one datagram (or GRO segment) `buf` from our TURN server `server`.
+    fn read_relayed(&self, server: SocketAddr, buf: &[u8]) -> FromRelay {
+        let (peer, range) = match buf.first() {
+            Some(&b) if wire::is_channel_data_first_byte(b) => {
+                let Some((channel, payload)) = wire::parse_channel_data(buf) else {
+                    return FromRelay::Drop;
+                };
+                let peer = self
+                    .routes()
+                    .and_then(|r| r.by_channel.get(&channel).copied());
+                let Some(peer) = peer else {
+                    return FromRelay::Drop;
+                };
+                (peer, 4..4 + payload.len())
+            }
+            _ if wire::is_data_indication(buf) => {
+                let Some((peer, range)) = wire::data_indication(buf) else {
+                    return FromRelay::Drop;
+                };
+                if !self.accept_data_indication(peer) {
+                    tracing::debug!(%peer, "data indication for a peer without a permission dropped");
+                    return FromRelay::Drop;
+                }
+                (peer, range)
+            }
+            // The server's own answers to our requests, and anything else it sends.
+            Some(&b) if is_stun_first_byte(b) => {
+                return FromRelay::Stun {
+                    from: server,
+                    range: 0..buf.len(),
+                    relayed: false,
+                }
+            }
+            _ => {
+                return FromRelay::Quic {
+                    from: server,
+                    range: 0..buf.len(),
+                }
+            }
+        };
+        if buf[range.clone()]
+            .first()
+            .is_some_and(|b| is_stun_first_byte(*b))
+        {
+            FromRelay::Stun {
+                from: peer,
+                range,
+                relayed: true,
+            }
+        } else {
+            FromRelay::Quic { from: peer, range }
+        }
+    }
+
+    /// A Data indication relays a packet of `peer`: accepted only when `peer` has a
+    /// permission. The peer is reached through the relay from then on; a new one is
+    /// queued for a channel bind.
+    fn accept_data_indication(&self, peer: SocketAddr) -> bool {
+        if let Some(r) = self.routes() {
+            if r.via.contains(&peer) {
+                return r.permitted.contains(&peer.ip());
+            }
+        }
+        let accepted = self.update(|r| r.accept_data_indication(peer));
+        if accepted == Some(true) {
+            self.relayed_peers_added.notify_one();
+        }
+        accepted.is_some()
+    }
+
+    /// Holds a relayed QUIC packet for quinn's next `poll_recv`.
+    fn hold(&self, from: SocketAddr, data: &[u8]) {
+        let mut q = lock(&self.unwrapped);
+        if q.len() < MAX_UNWRAPPED {
+            q.push_back((from, data.to_vec()));
+            self.has_unwrapped.store(true, Ordering::Release);
+        }
+    }
+
+    /// Hands held packets to quinn; how many.
+    fn take_held(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let mut q = lock(&self.unwrapped);
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) {
+            let Some((from, data)) = q.pop_front() else {
+                break;
+            };
+            let len = data.len().min(bufs[n].len());
+            bufs[n][..len].copy_from_slice(&data[..len]);
+            meta[n] = RecvMeta {
+                addr: from,
+                len,
+                stride: len,
+                ..RecvMeta::default()
+            };
+            n += 1;
+        }
+        if q.is_empty() {
+            self.has_unwrapped.store(false, Ordering::Release);
+        }
+        n
+    }
 }
 
 impl AsyncUdpSocket for DemuxSocket {
@@ -255,36 +345,39 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let real = self.real(transmit.destination);
-        if real != transmit.destination && !self.is_via_relay(real) {
-            return self.inner.try_send(&Transmit {
-                destination: real,
+        let to = transmit.destination;
+        let hop = self.routes().map_or(Hop::Direct(to), |r| r.quic_hop(to));
+        match hop {
+            Hop::Direct(to) if to == transmit.destination => self.inner.try_send(transmit),
+            Hop::Direct(to) => self.inner.try_send(&Transmit {
+                destination: to,
                 ecn: transmit.ecn,
                 contents: transmit.contents,
                 segment_size: transmit.segment_size,
                 src_ip: transmit.src_ip,
-            });
+            }),
+            Hop::Relay {
+                server,
+                peer,
+                channel,
+            } => {
+                let segment = transmit
+                    .segment_size
+                    .unwrap_or(transmit.contents.len())
+                    .max(1);
+                for chunk in transmit.contents.chunks(segment) {
+                    self.inner.try_send(&Transmit {
+                        destination: server,
+                        ecn: transmit.ecn,
+                        contents: &frame(peer, channel, chunk),
+                        segment_size: None,
+                        src_ip: transmit.src_ip,
+                    })?;
+                }
+                Ok(())
+            }
+            Hop::Drop => Ok(()),
         }
-        if !self.is_via_relay(transmit.destination) {
-            return self.inner.try_send(transmit);
-        }
-        let segment = transmit
-            .segment_size
-            .unwrap_or(transmit.contents.len())
-            .max(1);
-        for chunk in transmit.contents.chunks(segment) {
-            let Some((server, framed)) = self.encapsulate(transmit.destination, chunk) else {
-                continue;
-            };
-            self.inner.try_send(&Transmit {
-                destination: server,
-                ecn: transmit.ecn,
-                contents: &framed,
-                segment_size: None,
-                src_ip: transmit.src_ip,
-            })?;
-        }
-        Ok(())
     }
 
     fn poll_recv(
@@ -293,55 +386,61 @@ impl AsyncUdpSocket for DemuxSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        {
-            let mut q = lock(&self.injected);
-            if !q.0.is_empty() {
-                let mut n = 0;
-                while n < bufs.len().min(meta.len()) {
-                    let Some((from, data)) = q.0.pop_front() else {
-                        break;
-                    };
-                    let len = data.len().min(bufs[n].len());
-                    bufs[n][..len].copy_from_slice(&data[..len]);
-                    meta[n] = RecvMeta {
-                        addr: from,
-                        len,
-                        stride: len,
-                        ..RecvMeta::default()
-                    };
-                    n += 1;
-                }
-                return Poll::Ready(Ok(n));
-            }
-            q.1 = Some(cx.waker().clone());
-        }
-        let relay = self.relay_server();
         loop {
+            if self.has_unwrapped.load(Ordering::Acquire) {
+                let n = self.take_held(bufs, meta);
+                if n > 0 {
+                    return Poll::Ready(Ok(n));
+                }
+            }
             let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
+            let relay = self.routes().and_then(|r| r.server);
             let mut kept = 0;
             for i in 0..n {
                 let mut m = meta[i];
                 let mut through_relay = false;
-                // ChannelData from our TURN server: unwrap it and make it look like it
-                // came straight from the peer.
-                if Some(m.addr) == relay && m.len > 0 && (0x40..=0x4f).contains(&bufs[i][0]) {
-                    let unwrapped = crate::relay::parse_channel_data(&bufs[i][..m.len])
-                        .map(|(ch, payload)| (ch, payload.len()));
-                    let peer = unwrapped
-                        .and_then(|(ch, _)| read(&self.routes).by_channel.get(&ch).copied());
-                    let (Some((_, len)), Some(peer)) = (unwrapped, peer) else {
-                        continue;
-                    };
-                    bufs[i].copy_within(4..4 + len, 0);
-                    if bufs[i].first().is_some_and(|b| is_stun_first_byte(*b)) {
-                        self.divert(peer, &bufs[i][..len], true);
+                if let Some(server) = relay.filter(|s| *s == m.addr) {
+                    let stride = m.stride.max(1);
+                    if m.len > stride {
+                        // A GRO batch from the server: each segment is a datagram of
+                        // its own, with its own peer; what is for quinn waits.
+                        for start in (0..m.len).step_by(stride) {
+                            let segment = &bufs[i][start..(start + stride).min(m.len)];
+                            match self.read_relayed(server, segment) {
+                                FromRelay::Drop => {}
+                                FromRelay::Stun {
+                                    from,
+                                    range,
+                                    relayed,
+                                } => self.divert(from, &segment[range], relayed),
+                                FromRelay::Quic { from, range } => self.hold(from, &segment[range]),
+                            }
+                        }
                         continue;
                     }
-                    m.addr = peer;
-                    m.len = len;
-                    m.stride = len;
-                    meta[i] = m;
-                    through_relay = true;
+                    match self.read_relayed(server, &bufs[i][..m.len]) {
+                        FromRelay::Drop => continue,
+                        FromRelay::Stun {
+                            from,
+                            range,
+                            relayed,
+                        } => {
+                            self.divert(from, &bufs[i][range], relayed);
+                            continue;
+                        }
+                        // Relayed data from a peer: unwrapped in place and presented
+                        // as if it came straight from the peer.
+                        FromRelay::Quic { from, range } if from != server => {
+                            let len = range.len();
+                            bufs[i].copy_within(range, 0);
+                            m.addr = from;
+                            m.len = len;
+                            m.stride = len;
+                            meta[i] = m;
+                            through_relay = true;
+                        }
+                        FromRelay::Quic { .. } => {}
+                    }
                 }
                 let stride = m.stride.max(1);
                 let mut all_stun = true;
@@ -360,28 +459,8 @@ impl AsyncUdpSocket for DemuxSocket {
                     continue;
                 }
                 if !through_relay && Some(m.addr) != relay {
-                    let (was_relayed, proven, alias) = {
-                        let r = read(&self.routes);
-                        (
-                            r.via.contains(&m.addr),
-                            r.direct_ok.contains(&m.addr),
-                            r.unalias.get(&m.addr).copied(),
-                        )
-                    };
-                    // QUIC straight from a peer we relay to, which has proven with an
-                    // authentic check that it reaches us directly: it moved to the
-                    // direct path; answer it there (latest path wins). Anyone can send
-                    // a packet "from" the peer's address, so without that proof the
-                    // route stays (quinn drops the packet if it is not genuine).
-                    if was_relayed && proven {
-                        let mut r = write(&self.routes);
-                        r.via.remove(&m.addr);
-                        r.direct_ok.remove(&m.addr);
-                    }
-                    if let Some(conn_addr) = alias {
-                        m.addr = conn_addr;
-                        meta[i] = m;
-                    }
+                    self.direct_arrival(&mut m);
+                    meta[i] = m;
                 }
                 if kept != i {
                     let (head, tail) = bufs.split_at_mut(i);
@@ -410,6 +489,37 @@ impl AsyncUdpSocket for DemuxSocket {
 
     fn may_fragment(&self) -> bool {
         self.inner.may_fragment()
+    }
+}
+
+impl DemuxSocket {
+    /// QUIC that arrived straight from `m.addr` (not through the relay): moves a
+    /// proven relayed peer to the direct path, and presents an aliased address as the
+    /// connection's.
+    fn direct_arrival(&self, m: &mut RecvMeta) {
+        let Some(r) = self.routes() else {
+            return;
+        };
+        let (was_relayed, proven, alias) = (
+            r.via.contains(&m.addr),
+            r.direct_ok.contains(&m.addr),
+            r.unalias.get(&m.addr).copied(),
+        );
+        drop(r);
+        // QUIC straight from a peer we relay to, which has proven with an authentic
+        // check that it reaches us directly: it moved to the direct path; answer it
+        // there (latest path wins). Anyone can send a packet "from" the peer's
+        // address, so without that proof the route stays (quinn drops the packet if
+        // it is not genuine).
+        if was_relayed && proven {
+            self.update(|r| {
+                r.via.remove(&m.addr);
+                r.direct_ok.remove(&m.addr);
+            });
+        }
+        if let Some(conn_addr) = alias {
+            m.addr = conn_addr;
+        }
     }
 }
 
@@ -453,6 +563,7 @@ pub(crate) async fn drain(socket: Arc<DemuxSocket>) {
 
 #[cfg(test)]
 mod tests {
+    use super::routes::MAX_RELAYED_PEERS;
     use super::*;
     use crate::config::Performance;
     use crate::tunnel::{client_config, endpoint_config, server_config, Identity, PinnedPeer};
@@ -588,5 +699,78 @@ mod tests {
             let _ = demux.route_via_relay(SocketAddr::from(([192, 0, 2, 1], 1000 + i)));
         }
         assert_eq!(read(&demux.routes).via.len(), MAX_RELAYED_PEERS);
+    }
+
+    /// Relayed data from our TURN server is unwrapped in the socket, ChannelData and
+    /// Data indications alike: QUIC is presented to quinn as from the peer, STUN goes
+    /// to the dispatcher marked relayed. A Data indication naming a peer without a
+    /// permission is dropped and routes nothing; a permitted one routes its peer
+    /// through the relay and queues it for a channel bind.
+    #[tokio::test]
+    async fn relayed_data_is_unwrapped_in_the_socket() {
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+        sock.set_nonblocking(true).expect("non-blocking");
+        let local = sock.local_addr().expect("addr");
+        let (demux, mut stun_rx) = DemuxSocket::new(runtime.wrap_udp_socket(sock).expect("wrap"));
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind server");
+        demux.set_relay_server(Some(server.local_addr().expect("addr")));
+        let (peer, stranger): (SocketAddr, SocketAddr) = (
+            "198.51.100.7:4000".parse().expect("addr"),
+            "203.0.113.9:5000".parse().expect("addr"),
+        );
+        demux.set_permitted(&[peer.ip()]);
+        let data_indication = |from: SocketAddr, data: &[u8]| {
+            let mut d = wire::send_indication(from, data);
+            d[1] = 0x17;
+            d
+        };
+        let recv = || async {
+            let mut storage = vec![0u8; 2048];
+            let mut meta = [RecvMeta::default()];
+            let mut bufs = [IoSliceMut::new(&mut storage)];
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                poll_fn(|cx| demux.poll_recv(cx, &mut bufs, &mut meta)),
+            )
+            .await
+            .expect("a datagram")
+            .expect("received");
+            (meta[0].addr, storage[..meta[0].len].to_vec())
+        };
+
+        // Forged (no permission), then permitted: only the second reaches quinn.
+        server
+            .send_to(&data_indication(stranger, &[0x40; 30]), local)
+            .expect("send");
+        server
+            .send_to(&data_indication(peer, &[0x41; 33]), local)
+            .expect("send");
+        assert_eq!(recv().await, (peer, vec![0x41; 33]));
+        assert!(!demux.is_via_relay(stranger));
+        assert!(demux.is_via_relay(peer));
+        assert_eq!(demux.take_new_relayed_peers(), vec![peer]);
+
+        // STUN inside a Data indication: to the dispatcher, from the peer, relayed.
+        let check = crate::stun::message::binding_success([3; 12], peer, None);
+        server
+            .send_to(&data_indication(peer, &check), local)
+            .expect("send");
+        // ChannelData on a bound channel; on an unknown one it is dropped.
+        demux.set_channel(peer, 0x4001);
+        server
+            .send_to(&wire::channel_data(0x4002, &[0x42; 5]), local)
+            .expect("send");
+        server
+            .send_to(&wire::channel_data(0x4001, &[0x43; 5]), local)
+            .expect("send");
+        assert_eq!(recv().await, (peer, vec![0x43; 5]));
+        let d = stun_rx.try_recv().expect("the relayed check");
+        assert_eq!((d.from, d.relayed, d.data), (peer, true, check));
+        assert!(stun_rx.try_recv().is_err());
+        assert!(
+            demux.take_new_relayed_peers().is_empty(),
+            "a routed peer is queued once"
+        );
     }
 }

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+use crate::config::Mapping;
+
 /// Identifies a mapping within one engine.
 pub type MappingId = u64;
 
@@ -142,4 +144,15 @@ pub enum Event {
         /// What, and what to do about it.
         message: String,
     },
+}
+
+/// A mapping as registered in the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingInfo {
+    /// Its id.
+    pub id: MappingId,
+    /// The mapping.
+    pub mapping: Mapping,
+    /// The address actually bound (port 0 resolved).
+    pub listen: SocketAddr,
 }

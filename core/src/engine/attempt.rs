@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::relay::ensure_relay;
-use super::session::peer_fp;
 use super::shared::{Incoming, Shared};
 use crate::agent::path::{self, PathPlan, RelayPlan};
 use crate::error::{Error, Result};
@@ -20,6 +18,8 @@ use crate::status::{PathKind, State};
 use crate::stun::client::{self as stun_client, Discovery, NatType};
 use crate::sync::lock;
 use crate::tunnel::{self, Fingerprint};
+use crate::turn::client::TurnClient;
+use crate::turn::AllocError;
 
 pub(crate) fn ms(d: Duration) -> Option<f64> {
     Some(d.as_secs_f64() * 1000.0)
@@ -57,11 +57,6 @@ pub(crate) async fn discovery(shared: &Shared) -> Discovery {
     tracing::info!(public = ?d.public_addr(), nat = d.nat.as_str(), took = ?d.took, "stun discovery");
     *lock(&shared.discovery) = Some(d.clone());
     d
-}
-
-/// What kind of path `selected` is (see [`path::path_kind`]).
-pub(crate) fn candidate_kind(shared: &Shared, peer: &Offer, selected: SocketAddr) -> PathKind {
-    path::path_kind(peer, selected, shared.agent.socket().is_via_relay(selected))
 }
 
 /// Our offer: the candidates [`path::gather`] lists, our identity and NAT type.
@@ -124,6 +119,16 @@ pub(crate) async fn wait_for_offer(
             }
         })
         .await
+}
+
+/// Our TURN allocation ([`crate::turn::allocation`] makes, refreshes and releases
+/// it), its errors mapped to the attempt's outcome.
+async fn ensure_relay(shared: &Arc<Shared>) -> std::result::Result<Arc<TurnClient>, Attempt> {
+    shared.turn.ensure().await.map_err(|e| match e {
+        // Wrong credentials will not fix themselves; everything else may.
+        AllocError::Rejected(e) => Attempt::Fatal(e),
+        other => Attempt::Retry(other.to_string()),
+    })
 }
 
 /// Why an attempt did not connect.
@@ -227,7 +232,7 @@ pub(crate) async fn connect_once(
         ));
     };
     lock(&shared.peer).offer = Some(peer.clone());
-    let turn = lock(&shared.turn).clone();
+    let turn = shared.turn.current();
     if let Some(turn) = turn {
         // Let the peer's packets in through our relay (permissions are per IP).
         let ips: Vec<std::net::IpAddr> = peer.candidates.iter().map(|c| c.ip()).collect();
@@ -315,7 +320,7 @@ pub(crate) async fn connect_once(
             let conn = tokio::time::timeout(Duration::from_secs(10), handshake)
                 .await
                 .map_err(|_| format!("tunnel handshake with {} timed out", sel.remote))??;
-            let path = candidate_kind(shared, &peer, sel.remote);
+            let path = shared.path_kind(&peer, sel.remote);
             (conn, path)
         }
         Role::Server => {
@@ -330,7 +335,7 @@ pub(crate) async fn connect_once(
                 tokio::time::timeout(wait, async {
                     loop {
                         match incoming.recv().await {
-                            Some(c) if peer_fp(&c) == want => return Some(c),
+                            Some(c) if tunnel::peer_fingerprint(&c) == want => return Some(c),
                             Some(c) => c.close(0u32.into(), b"superseded"),
                             None => return None,
                         }
@@ -350,7 +355,7 @@ pub(crate) async fn connect_once(
                     )));
                 }
             };
-            let path = candidate_kind(shared, &peer, conn.remote_address());
+            let path = shared.path_kind(&peer, conn.remote_address());
             (conn, path)
         }
     };

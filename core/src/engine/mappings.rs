@@ -6,35 +6,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::shared::Shared;
+use super::shared::{MappingEntry, Shared};
 use crate::config::{Mapping, Proto};
 use crate::error::{Error, Result};
 use crate::forward;
 use crate::stats::{Counters, Meter};
-use crate::status::{Event, MappingId};
+use crate::status::{Event, MappingId, MappingInfo};
 use crate::sync::lock;
 
-/// A mapping as registered in the engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MappingInfo {
-    /// Its id.
-    pub id: MappingId,
-    /// The mapping.
-    pub mapping: Mapping,
-    /// The address actually bound (port 0 resolved).
-    pub listen: SocketAddr,
-}
-
-/// A registered mapping: what it is, how to stop it, what it counted.
-pub(crate) struct MappingEntry {
-    pub info: MappingInfo,
-    pub token: CancellationToken,
-    pub counters: Arc<Counters>,
-}
-
+/// True while something still listens on `addr` (a removed mapping's listener closes
+/// asynchronously).
 pub(crate) fn port_busy(proto: Proto, addr: SocketAddr) -> bool {
     if addr.port() == 0 {
         return false;

@@ -11,12 +11,13 @@
 //! - [`shared`]: the state every task of the engine shares;
 //! - [`setup`]: binding the tunnel socket and building the QUIC endpoint;
 //! - [`mappings`]: the mapping registry;
-//! - [`responder`]: answering connectivity checks, unwrapping relayed data;
-//! - [`relay`]: our TURN allocation and its refresh;
+//! - [`responder`]: answering connectivity checks and routing STUN answers (the
+//!   socket unwraps what our TURN server relays);
 //! - [`accept`]: the server's incoming handshakes;
 //! - [`driver`]: the connect/reconnect loop, which carries out the decisions of
 //!   [`crate::agent`];
-//! - [`attempt`]: one connect attempt (discover, signal, punch, handshake);
+//! - [`attempt`]: one connect attempt (discover, signal, punch, handshake; our TURN
+//!   allocation is [`crate::turn::allocation`]'s);
 //! - [`session`]: a connected tunnel, and its upgrade from relay to direct;
 //! - [`snapshot`]: the stats snapshot and graceful shutdown.
 
@@ -24,7 +25,6 @@ mod accept;
 mod attempt;
 mod driver;
 mod mappings;
-mod relay;
 mod responder;
 mod session;
 mod setup;
@@ -43,8 +43,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-pub use crate::status::{Event, MappingId, PathKind, State};
-pub use mappings::MappingInfo;
+pub use crate::status::{Event, MappingId, MappingInfo, PathKind, State};
 pub use wait::WaitCancel;
 
 use crate::config::{Config, Mapping, Mode};

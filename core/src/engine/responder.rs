@@ -1,8 +1,7 @@
 //! Everything that arrives as STUN on the tunnel socket: the peer's connectivity
-//! checks (answered when authentic), responses to our own transactions, and data our
-//! TURN server relays to us in Data indications.
+//! checks (answered when authentic) and responses to our own transactions. Data our
+//! TURN server relays to us is unwrapped before, in the socket layer (`socket.rs`).
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,8 +15,7 @@ use crate::stun::client::Response;
 use crate::stun::message::{self, Parsed};
 use crate::sync::lock;
 
-/// Routes STUN datagrams: answers authentic checks, hands responses to transactions,
-/// unwraps data relayed by our TURN server.
+/// Routes STUN datagrams: answers authentic checks, hands responses to transactions.
 pub(crate) async fn stun_dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<StunDatagram>) {
     let token = shared.root.clone();
     loop {
@@ -25,61 +23,8 @@ pub(crate) async fn stun_dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<St
             _ = token.cancelled() => return,
             d = rx.recv() => match d { Some(d) => d, None => return },
         };
-        let socket = shared.agent.socket().clone();
-        if Some(d.from) == socket.relay_server() && d.data.get(..2) == Some(&[0x00, 0x17]) {
-            // A Data indication: a peer's packet relayed to us.
-            let Some((peer, data)) = crate::relay::parse_data_indication(&d.data) else {
-                continue;
-            };
-            // A TURN server relays only from peers we gave a permission; anything else
-            // "from" the server is forged and must not add routes or channels.
-            let permitted = lock(&shared.turn)
-                .as_ref()
-                .is_some_and(|t| t.is_permitted(peer.ip()));
-            if !permitted {
-                tracing::debug!(%peer, "data indication for a peer without a permission dropped");
-                continue;
-            }
-            if socket.route_via_relay(peer) {
-                bind_channel_later(&shared, peer);
-            }
-            if data
-                .first()
-                .is_some_and(|b| message::is_stun_first_byte(*b))
-            {
-                handle_stun(
-                    &shared,
-                    StunDatagram {
-                        from: peer,
-                        data,
-                        relayed: true,
-                    },
-                )
-                .await;
-            } else {
-                socket.inject(peer, data);
-            }
-            continue;
-        }
         handle_stun(&shared, d).await;
     }
-}
-
-/// Binds a TURN channel for `peer` in the background (cheaper framing than Send
-/// indications from then on).
-pub(crate) fn bind_channel_later(shared: &Arc<Shared>, peer: SocketAddr) {
-    let Some(turn) = lock(&shared.turn).clone() else {
-        return;
-    };
-    let socket = shared.agent.socket().clone();
-    crate::spawn(async move {
-        match turn.bind_channel(peer).await {
-            Ok(ch) => socket.set_channel(peer, ch),
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "channel bind failed; using Send indications")
-            }
-        }
-    });
 }
 
 pub(crate) async fn handle_stun(shared: &Arc<Shared>, d: StunDatagram) {

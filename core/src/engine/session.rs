@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::attempt::candidate_kind;
 use super::shared::{Incoming, Shared};
 use crate::agent::path;
 use crate::agent::UpgradeSchedule;
@@ -18,15 +17,7 @@ use crate::punch::{self, Punch};
 use crate::signal::proto::Role;
 use crate::status::{PathKind, State};
 use crate::sync::lock;
-use crate::tunnel::{self, Fingerprint};
-
-pub(crate) fn peer_fp(conn: &quinn::Connection) -> Option<Fingerprint> {
-    let identity = conn.peer_identity()?;
-    let certs = identity
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
-    certs.first().map(|c| Fingerprint::of(c))
-}
+use crate::tunnel;
 
 /// Serves one tunnel until it is lost; returns why.
 pub(crate) async fn run_connected(
@@ -92,7 +83,7 @@ pub(crate) async fn run_connected(
                 match incoming.recv().await {
                     // A handshake that passed the pinned verifier: the peer came back
                     // (its old connection is dead from its point of view).
-                    Some(c) if peer_fp(&c) == shared.pinned.get() => return c,
+                    Some(c) if tunnel::peer_fingerprint(&c) == shared.pinned.get() => return c,
                     Some(c) => c.close(0u32.into(), b"superseded"),
                     None => return std::future::pending().await,
                 }
@@ -116,7 +107,7 @@ pub(crate) async fn run_connected(
                     let new_path = match (shared.role, offer) {
                         // The client's own upgrade reports itself; its address is aliased.
                         (Role::Client, _) | (_, None) => reported.unwrap_or(path),
-                        (Role::Server, Some(o)) => candidate_kind(shared, &o, now),
+                        (Role::Server, Some(o)) => shared.path_kind(&o, now),
                     };
                     if now != current || Some(new_path) != reported {
                         tracing::info!(old = %current, new = %now, path = new_path.as_str(), "tunnel path changed");
@@ -199,7 +190,7 @@ pub(crate) async fn upgrade_to_direct(
         if let Some(sel) = found {
             let conn_addr = conn.remote_address();
             shared.agent.socket().alias(conn_addr, sel.remote);
-            let path = candidate_kind(&shared, &offer, sel.remote);
+            let path = shared.path_kind(&offer, sel.remote);
             tracing::info!(from = %conn_addr, to = %sel.remote, "tunnel upgraded from relay to a direct path");
             // This task runs in the tunnel's span: later lines name the new path.
             let span = tracing::Span::current();

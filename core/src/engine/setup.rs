@@ -25,6 +25,7 @@ use crate::stats::{Counters, Timings};
 use crate::status::State;
 use crate::stun::client::StunAgent;
 use crate::tunnel::{self, Identity, PinnedPeer};
+use crate::turn::allocation::RelayAllocation;
 
 pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Shared>, Incoming)> {
     let role = match config.mode {
@@ -70,6 +71,8 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
     )
     .map_err(|e| Error::io("quic endpoint", &e))?;
     let agent = StunAgent::new(demux);
+    let root = CancellationToken::new();
+    let turn = RelayAllocation::new(agent.clone(), config.relay.clone(), root.clone());
 
     let signaling_requests = Arc::new(AtomicU64::new(0));
     // With a secret the rendezvous sees a name derived from the room key, so knowing
@@ -118,7 +121,7 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         conn_tx,
         mappings: Mutex::new(BTreeMap::new()),
         next_mapping: AtomicU64::new(1),
-        root: CancellationToken::new(),
+        root,
         endpoint: endpoint.clone(),
         agent,
         local_addr,
@@ -136,7 +139,7 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         last_error: Mutex::new(None),
         failure: Mutex::new(None),
         prflx: Mutex::new(None),
-        turn: Mutex::new(None),
+        turn,
         relay_fallback: Mutex::new(RelayFallback::default()),
         auth_failed: AtomicBool::new(false),
         metrics_addr,

@@ -10,19 +10,25 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::mappings::MappingEntry;
 use crate::agent::RelayFallback;
 use crate::config::Config;
 use crate::error::Error;
 use crate::forward::Ctx;
-use crate::relay::TurnClient;
 use crate::signal::client::SignalClient;
 use crate::signal::proto::{Offer, OfferError, OfferGuard, Role, RoomKey};
 use crate::stats::{Counters, Timings};
-use crate::status::{Event, MappingId, PathKind, State};
+use crate::status::{Event, MappingId, MappingInfo, PathKind, State};
 use crate::stun::client::{Discovery, NatType, StunAgent};
 use crate::sync::lock;
 use crate::tunnel::{Identity, PinnedPeer};
+use crate::turn::allocation::RelayAllocation;
+
+/// A registered mapping: what it is, how to stop it, what it counted.
+pub(crate) struct MappingEntry {
+    pub info: MappingInfo,
+    pub token: CancellationToken,
+    pub counters: Arc<Counters>,
+}
 
 /// Tunnels the server's accept loop completed, for the driver (which owns the
 /// receiving end: one attempt or session at a time reads it).
@@ -110,8 +116,8 @@ pub(crate) struct Shared {
     /// Why the engine gave up, when it did (`State::Failed`).
     pub(crate) failure: Mutex<Option<Error>>,
     pub(crate) prflx: Mutex<Option<(String, mpsc::Sender<SocketAddr>)>>,
-    /// Our TURN allocation, once made.
-    pub(crate) turn: Mutex<Option<Arc<TurnClient>>>,
+    /// Our TURN allocation: made on first need, released at stop.
+    pub(crate) turn: RelayAllocation,
     /// The last attempt failed on a certificate check.
     pub(crate) auth_failed: AtomicBool,
     /// Whether attempts offer the relay from the start (a direct one failed).
@@ -151,6 +157,11 @@ impl Shared {
 
     pub(crate) fn fail_reason(&self, reason: String) {
         *lock(&self.last_error) = Some(reason);
+    }
+
+    /// What kind of path `selected` is (see [`crate::agent::path::path_kind`]).
+    pub(crate) fn path_kind(&self, peer: &Offer, selected: SocketAddr) -> PathKind {
+        crate::agent::path::path_kind(peer, selected, self.agent.socket().is_via_relay(selected))
     }
 
     /// Our offer id of the current attempt.

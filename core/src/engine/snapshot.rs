@@ -44,7 +44,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Stats {
         room: shared.config.room.to_string(),
         insecure: shared.config.secret.is_none(),
         path: if connected { peer.path } else { None },
-        relay_server: match (connected, peer.path, lock(&shared.turn).as_ref()) {
+        relay_server: match (connected, peer.path, shared.turn.current()) {
             (true, Some(PathKind::Relay), Some(t)) => Some(format!("{} ({})", t.url(), t.server())),
             (true, Some(PathKind::Relay), None) => peer
                 .addr

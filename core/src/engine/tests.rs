@@ -1,21 +1,15 @@
 //! Unit tests of the engine's internals.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
-use super::responder::stun_dispatch;
 use super::setup::setup;
 use crate::config::Config;
-use crate::socket::StunDatagram;
 use crate::status::State;
-use crate::sync::lock;
 
-/// Issue #14, finding 6: Data indications "from" the TURN server add a route (and
-/// a channel bind) only for peers we gave a permission; forged ones for any other
-/// peer change nothing.
+/// Issue #14, finding 6: Data indications from the TURN server add a route (and a
+/// channel bind) only for peers we gave a permission; forged ones for any other peer
+/// change nothing. They arrive as datagrams on the engine's socket, which unwraps them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn forged_data_indications_add_no_routes() {
     let config = Config::from_value(serde_json::json!({
@@ -24,20 +18,15 @@ async fn forged_data_indications_add_no_routes() {
     }))
     .expect("config");
     let (shared, _incoming) = setup(config, tracing::Span::none()).await.expect("setup");
-    let turn_server: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let turn_server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let socket = shared.agent.socket().clone();
-    socket.set_relay_server(Some(turn_server));
+    socket.set_relay_server(Some(turn_server.local_addr().expect("addr")));
     let permitted: SocketAddr = "198.51.100.7:4000".parse().expect("addr");
-    *lock(&shared.turn) = Some(Arc::new(crate::relay::TurnClient::for_test(
-        shared.agent.clone(),
-        turn_server,
-        vec![permitted.ip()],
-    )));
-    let (tx, rx) = mpsc::channel(8);
-    let dispatch = tokio::spawn(stun_dispatch(shared.clone(), rx));
+    // What `TurnClient::permit` leaves after the server granted the permission.
+    socket.set_permitted(&[permitted.ip()]);
     // A Data indication is a Send indication with another message type.
     let data_indication = |peer: SocketAddr| {
-        let mut d = crate::relay::send_indication(peer, b"\x40 not stun");
+        let mut d = crate::turn::wire::send_indication(peer, b"\x40 not stun");
         d[1] = 0x17;
         d
     };
@@ -45,12 +34,9 @@ async fn forged_data_indications_add_no_routes() {
         .map(|i| SocketAddr::from(([203, 0, 113, 9], 5000 + i)))
         .collect();
     for peer in forged.iter().copied().chain([permitted]) {
-        let d = StunDatagram {
-            from: turn_server,
-            data: data_indication(peer),
-            relayed: false,
-        };
-        tx.send(d).await.expect("dispatch runs");
+        turn_server
+            .send_to(&data_indication(peer), shared.local_addr)
+            .expect("send");
     }
     let deadline = Instant::now() + Duration::from_secs(2);
     while !socket.is_via_relay(permitted) && Instant::now() < deadline {
@@ -66,8 +52,12 @@ async fn forged_data_indications_add_no_routes() {
             "{peer} was added by a forged indication"
         );
     }
+    assert_eq!(
+        socket.take_new_relayed_peers(),
+        vec![permitted],
+        "only the permitted peer waits for a channel"
+    );
     shared.root.cancel();
-    dispatch.abort();
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant as StdInstant};
 
@@ -30,13 +30,50 @@ pub(crate) struct FlowSink {
     dest: Option<SocketAddr>,
     meter: Meter,
     idle: Arc<IdleClock>,
+    /// Set once the sink has left the flow table: copies held elsewhere (the
+    /// dispatcher's cache) are stale from then on.
+    removed: Arc<AtomicBool>,
 }
 
-/// Live flows by id.
+impl FlowSink {
+    fn new(
+        socket: Arc<UdpSocket>,
+        dest: Option<SocketAddr>,
+        meter: Meter,
+        idle: Arc<IdleClock>,
+    ) -> Self {
+        FlowSink {
+            socket,
+            dest,
+            meter,
+            idle,
+            removed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn is_current(&self) -> bool {
+        !self.removed.load(Ordering::Relaxed)
+    }
+}
+
+/// Live flows by id. Change it through [`insert_flow`] and [`remove_flow`], which
+/// mark the sinks that leave it.
 pub(crate) type FlowTable = Arc<Mutex<HashMap<u64, FlowSink>>>;
 
 fn table(t: &FlowTable) -> std::sync::MutexGuard<'_, HashMap<u64, FlowSink>> {
     lock(t)
+}
+
+fn insert_flow(t: &FlowTable, id: u64, sink: FlowSink) {
+    if let Some(old) = table(t).insert(id, sink) {
+        old.removed.store(true, Ordering::Relaxed);
+    }
+}
+
+fn remove_flow(t: &FlowTable, id: u64) {
+    if let Some(old) = table(t).remove(&id) {
+        old.removed.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Milliseconds since the flow's last activity, shared by its tasks.
@@ -84,13 +121,23 @@ fn deliver(sink: &FlowSink, payload: &[u8]) {
 
 /// Reads DATAGRAM frames off `conn` and hands them to their flows, until it closes.
 pub(crate) async fn dispatch_datagrams(conn: quinn::Connection, flows: FlowTable) {
+    // The sinks of this connection's flows, looked up in the shared table once per
+    // flow rather than once per datagram (a lock and a clone each). A sink that has
+    // left the table is looked up again; stale ones are pruned at each look-up.
+    let mut sinks: HashMap<u64, FlowSink> = HashMap::new();
     while let Ok(frame) = conn.read_datagram().await {
         let Some((id, payload)) = proto::decode_datagram(&frame) else {
             continue;
         };
-        let sink = table(&flows).get(&id).cloned();
-        if let Some(sink) = sink {
-            deliver(&sink, &payload);
+        if !sinks.get(&id).is_some_and(FlowSink::is_current) {
+            sinks.retain(|_, s| s.is_current());
+            match table(&flows).get(&id) {
+                Some(sink) => sinks.insert(id, sink.clone()),
+                None => continue,
+            };
+        }
+        if let Some(sink) = sinks.get(&id) {
+            deliver(sink, &payload);
         }
     }
 }
@@ -103,11 +150,11 @@ async fn send_to_peer(
     id: u64,
     payload: &[u8],
 ) -> Result<(), ()> {
-    let frame = proto::encode_datagram(id, payload);
+    // Refused (TooLarge, UnsupportedByPeer) exactly when it does not fit in a
+    // DATAGRAM frame: asking `max_datagram_size` first would lock the connection twice.
     if conn
-        .max_datagram_size()
-        .is_some_and(|max| frame.len() <= max)
-        && conn.send_datagram(frame).is_ok()
+        .send_datagram(proto::encode_datagram(id, payload))
+        .is_ok()
     {
         return Ok(());
     }
@@ -237,7 +284,7 @@ struct OpenFlow {
     id: u64,
     idle: Arc<IdleClock>,
     /// Cleared when the flow's task ends: from then on datagrams wait for a new flow.
-    live: std::sync::atomic::AtomicBool,
+    live: AtomicBool,
 }
 
 impl OpenFlow {
@@ -247,12 +294,12 @@ impl OpenFlow {
         if !self.live.load(Ordering::Relaxed) {
             return false;
         }
-        let frame = proto::encode_datagram(self.id, payload);
-        let fits = self
+        // Refused exactly when it does not fit (see `send_to_peer`).
+        if self
             .conn
-            .max_datagram_size()
-            .is_some_and(|max| frame.len() <= max);
-        if fits && self.conn.send_datagram(frame).is_ok() {
+            .send_datagram(proto::encode_datagram(self.id, payload))
+            .is_ok()
+        {
             self.idle.touch();
             return true;
         }
@@ -315,13 +362,13 @@ impl ClientFlow {
         };
         tracing::Span::current().record("peer", tracing::field::display(conn.remote_address()));
         let idle = IdleClock::new();
-        let sink = FlowSink {
-            socket: self.socket.clone(),
-            dest: Some(self.src),
-            meter: self.meter.clone(),
-            idle: idle.clone(),
-        };
-        table(&self.ctx.flows).insert(id, sink.clone());
+        let sink = FlowSink::new(
+            self.socket.clone(),
+            Some(self.src),
+            self.meter.clone(),
+            idle.clone(),
+        );
+        insert_flow(&self.ctx.flows, id, sink.clone());
         let _ = self.open.set(OpenFlow {
             conn: conn.clone(),
             id,
@@ -357,7 +404,7 @@ impl ClientFlow {
             open.live.store(false, Ordering::Relaxed);
         }
         reader.abort();
-        table(&self.ctx.flows).remove(&id);
+        remove_flow(&self.ctx.flows, id);
         let _ = send.finish();
         self.meter.closed();
     }
@@ -405,16 +452,11 @@ pub(crate) async fn serve_flow(
         }
     };
     let idle = IdleClock::new();
-    let sink = FlowSink {
-        socket: socket.clone(),
-        dest: None,
-        meter: meter.clone(),
-        idle: idle.clone(),
-    };
+    let sink = FlowSink::new(socket.clone(), None, meter.clone(), idle.clone());
     // Registered before the client hears Ok: its first datagram may follow at once.
-    table(&ctx.flows).insert(id, sink.clone());
+    insert_flow(&ctx.flows, id, sink.clone());
     if send.write_all(&[Status::Ok as u8]).await.is_err() {
-        table(&ctx.flows).remove(&id);
+        remove_flow(&ctx.flows, id);
         meter.failed();
         return;
     }
@@ -443,7 +485,7 @@ pub(crate) async fn serve_flow(
         }
     }
     reader.abort();
-    table(&ctx.flows).remove(&id);
+    remove_flow(&ctx.flows, id);
     let _ = send.finish();
     meter.closed();
 }

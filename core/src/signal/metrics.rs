@@ -1,7 +1,8 @@
 //! Counters of the rendezvous server and their Prometheus text rendering (`/metrics`).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::{labels, Kind, Writer};
 
 /// Request counters by HTTP status, plus connection-level events.
 #[derive(Debug)]
@@ -57,68 +58,62 @@ pub(crate) struct Gauges {
     pub(crate) stun_answered: Option<u64>,
 }
 
-/// The Prometheus text exposition format (version 0.0.4).
+/// The Prometheus text exposition format (version 0.0.4), written with the engine's
+/// writer ([`crate::metrics::Writer`]).
 pub(crate) fn render(c: &Counters, g: Gauges) -> String {
-    let mut out = String::with_capacity(1024);
-    let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in lines {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
+    let mut w = Writer::with_capacity(1024);
     let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-    metric(
+    w.one(
         "stunfwd_signal_rooms",
-        "gauge",
+        Kind::Gauge,
         "Rooms held by the store.",
-        &[(String::new(), n(g.rooms))],
+        n(g.rooms),
     );
-    metric(
+    w.one(
         "stunfwd_signal_waiting_polls",
-        "gauge",
+        Kind::Gauge,
         "Long-polls waiting on this instance.",
-        &[(String::new(), n(g.waiting_polls))],
+        n(g.waiting_polls),
     );
-    metric(
+    w.one(
         "stunfwd_signal_connections",
-        "gauge",
+        Kind::Gauge,
         "Open client connections on this instance.",
-        &[(String::new(), n(g.connections))],
+        n(g.connections),
     );
     let by_status: Vec<(String, u64)> = (100u16..600)
         .filter_map(|s| {
             let v = c.with_status(s);
-            (v > 0).then(|| (format!("{{status=\"{s}\"}}"), v))
+            (v > 0).then(|| (labels(&[("status", &s.to_string())]), v))
         })
         .collect();
-    metric(
+    w.family(
         "stunfwd_signal_requests_total",
-        "counter",
+        Kind::Counter,
         "HTTP requests answered, by status.",
         &by_status,
     );
-    metric(
+    w.one(
         "stunfwd_signal_connections_refused_total",
-        "counter",
+        Kind::Counter,
         "Connections closed at once because a connection cap was reached.",
-        &[(String::new(), c.connections_refused.load(Ordering::Relaxed))],
+        c.connections_refused.load(Ordering::Relaxed),
     );
-    metric(
+    w.one(
         "stunfwd_signal_tls_handshake_failures_total",
-        "counter",
+        Kind::Counter,
         "TLS handshakes that failed or timed out.",
-        &[(String::new(), c.tls_failures.load(Ordering::Relaxed))],
+        c.tls_failures.load(Ordering::Relaxed),
     );
     if let Some(answered) = g.stun_answered {
-        metric(
+        w.one(
             "stunfwd_stun_binding_answered_total",
-            "counter",
+            Kind::Counter,
             "STUN Binding requests answered.",
-            &[(String::new(), answered)],
+            answered,
         );
     }
-    out
+    w.finish()
 }
 
 #[cfg(test)]
@@ -146,6 +141,7 @@ mod tests {
         assert!(text.contains("stunfwd_signal_requests_total{status=\"200\"} 2\n"));
         assert!(text.contains("stunfwd_signal_requests_total{status=\"429\"} 1\n"));
         assert!(text.contains("# TYPE stunfwd_signal_requests_total counter\n"));
+        assert!(text.contains("# TYPE stunfwd_signal_rooms gauge\n"));
         assert!(!text.contains("stun_binding"));
         assert_eq!(c.requests.load(Ordering::Relaxed), 4);
     }

@@ -204,6 +204,15 @@ fn parse_welcome(data: &[u8]) -> std::result::Result<(), String> {
     }
 }
 
+/// The fingerprint of the certificate the peer of `conn` presented.
+pub(crate) fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
+    let identity = conn.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().map(|c| Fingerprint::of(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_welcome;

@@ -1,17 +1,16 @@
-//! TURN (RFC 8656) client on the engine's shared socket: allocation with long-term or
-//! REST-API credentials, permissions, channel bindings, refreshes, and the framing of
-//! relayed data (Send/Data indications, ChannelData).
+//! The TURN client: one allocation on a TURN server (RFC 8656) with long-term or
+//! REST-API credentials, its permissions and channel bindings, and their refreshes.
+//! Requests go through the engine's [`StunAgent`], so over the shared socket.
 //!
-//! The relay only ever carries QUIC packets and connectivity checks; the tunnel stays
-//! end-to-end encrypted between the peers.
+//! What the server agreed to is mirrored into the socket as it changes: the permitted
+//! peers (whose Data indications the socket accepts) and the bound channels (how it
+//! frames and unwraps).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use stun::agent::TransactionId;
 use stun::attributes::{
     AttrType, ATTR_CHANNEL_NUMBER, ATTR_LIFETIME, ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_TRANSPORT,
@@ -27,60 +26,13 @@ use stun::message::{
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 
-use crate::config::{RelayConfig, TurnUrl};
+use super::target::RelayTarget;
+use super::wire::{xor_address, FIRST_CHANNEL, LAST_CHANNEL};
+use super::AllocError;
 use crate::error::{Error, Result};
 use crate::stun::client::StunAgent;
-use crate::stun::message::{self, Tid};
+use crate::stun::message;
 use crate::sync::lock;
-
-/// First channel number (RFC 8656 §12).
-const FIRST_CHANNEL: u16 = 0x4000;
-/// The last channel number (RFC 8656 §12).
-const LAST_CHANNEL: u16 = 0x4FFF;
-const MAGIC: u32 = 0x2112_A442;
-
-/// Where the relay is and how to authenticate.
-#[derive(Clone)]
-pub(crate) struct RelayTarget {
-    pub server: SocketAddr,
-    pub url: TurnUrl,
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for RelayTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayTarget")
-            .field("server", &self.server)
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Credentials from the config: long-term, or derived from the REST-API secret
-/// (valid for a day).
-pub(crate) fn credentials(cfg: &RelayConfig) -> (String, String) {
-    match &cfg.auth_secret {
-        Some(secret) => {
-            let expiry = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-                + 86_400;
-            let user = format!("{expiry}:{}", cfg.username.as_deref().unwrap_or("stunfwd"));
-            let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(secret.as_bytes())
-                .expect("HMAC takes keys of any length");
-            mac.update(user.as_bytes());
-            let password =
-                base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-            (user, password)
-        }
-        None => (
-            cfg.username.clone().unwrap_or_default(),
-            cfg.credential.clone().unwrap_or_default(),
-        ),
-    }
-}
 
 struct RawAttr(AttrType, Vec<u8>);
 
@@ -89,124 +41,6 @@ impl Setter for RawAttr {
         m.add(self.0, &self.1);
         Ok(())
     }
-}
-
-/// Encodes an address as XOR-PEER-ADDRESS / XOR-MAPPED-ADDRESS value.
-pub(crate) fn xor_address(addr: SocketAddr, tid: &Tid) -> Vec<u8> {
-    let port = addr.port() ^ (MAGIC >> 16) as u16;
-    let mut out = Vec::with_capacity(20);
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            out.extend_from_slice(&[0, 1]);
-            out.extend_from_slice(&port.to_be_bytes());
-            let x = u32::from(ip) ^ MAGIC;
-            out.extend_from_slice(&x.to_be_bytes());
-        }
-        IpAddr::V6(ip) => {
-            out.extend_from_slice(&[0, 2]);
-            out.extend_from_slice(&port.to_be_bytes());
-            let mut key = [0u8; 16];
-            key[..4].copy_from_slice(&MAGIC.to_be_bytes());
-            key[4..].copy_from_slice(tid);
-            for (a, k) in ip.octets().iter().zip(key) {
-                out.push(a ^ k);
-            }
-        }
-    }
-    out
-}
-
-/// Decodes an XOR address value.
-pub(crate) fn parse_xor_address(v: &[u8], tid: &Tid) -> Option<SocketAddr> {
-    if v.len() < 8 {
-        return None;
-    }
-    let port = u16::from_be_bytes([v[2], v[3]]) ^ (MAGIC >> 16) as u16;
-    match v[1] {
-        1 => {
-            let x = u32::from_be_bytes([v[4], v[5], v[6], v[7]]) ^ MAGIC;
-            Some(SocketAddr::from((std::net::Ipv4Addr::from(x), port)))
-        }
-        2 if v.len() >= 20 => {
-            let mut key = [0u8; 16];
-            key[..4].copy_from_slice(&MAGIC.to_be_bytes());
-            key[4..].copy_from_slice(tid);
-            let mut ip = [0u8; 16];
-            for i in 0..16 {
-                ip[i] = v[4 + i] ^ key[i];
-            }
-            Some(SocketAddr::from((std::net::Ipv6Addr::from(ip), port)))
-        }
-        _ => None,
-    }
-}
-
-/// A Send indication carrying `data` to `peer` (RFC 8656 §11.1), hand-built: it is on
-/// the data path until a channel is bound.
-pub(crate) fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let tid: Tid = rand::random();
-    let addr = xor_address(peer, &tid);
-    let pad = (4 - data.len() % 4) % 4;
-    let len = 4 + addr.len() + 4 + data.len() + pad;
-    let mut out = Vec::with_capacity(20 + len);
-    out.extend_from_slice(&0x0016u16.to_be_bytes()); // Send indication
-    out.extend_from_slice(&(len as u16).to_be_bytes());
-    out.extend_from_slice(&MAGIC.to_be_bytes());
-    out.extend_from_slice(&tid);
-    out.extend_from_slice(&ATTR_XOR_PEER_ADDRESS.0.to_be_bytes());
-    out.extend_from_slice(&(addr.len() as u16).to_be_bytes());
-    out.extend_from_slice(&addr);
-    out.extend_from_slice(&0x0013u16.to_be_bytes()); // DATA
-    out.extend_from_slice(&(data.len() as u16).to_be_bytes());
-    out.extend_from_slice(data);
-    out.extend(std::iter::repeat_n(0u8, pad));
-    out
-}
-
-/// Parses a Data indication (RFC 8656 §11.4): (peer, data).
-pub(crate) fn parse_data_indication(buf: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
-    if buf.len() < 20 || u16::from_be_bytes([buf[0], buf[1]]) != 0x0017 {
-        return None;
-    }
-    let mut tid = [0u8; 12];
-    tid.copy_from_slice(&buf[8..20]);
-    let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-    let body = buf.get(20..20 + len)?;
-    let (mut peer, mut data) = (None, None);
-    let mut i = 0;
-    while i + 4 <= body.len() {
-        let t = u16::from_be_bytes([body[i], body[i + 1]]);
-        let l = u16::from_be_bytes([body[i + 2], body[i + 3]]) as usize;
-        let v = body.get(i + 4..i + 4 + l)?;
-        match t {
-            0x0012 => peer = parse_xor_address(v, &tid),
-            0x0013 => data = Some(v.to_vec()),
-            _ => {}
-        }
-        i += 4 + l + (4 - l % 4) % 4;
-    }
-    Some((peer?, data?))
-}
-
-/// ChannelData framing (RFC 8656 §12.4): `[channel u16][len u16][data][pad to 4]`.
-pub(crate) fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
-    let pad = (4 - data.len() % 4) % 4;
-    let mut out = Vec::with_capacity(4 + data.len() + pad);
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&(data.len() as u16).to_be_bytes());
-    out.extend_from_slice(data);
-    out.extend(std::iter::repeat_n(0u8, pad));
-    out
-}
-
-/// Splits ChannelData into (channel, payload).
-pub(crate) fn parse_channel_data(buf: &[u8]) -> Option<(u16, &[u8])> {
-    if buf.len() < 4 || !(0x40..=0x4f).contains(&buf[0]) {
-        return None;
-    }
-    let channel = u16::from_be_bytes([buf[0], buf[1]]);
-    let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-    Some((channel, buf.get(4..4 + len)?))
 }
 
 /// The outcome of one TURN request.
@@ -301,35 +135,13 @@ fn text(m: &Message, attr: AttrType) -> Option<String> {
 }
 
 impl TurnClient {
-    /// An allocation that was never made, with permissions for `permitted`, for tests
-    /// of what the engine accepts from the relay.
-    #[cfg(test)]
-    pub(crate) fn for_test(
-        agent: Arc<StunAgent>,
-        server: SocketAddr,
-        permitted: Vec<IpAddr>,
-    ) -> TurnClient {
-        TurnClient {
-            target: RelayTarget {
-                server,
-                url: TurnUrl::parse(&format!("turn:{server}"))
-                    .expect("a socket address is a TURN host"),
-                username: "u".into(),
-                password: "p".into(),
-            },
-            agent,
-            realm: Mutex::default(),
-            nonce: Mutex::default(),
-            relayed: SocketAddr::from(([127, 0, 0, 1], 1)),
-            lifetime: Duration::from_secs(600),
-            permissions: Mutex::new(permitted),
-            channels: Mutex::default(),
-        }
-    }
-
     /// Allocates a UDP relay (RFC 8656 §7): the unauthenticated request earns a 401
     /// with realm and nonce, the second one carries the long-term credential.
-    pub async fn allocate(agent: Arc<StunAgent>, target: RelayTarget) -> Result<TurnClient> {
+    pub async fn allocate(
+        agent: Arc<StunAgent>,
+        target: RelayTarget,
+    ) -> std::result::Result<TurnClient, AllocError> {
+        use AllocError::Failed;
         let transport = || RawAttr(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
         let first = transact(
             &agent,
@@ -338,20 +150,21 @@ impl TurnClient {
             vec![transport()],
             None,
         )
-        .await?;
+        .await
+        .map_err(Failed)?;
         let (realm, nonce) = match first {
             Reply::Error(401, _, m) => (
                 text(&m, ATTR_REALM).unwrap_or_default(),
                 text(&m, ATTR_NONCE).unwrap_or_default(),
             ),
             Reply::Error(code, reason, _) => {
-                return Err(turn_error(&target, "allocate", code, &reason))
+                return Err(Failed(turn_error(&target, "allocate", code, &reason)))
             }
             Reply::Success(_) => {
-                return Err(Error::Relay(format!(
+                return Err(Failed(Error::Relay(format!(
                     "the TURN server {} allocated without authentication; refusing an open relay",
                     target.server
-                )))
+                ))))
             }
         };
         let mut nonce = nonce;
@@ -362,12 +175,12 @@ impl TurnClient {
                 nonce.as_str(),
                 target.password.as_str(),
             );
-            match transact(&agent, target.server, METHOD_ALLOCATE, vec![transport()], Some(auth)).await? {
+            match transact(&agent, target.server, METHOD_ALLOCATE, vec![transport()], Some(auth)).await.map_err(Failed)? {
                 Reply::Success(m) => {
                     let mut relayed = XorMappedAddress::default();
                     relayed
                         .get_from_as(&m, ATTR_XOR_RELAYED_ADDRESS)
-                        .map_err(|_| Error::Relay("allocation without a relayed address".into()))?;
+                        .map_err(|_| Failed(Error::Relay("allocation without a relayed address".into())))?;
                     let lifetime = m
                         .get(ATTR_LIFETIME)
                         .ok()
@@ -391,18 +204,18 @@ impl TurnClient {
                     nonce = text(&m, ATTR_NONCE).unwrap_or_default();
                 }
                 Reply::Error(401, _, _) => {
-                    return Err(Error::Relay(format!(
+                    return Err(AllocError::Rejected(Error::Relay(format!(
                         "the TURN server {} rejected the credentials (401 Unauthorized); check relay.username and relay.credential (or relay.authSecret)",
                         target.server
-                    )))
+                    ))))
                 }
-                Reply::Error(code, reason, _) => return Err(turn_error(&target, "allocate", code, &reason)),
+                Reply::Error(code, reason, _) => return Err(Failed(turn_error(&target, "allocate", code, &reason))),
             }
         }
-        Err(Error::Relay(format!(
+        Err(Failed(Error::Relay(format!(
             "the TURN server {} kept answering 438 Stale Nonce",
             target.server
-        )))
+        ))))
     }
 
     /// The TURN server's address.
@@ -448,7 +261,9 @@ impl TurnClient {
         .map(|_| ())
     }
 
-    /// Installs (or refreshes) permissions for `ips` (ports do not matter).
+    /// Installs (or refreshes) permissions for `ips` (ports do not matter). Only the
+    /// permitted peers' Data indications are accepted by the socket from then on (one
+    /// naming another peer is forged: a TURN server relays only permitted peers).
     pub async fn permit(&self, ips: &[IpAddr]) -> Result<()> {
         let mut all = lock(&self.permissions).clone();
         for ip in ips {
@@ -473,11 +288,13 @@ impl TurnClient {
                 .collect()
         })
         .await?;
+        self.agent.socket().set_permitted(&all);
         *lock(&self.permissions) = all;
         Ok(())
     }
 
-    /// Binds (or refreshes) a channel for `peer`; returns its number.
+    /// Binds (or refreshes) a channel for `peer`; returns its number. The socket frames
+    /// packets for `peer` as ChannelData from then on.
     pub async fn bind_channel(&self, peer: SocketAddr) -> Result<u16> {
         let (channel, new) = reserve_channel(&self.channels, peer)?;
         let tid_dummy = [0u8; 12];
@@ -498,13 +315,8 @@ impl TurnClient {
             }
             return Err(e);
         }
+        self.agent.socket().set_channel(peer, channel);
         Ok(channel)
-    }
-
-    /// Whether `ip` has a permission on our allocation: only such peers' data is
-    /// accepted from the relay (a Data indication naming another peer is forged).
-    pub fn is_permitted(&self, ip: IpAddr) -> bool {
-        lock(&self.permissions).contains(&ip)
     }
 
     /// Refreshes everything that expires: the allocation, permissions, channels.
@@ -562,63 +374,6 @@ fn turn_error(target: &RelayTarget, what: &str, code: u16, reason: &str) -> Erro
 mod tests {
     use super::*;
 
-    #[test]
-    fn xor_addresses_round_trip() {
-        let tid: Tid = [7; 12];
-        for a in ["198.51.100.7:3478", "[2001:db8::5]:40000"] {
-            let a: SocketAddr = a.parse().expect("literal");
-            assert_eq!(parse_xor_address(&xor_address(a, &tid), &tid), Some(a));
-        }
-    }
-
-    #[test]
-    fn send_indication_is_a_valid_stun_message() {
-        let peer: SocketAddr = "203.0.113.9:5000".parse().expect("literal");
-        let raw = send_indication(peer, b"hello quic");
-        let mut m = Message::new();
-        m.raw = raw.clone();
-        m.decode().expect("decodes");
-        assert_eq!(m.typ.method, stun::message::METHOD_SEND);
-        assert_eq!(
-            m.get(stun::attributes::ATTR_DATA).expect("data"),
-            b"hello quic"
-        );
-        // The same layout with the Data type parses as a Data indication.
-        let mut data = raw;
-        data[1] = 0x17;
-        assert_eq!(
-            parse_data_indication(&data),
-            Some((peer, b"hello quic".to_vec()))
-        );
-    }
-
-    #[test]
-    fn channel_data_round_trip_and_padding() {
-        let framed = channel_data(0x4001, b"abcde");
-        assert_eq!(framed.len(), 12);
-        assert_eq!(parse_channel_data(&framed), Some((0x4001, &b"abcde"[..])));
-        assert_eq!(parse_channel_data(&[0x00, 1, 0, 0]), None);
-        assert_eq!(parse_channel_data(&[0x40, 0, 0, 9, 1]), None);
-    }
-
-    #[test]
-    fn rest_api_credentials() {
-        let cfg = RelayConfig {
-            url: "turn:h".parse().expect("TURN URL"),
-            username: Some("alice".into()),
-            credential: None,
-            auth_secret: Some("s3cret".into()),
-        };
-        let (user, pass) = credentials(&cfg);
-        assert!(user.ends_with(":alice"), "{user}");
-        let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(b"s3cret").expect("key");
-        mac.update(user.as_bytes());
-        assert_eq!(
-            pass,
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-        );
-    }
-
     /// Issue #14, finding 6: channel numbers are reserved under the lock, so binds
     /// running at the same time never share one, a peer keeps its own, and a failed
     /// bind's number can be reused.
@@ -661,72 +416,5 @@ mod tests {
         );
         let err = reserve_channel(&full, other).unwrap_err();
         assert!(err.to_string().contains("4096"), "{err}");
-    }
-
-    mod props {
-        //! TURN framing from the network never panics, and what we frame reads back.
-        use super::*;
-        use proptest::prelude::*;
-
-        fn addr() -> impl Strategy<Value = SocketAddr> {
-            prop_oneof![
-                (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
-                (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
-            ]
-        }
-
-        /// A Data indication as a TURN server sends it.
-        fn data_indication(tid: &Tid, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
-            let mut attrs = Vec::new();
-            for (t, v) in [(0x0012u16, xor_address(peer, tid)), (0x0013, data.to_vec())] {
-                attrs.extend_from_slice(&t.to_be_bytes());
-                attrs.extend_from_slice(&(v.len() as u16).to_be_bytes());
-                attrs.extend_from_slice(&v);
-                attrs.extend(std::iter::repeat_n(0u8, (4 - v.len() % 4) % 4));
-            }
-            let mut out = vec![0x00, 0x17];
-            out.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-            out.extend_from_slice(&MAGIC.to_be_bytes());
-            out.extend_from_slice(tid);
-            out.extend_from_slice(&attrs);
-            out
-        }
-
-        proptest! {
-            #![proptest_config(ProptestConfig::with_cases(512))]
-
-            #[test]
-            fn parsers_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..600), tid in any::<[u8; 12]>()) {
-                let _ = parse_data_indication(&buf);
-                let _ = parse_channel_data(&buf);
-                let _ = parse_xor_address(&buf, &tid);
-                // The same with the first bytes of the formats they expect.
-                let mut di = buf.clone();
-                if di.len() >= 2 { di[0] = 0x00; di[1] = 0x17; }
-                let _ = parse_data_indication(&di);
-                let mut cd = buf;
-                if !cd.is_empty() { cd[0] = 0x40 | (cd[0] & 0x0f); }
-                let _ = parse_channel_data(&cd);
-            }
-
-            #[test]
-            fn framing_round_trips(
-                peer in addr(),
-                tid in any::<[u8; 12]>(),
-                data in proptest::collection::vec(any::<u8>(), 0..2000),
-                channel in 0x4000u16..=0x4fff,
-            ) {
-                prop_assert_eq!(parse_xor_address(&xor_address(peer, &tid), &tid), Some(peer));
-                let framed = channel_data(channel, &data);
-                prop_assert_eq!(framed.len() % 4, 0);
-                prop_assert_eq!(parse_channel_data(&framed), Some((channel, &data[..])));
-                let ind = data_indication(&tid, peer, &data);
-                prop_assert_eq!(parse_data_indication(&ind), Some((peer, data.clone())));
-                // Truncated anywhere: refused.
-                for cut in [0, 1, 19, 20, ind.len() / 2, ind.len() - 1] {
-                    prop_assert_eq!(parse_data_indication(&ind[..cut]), None);
-                }
-            }
-        }
     }
 }
