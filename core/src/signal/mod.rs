@@ -8,15 +8,9 @@
 //! memory or in Redis. The wire protocol is described in `docs/protocol.md`.
 
 pub mod client;
-mod limits;
-mod memory;
-mod metrics;
 pub mod proto;
-mod redis_store;
 pub mod request;
 pub mod server;
-mod store;
-mod tls;
 
 pub use client::{SignalClient, WAKE_GAP};
 pub use proto::{unix_now, Offer, OfferError, OfferGuard, Role, RoomKey, OFFER_WINDOW};

@@ -13,6 +13,9 @@ use super::proto::Role;
 /// Longest room name the protocol allows, in bytes (servers may be configured lower).
 pub const MAX_ROOM_LEN: usize = 128;
 
+/// Response header carrying the mailbox version of the data returned by a `GET`.
+pub const VERSION_HEADER: &str = "x-stunfwd-version";
+
 /// Longest `wait` that parses (one day); servers cap it much lower.
 const MAX_WAIT_SECS: f64 = 86_400.0;
 

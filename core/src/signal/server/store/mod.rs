@@ -1,5 +1,5 @@
 //! Where the rendezvous server keeps its rooms: the [`Store`] trait, implemented in
-//! memory ([`super::memory`], the default) and in Redis ([`super::redis_store`], for
+//! memory ([`memory`], the default) and in Redis ([`redis_store`], for
 //! several instances behind a load balancer), and the [`Notifier`] that wakes this
 //! instance's long-polls when a mailbox they wait on may have changed.
 
@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use super::proto::Role;
+use crate::signal::proto::Role;
+
+pub(super) mod memory;
+pub(super) mod redis_store;
 
 /// Which store a [`super::SignalServer`] keeps its rooms in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,6 +39,17 @@ impl StoreConfig {
             url: url.into(),
             prefix: "stunfwd:".to_owned(),
         }
+    }
+}
+
+/// `url` without its password, for messages.
+pub(super) fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -213,5 +227,12 @@ mod tests {
         assert!(!n.has_waiters("r"));
         n.notify("r", Role::Client);
         n.notify_all();
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact("redis://u:pw@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact("garbage"), "garbage");
     }
 }
