@@ -3,49 +3,67 @@
 
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::StatusCode;
 
 use super::store::StoreError;
 use super::VERSION_HEADER;
 use crate::signal::request::BadRequest;
 
+/// What every request is answered with: the whole body at once.
+pub(super) type Response = hyper::Response<Full<Bytes>>;
+
 /// `Retry-After` when too many long-polls or a full store refuse a request.
 pub(super) const RETRY_LATER: Duration = Duration::from_secs(1);
 
-impl IntoResponse for BadRequest {
-    fn into_response(self) -> Response {
-        error(StatusCode::BAD_REQUEST, self.0)
-    }
-}
-
+/// `200` with `{"status": "ok"}`, the PHP mailbox's answer to a post.
 pub(super) fn ok() -> Response {
-    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
+/// `200` with the data of a mailbox and its version in [`VERSION_HEADER`].
 pub(super) fn found(data: String, version: u64) -> Response {
-    (
-        StatusCode::OK,
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            (
-                header::HeaderName::from_static(VERSION_HEADER),
-                HeaderValue::from(version),
-            ),
-        ],
-        data,
-    )
-        .into_response()
+    let mut resp = text(StatusCode::OK, "text/plain; charset=utf-8", data);
+    let headers = resp.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        HeaderName::from_static(VERSION_HEADER),
+        HeaderValue::from(version),
+    );
+    resp
 }
 
+/// `400` saying what is wrong with the request.
+pub(super) fn bad_request(e: BadRequest) -> Response {
+    error(StatusCode::BAD_REQUEST, e.0)
+}
+
+/// `status` with a `body` of type `content_type`.
+pub(super) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// `status` with `value` as the JSON body.
+fn json(status: StatusCode, value: &serde_json::Value) -> Response {
+    text(status, "application/json", value.to_string())
+}
+
+/// `404`: no (newer) data in this mailbox, also the answer of a long-poll that ran out.
 pub(super) fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no data for this room and role")
 }
 
+/// `429` or `503` with `Retry-After` for a store that refused or failed.
 pub(super) fn store_error(e: StoreError) -> Response {
     let msg = match e {
         StoreError::ClientFull(m) => return too_many(RETRY_LATER, m),
@@ -69,14 +87,18 @@ pub(super) fn too_many(retry: Duration, message: String) -> Response {
     resp
 }
 
+/// Whole seconds, rounded up, at least 1.
 fn retry_after(d: Duration) -> HeaderValue {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     HeaderValue::from(secs.max(1))
 }
 
+/// `status` with `{"status": "error", "error": message}`.
 pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({"status": "error", "error": message.into()});
-    (status, axum::Json(body)).into_response()
+    json(
+        status,
+        &serde_json::json!({"status": "error", "error": message.into()}),
+    )
 }
 
 #[cfg(test)]

@@ -5,15 +5,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
-use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{HeaderMap, Method, Request, StatusCode};
 use tokio::time::Instant;
 
 use super::limits::{self, SlotRefused};
-use super::reply::{error, found, not_found, ok, store_error, too_many, RETRY_LATER};
+use super::reply::{
+    bad_request, error, found, not_found, ok, store_error, text, too_many, Response, RETRY_LATER,
+};
 use super::{stopped, Shared};
 use crate::signal::request;
 
@@ -27,7 +28,7 @@ pub(super) async fn dispatch(
     req: Request<Incoming>,
 ) -> Response {
     let client = client_ip(peer, req.headers(), shared.config.trust_forwarded_for);
-    let resp = route(shared, client, req.map(Body::new)).await;
+    let resp = route(shared, client, req).await;
     shared.counters.count(resp.status().as_u16());
     resp
 }
@@ -52,22 +53,18 @@ fn client_ip(peer: SocketAddr, headers: &HeaderMap, trust_forwarded_for: bool) -
 
 /// Every method and path is the mailbox, except `GET /healthz` and `GET /metrics`
 /// without a `room` parameter.
-async fn route(shared: &Shared, client: IpAddr, req: Request<Body>) -> Response {
+async fn route(shared: &Shared, client: IpAddr, req: Request<Incoming>) -> Response {
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_owned();
     if method == Method::GET && !request::names_a_room(&query) {
         match req.uri().path() {
-            "/healthz" => return (StatusCode::OK, "ok").into_response(),
+            "/healthz" => return text(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
             "/metrics" => {
-                return (
+                return text(
                     StatusCode::OK,
-                    [(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                    )],
+                    "text/plain; version=0.0.4; charset=utf-8",
                     shared.metrics(),
                 )
-                    .into_response()
             }
             _ => {}
         }
@@ -96,7 +93,7 @@ async fn route(shared: &Shared, client: IpAddr, req: Request<Body>) -> Response 
     }
     let q = match request::parse_query(&query, max_room_len) {
         Ok(q) => q,
-        Err(e) => return e.into_response(),
+        Err(e) => return bad_request(e),
     };
     if method == Method::GET {
         get(shared, client, q).await
@@ -108,7 +105,7 @@ async fn route(shared: &Shared, client: IpAddr, req: Request<Body>) -> Response 
     }
 }
 
-async fn post(shared: &Shared, client: IpAddr, req: Request<Body>) -> Response {
+async fn post(shared: &Shared, client: IpAddr, req: Request<Incoming>) -> Response {
     let max_body = shared.config.max_body;
     let too_large = || {
         error(
@@ -125,10 +122,13 @@ async fn post(shared: &Shared, client: IpAddr, req: Request<Body>) -> Response {
         return too_large();
     }
     let read = async {
-        let mut stream = req.into_body().into_data_stream();
+        let mut body = req.into_body();
         let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Some(e.to_string()))?;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Some(e.to_string()))?;
+            let Ok(chunk) = frame.into_data() else {
+                continue; // trailers
+            };
             if bytes.len() + chunk.len() > max_body {
                 return Err(None::<String>);
             }
@@ -157,7 +157,7 @@ async fn post(shared: &Shared, client: IpAddr, req: Request<Body>) -> Response {
     };
     let msg = match request::parse_post(&bytes, shared.config.max_room_len) {
         Ok(m) => m,
-        Err(e) => return e.into_response(),
+        Err(e) => return bad_request(e),
     };
     let key = limits::client_key(client);
     match shared.store.post(&msg.room, msg.role, msg.data, key).await {
