@@ -2,8 +2,14 @@
 //! addresses with STUN, punch through their NATs and forward TCP and UDP ports through a
 //! mutually authenticated QUIC tunnel.
 //!
-//! The public API is [`Engine`], [`Config`], [`Mapping`] and the rendezvous
-//! [`SignalServer`]; everything runs on a runtime the engine owns.
+//! The public API is [`Engine`], [`Config`], [`Mapping`] and, with the `server` feature,
+//! the rendezvous `SignalServer`; everything runs on a runtime the engine owns.
+//!
+//! Features (none by default): `server` adds the rendezvous server with rooms in memory
+//! (the C, Python and Node packages enable it for their in-process `SignalServer`);
+//! `redis` adds its Redis store (the stunfwd CLI enables it).
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
 pub mod engine;
@@ -22,6 +28,7 @@ pub mod tunnel;
 pub use config::{AllowRule, Config, Mapping, Mode, Performance, Proto};
 pub use engine::{Engine, Event, MappingId, MappingInfo, PathKind, State};
 pub use error::{Error, Result};
+#[cfg(feature = "server")]
 pub use signal::server::{SignalServer, SignalServerConfig};
 pub use stats::{MappingStats, Stats, Timings, Traffic};
 

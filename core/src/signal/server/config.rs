@@ -138,7 +138,10 @@ impl SignalServerConfig {
             format!("{:?} / {:?}", c.header_timeout, c.body_timeout),
             "header and body timeouts above zero",
         )?;
-        if let StoreConfig::Redis { prefix, .. } = &c.store {
+        if let StoreConfig::Redis { url, prefix } = &c.store {
+            if !cfg!(feature = "redis") {
+                return Err(no_redis_store(url));
+            }
             positive(
                 "redis prefix",
                 prefix.len() <= 64,
@@ -148,6 +151,17 @@ impl SignalServerConfig {
         }
         Ok(())
     }
+}
+
+/// The error for a Redis store in a build without the `redis` feature (the C, Python
+/// and Node packages): named as a config error, never a silent fallback to memory.
+pub(super) fn no_redis_store(url: &str) -> Error {
+    Error::config(
+        "store",
+        super::store::redact(url),
+        "this build has no Redis store",
+        "the in-memory store; for Redis, use the stunfwd CLI (built with the `redis` feature)",
+    )
 }
 
 #[cfg(test)]
@@ -178,5 +192,26 @@ mod tests {
         ] {
             assert!(bad.check().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn redis_is_refused_by_name_without_the_feature() {
+        let url = "redis://user:hunter2@127.0.0.1:6379/0";
+        let config = SignalServerConfig {
+            store: StoreConfig::redis(url),
+            ..SignalServerConfig::default()
+        };
+        if cfg!(feature = "redis") {
+            assert!(config.check().is_ok());
+        } else {
+            assert_eq!(config.check().unwrap_err(), no_redis_store(url));
+        }
+        let message = no_redis_store(url).to_string();
+        assert!(
+            message.contains("this build has no Redis store"),
+            "{message}"
+        );
+        assert!(message.contains("`redis` feature"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
     }
 }

@@ -41,6 +41,7 @@ use crate::{Error, Result};
 use limits::{RateLimiter, Slots};
 use metrics::{Counters, Gauges};
 use store::memory::MemoryStore;
+#[cfg(feature = "redis")]
 use store::redis_store::RedisStore;
 use store::{Notifier, Store};
 
@@ -239,18 +240,23 @@ async fn open_store(
     config: &SignalServerConfig,
     notifier: Arc<Notifier>,
 ) -> Result<Box<dyn Store>> {
-    Ok(match &config.store {
-        StoreConfig::Memory => Box::new(MemoryStore::new(
+    match &config.store {
+        StoreConfig::Memory => Ok(Box::new(MemoryStore::new(
             notifier,
             config.room_ttl,
             config.max_rooms,
             config.max_store_bytes,
             config.max_bytes_per_client,
-        )),
-        StoreConfig::Redis { url, prefix } => Box::new(
+        ))),
+        #[cfg(feature = "redis")]
+        StoreConfig::Redis { url, prefix } => Ok(Box::new(
             RedisStore::connect(url, prefix, notifier, config.room_ttl, config.max_rooms).await?,
-        ),
-    })
+        )),
+        // `SignalServerConfig::check` has refused it already; answered the same way here
+        // so that no path panics.
+        #[cfg(not(feature = "redis"))]
+        StoreConfig::Redis { url, .. } => Err(config::no_redis_store(url)),
+    }
 }
 
 /// How often the sweeper runs: half the room TTL within bounds, and often enough to

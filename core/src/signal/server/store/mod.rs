@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::signal::proto::Role;
 
 pub(super) mod memory;
+#[cfg(feature = "redis")]
 pub(super) mod redis_store;
 
 /// Which store a [`super::SignalServer`] keeps its rooms in.
@@ -23,7 +24,8 @@ pub enum StoreConfig {
     Memory,
     /// In Redis, shared by every server instance that uses the same `url` and `prefix`:
     /// rooms expire through Redis TTLs and posts wake long-polls on every instance
-    /// through pub/sub.
+    /// through pub/sub. Needs the `redis` feature (the stunfwd CLI has it); without
+    /// it [`super::SignalServer::start`] refuses this store with a config error.
     Redis {
         /// `redis://[user:password@]host:port[/db]`.
         url: String,
@@ -63,7 +65,8 @@ pub(crate) enum StoreError {
     Full(String),
     /// This client holds its maximum of bytes (answered `429`).
     ClientFull(String),
-    /// The store cannot be reached or failed (answered `503`).
+    /// The store cannot be reached or failed (answered `503`). Only Redis fails so.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Unavailable(String),
 }
 
@@ -145,7 +148,8 @@ impl Notifier {
     }
 
     /// Wakes every waiter (they look at their mailbox again), e.g. after the store's
-    /// notifications may have been lost.
+    /// notifications may have been lost (only Redis's can be).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn notify_all(&self) {
         for senders in self.lock().values() {
             for s in senders {
