@@ -8,15 +8,19 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+#[cfg(feature = "server")]
 use crate::signal::server::{SignalServer, SignalServerConfig};
 use crate::sync::lock;
 
+#[cfg(feature = "server")]
 /// How long dropping a running [`BlockingSignalServer`] lets requests in flight finish.
 const DROP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
+#[cfg(feature = "server")]
 /// How long the runtime's last tasks get once the server has stopped.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
+#[cfg(feature = "server")]
 /// A rendezvous server (HTTP mailbox and, optionally, a STUN responder) running on a
 /// one-worker runtime of its own, driven from plain threads. Every method may be
 /// called from any thread, also concurrently; dropping it stops it.
@@ -34,6 +38,7 @@ struct Hosted {
     server: SignalServer,
 }
 
+#[cfg(feature = "server")]
 impl std::fmt::Debug for BlockingSignalServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockingSignalServer")
@@ -44,6 +49,7 @@ impl std::fmt::Debug for BlockingSignalServer {
     }
 }
 
+#[cfg(feature = "server")]
 impl BlockingSignalServer {
     /// Starts a server with `config` and returns once it listens. Works from any
     /// thread, also one inside another tokio runtime.
@@ -153,6 +159,7 @@ impl BlockingSignalServer {
     }
 }
 
+#[cfg(feature = "server")]
 impl Drop for BlockingSignalServer {
     fn drop(&mut self) {
         self.stop(DROP_STOP_TIMEOUT);

@@ -2,10 +2,16 @@
 //! addresses with STUN, punch through their NATs and forward TCP and UDP ports through a
 //! mutually authenticated QUIC tunnel.
 //!
-//! The public API is [`Engine`], [`Config`], [`Mapping`] and the rendezvous
-//! [`SignalServer`]; everything runs on a runtime the engine owns. Hosts without an
-//! async runtime (the C, Python and Node.js bindings) use [`BlockingSignalServer`] and
-//! forward logs with [`logging`].
+//! The public API is [`Engine`], [`Config`], [`Mapping`] and, with the `server` feature,
+//! the rendezvous `SignalServer`; everything runs on a runtime the engine owns. Hosts
+//! without an async runtime (the C, Python and Node.js bindings) use the facades of
+//! [`blocking`] and forward logs with [`logging`].
+//!
+//! Features (none by default): `server` adds the rendezvous server with rooms in memory
+//! (the C, Python and Node packages enable it for their in-process `SignalServer`);
+//! `redis` adds its Redis store (the stunfwd CLI enables it).
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod agent;
 pub mod blocking;
@@ -27,10 +33,12 @@ pub(crate) mod sync;
 pub mod tunnel;
 pub(crate) mod turn;
 
+#[cfg(feature = "server")]
 pub use blocking::BlockingSignalServer;
 pub use config::{AllowRule, Config, Mapping, Mode, Performance, Proto};
 pub use engine::{Engine, Event, MappingId, MappingInfo, PathKind, State, WaitCancel};
 pub use error::{Error, ErrorKind, Result};
+#[cfg(feature = "server")]
 pub use signal::server::{SignalServer, SignalServerConfig};
 pub use stats::{MappingStats, Stats, Timings, Traffic};
 

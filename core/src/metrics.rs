@@ -7,12 +7,18 @@
 //! `listen` labels, in families of their own (`stunfwd_mapping_*`) so that summing a
 //! family never counts a byte twice.
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -366,8 +372,12 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
 /// Serves `GET /metrics` on `listener` with a fresh `stats()` per scrape, until
-/// `shutdown` is cancelled. Anything else is 404. Must run inside a tokio runtime.
+/// `shutdown` is cancelled. Anything else is 404 (405 for another method on
+/// `/metrics`). Must run inside a tokio runtime.
 pub async fn serve(
     listener: std::net::TcpListener,
     stats: impl Fn() -> Stats + Send + Sync + 'static,
@@ -375,17 +385,43 @@ pub async fn serve(
 ) -> Result<()> {
     let listener =
         tokio::net::TcpListener::from_std(listener).map_err(|e| Error::io("metrics", &e))?;
-    let stats = Arc::new(stats);
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
+    let stats: Arc<dyn Fn() -> Stats + Send + Sync> = Arc::new(stats);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            // The client gave up before we took its connection: nothing to wait for.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionRefused
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::ConnectionReset
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let stats = stats.clone();
+        let service = hyper::service::service_fn(move |req: Request<_>| {
             let stats = stats.clone();
-            async move { scrape(&*stats) }
-        }),
-    );
-    tokio::select! {
-        r = axum::serve(listener, app) => r.map_err(|e| Error::io("metrics server", &e)),
-        () = shutdown.cancelled() => Ok(()),
+            async move { Ok::<_, Infallible>(answer(&req, &*stats)) }
+        });
+        crate::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics: connection closed");
+            }
+        });
     }
 }
 
@@ -398,13 +434,22 @@ pub async fn serve_addr(
     serve(bind(addr)?, stats, shutdown).await
 }
 
-fn scrape(stats: &dyn Fn() -> Stats) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        render(&stats()),
-    )
-        .into_response()
+/// The answer to one request: the scrape for `GET`/`HEAD /metrics` (hyper leaves out
+/// the body of a `HEAD`), 405 with `Allow` for another method there, 404 elsewhere.
+fn answer<B>(req: &Request<B>, stats: &dyn Fn() -> Stats) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::default());
+    if req.uri().path() != "/metrics" {
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+    } else if req.method() == Method::GET || req.method() == Method::HEAD {
+        *resp.body_mut() = Full::new(render(&stats()).into());
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    } else {
+        *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+    }
+    resp
 }
 
 #[cfg(test)]

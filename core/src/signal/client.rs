@@ -12,7 +12,7 @@ use reqwest::{StatusCode, Url};
 use tokio::time::Instant;
 
 use super::proto::Role;
-use super::server::{MAX_ROOM_LEN, VERSION_HEADER};
+use super::request::{MAX_ROOM_LEN, VERSION_HEADER};
 use crate::{Error, Result};
 
 /// Longest `wait` asked of the server in one long-poll.

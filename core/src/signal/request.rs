@@ -12,6 +12,9 @@ use super::proto::Role;
 
 pub use crate::room::MAX_ROOM_LEN;
 
+/// Response header carrying the mailbox version of the data returned by a `GET`.
+pub const VERSION_HEADER: &str = "x-stunfwd-version";
+
 /// Longest `wait` that parses (one day); servers cap it much lower.
 const MAX_WAIT_SECS: f64 = 86_400.0;
 

@@ -25,8 +25,8 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::task::JoinHandle;
 
-use super::proto::Role;
-use super::store::{Mail, Notifier, Store, StoreError, StoreFuture};
+use super::{redact, Mail, Notifier, Store, StoreError, StoreFuture};
+use crate::signal::proto::Role;
 use crate::{Error, Result};
 
 /// Connect and per-command timeout.
@@ -116,17 +116,6 @@ impl std::fmt::Debug for RedisStore {
 impl Drop for RedisStore {
     fn drop(&mut self) {
         self.listener.abort();
-    }
-}
-
-/// `url` without its password, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
     }
 }
 
@@ -416,13 +405,6 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(redact("redis://u:pw@h:6379/0"), "redis://***@h:6379/0");
-        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
-        assert_eq!(redact("garbage"), "garbage");
-    }
 
     #[test]
     fn patterns_are_escaped() {

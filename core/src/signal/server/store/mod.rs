@@ -1,5 +1,5 @@
 //! Where the rendezvous server keeps its rooms: the [`Store`] trait, implemented in
-//! memory ([`super::memory`], the default) and in Redis ([`super::redis_store`], for
+//! memory ([`memory`], the default) and in Redis ([`redis_store`], for
 //! several instances behind a load balancer), and the [`Notifier`] that wakes this
 //! instance's long-polls when a mailbox they wait on may have changed.
 
@@ -10,7 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use super::proto::Role;
+use crate::signal::proto::Role;
+
+pub(super) mod memory;
+#[cfg(feature = "redis")]
+pub(super) mod redis_store;
 
 /// Which store a [`super::SignalServer`] keeps its rooms in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,7 +24,8 @@ pub enum StoreConfig {
     Memory,
     /// In Redis, shared by every server instance that uses the same `url` and `prefix`:
     /// rooms expire through Redis TTLs and posts wake long-polls on every instance
-    /// through pub/sub.
+    /// through pub/sub. Needs the `redis` feature (the stunfwd CLI has it); without
+    /// it [`super::SignalServer::start`] refuses this store with a config error.
     Redis {
         /// `redis://[user:password@]host:port[/db]`.
         url: String,
@@ -39,6 +44,17 @@ impl StoreConfig {
     }
 }
 
+/// `url` without its password, for messages.
+pub(super) fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// A boxed future, so that [`Store`] can be used as a trait object.
 pub(crate) type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -49,7 +65,8 @@ pub(crate) enum StoreError {
     Full(String),
     /// This client holds its maximum of bytes (answered `429`).
     ClientFull(String),
-    /// The store cannot be reached or failed (answered `503`).
+    /// The store cannot be reached or failed (answered `503`). Only Redis fails so.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Unavailable(String),
 }
 
@@ -131,7 +148,8 @@ impl Notifier {
     }
 
     /// Wakes every waiter (they look at their mailbox again), e.g. after the store's
-    /// notifications may have been lost.
+    /// notifications may have been lost (only Redis's can be).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn notify_all(&self) {
         for senders in self.lock().values() {
             for s in senders {
@@ -213,5 +231,12 @@ mod tests {
         assert!(!n.has_waiters("r"));
         n.notify("r", Role::Client);
         n.notify_all();
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact("redis://u:pw@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact("garbage"), "garbage");
     }
 }

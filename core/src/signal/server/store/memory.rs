@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::proto::Role;
-use super::store::{Mail, Notifier, Store, StoreError, StoreFuture};
+use super::{Mail, Notifier, Store, StoreError, StoreFuture};
+use crate::signal::proto::Role;
 
 /// Rooms in memory, bounded by a room count, by the bytes of data held, and by the
 /// bytes held for each client (the writer of a mailbox's data and the creator of a
