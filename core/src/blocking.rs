@@ -33,6 +33,7 @@ pub struct BlockingSignalServer {
     stun_addr: Option<SocketAddr>,
 }
 
+#[cfg(feature = "server")]
 struct Hosted {
     rt: tokio::runtime::Runtime,
     server: SignalServer,
