@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{StoreConfig, TlsFiles, MAX_ROOM_LEN};
 use crate::{Error, Result};
 
-/// Settings of a [`SignalServer`]. Every limit has a default fit for a public server;
+/// Settings of a [`SignalServer`](super::SignalServer). Every limit has a default fit for a public server;
 /// a limit of 0 means "unlimited" where noted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignalServerConfig {
