@@ -182,6 +182,7 @@ pub fn listen_addr(key: &str, text: &str) -> Result<SocketAddr> {
 /// Runs `fut` on `rt` and blocks for its result, at most `limit` (`None`: no limit).
 /// Unlike `block_on` this works from any thread, also inside another runtime. `None`
 /// if the task died or ran out of time.
+#[cfg(feature = "server")]
 fn on<T: Send + 'static>(
     rt: &tokio::runtime::Runtime,
     fut: impl std::future::Future<Output = T> + Send + 'static,
