@@ -4,7 +4,10 @@
 //! ([`crate::Engine`] owns its runtime).
 
 use std::net::SocketAddr;
-use std::sync::{mpsc, Arc, Mutex};
+#[cfg(feature = "server")]
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+#[cfg(feature = "server")]
 use std::time::Duration;
 
 use crate::error::{Error, Result};
