@@ -37,6 +37,20 @@ pub(crate) struct Punch {
     pub direct: bool,
 }
 
+/// A check list whose transaction ids are unregistered from the STUN agent when it is
+/// dropped.
+struct Registered<'a> {
+    agent: &'a StunAgent,
+    list: Checklist,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let all: Vec<Tid> = self.list.tids().copied().collect();
+        self.agent.unregister(&all);
+    }
+}
+
 impl Punch {
     /// Runs the checks. Returns the chosen pair, or `None` on timeout (or, with
     /// `keep_going`, when the timeout ends the session in any case).
@@ -48,15 +62,21 @@ impl Punch {
         let (tx, mut rx) = mpsc::channel::<Response>(256);
         let username = format!("{}:{}", self.peer_id, self.our_id);
         let now = || Instant::now().into_std();
-        let mut list = Checklist::new(
-            ChecklistConfig {
-                remote: self.remote.clone(),
-                timeout: self.timeout,
-                keep_going: self.keep_going,
-                direct: self.direct,
-            },
-            now(),
-        );
+        // Unregistered however the session ends, also when it is dropped mid-way (the
+        // server's punching is aborted once the tunnel arrives).
+        let mut list = Registered {
+            agent: &agent,
+            list: Checklist::new(
+                ChecklistConfig {
+                    remote: self.remote.clone(),
+                    timeout: self.timeout,
+                    keep_going: self.keep_going,
+                    direct: self.direct,
+                },
+                now(),
+            ),
+        };
+        let list = &mut list.list;
         list.handle_timeout(now());
         let outcome = loop {
             while let Some(t) = list.poll_transmit() {
@@ -77,8 +97,6 @@ impl Punch {
                 }
             }
         };
-        let all: Vec<Tid> = list.tids().copied().collect();
-        agent.unregister(&all);
         outcome
     }
 
@@ -99,5 +117,47 @@ impl Punch {
         if let Err(e) = sent {
             tracing::trace!(addr = %t.to, error = %e, "check send failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn::Runtime as _;
+
+    /// Review finding (#15): a punch that is dropped mid-way (the server's punching is
+    /// aborted once the tunnel arrives) leaves no registered transaction behind.
+    #[tokio::test]
+    async fn a_dropped_punch_unregisters_its_transactions() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_nonblocking(true).expect("nonblocking");
+        let inner = quinn::TokioRuntime.wrap_udp_socket(socket).expect("wrap");
+        let (demux, _rx) = crate::socket::DemuxSocket::new(inner);
+        let agent = StunAgent::new(demux);
+        // Nobody answers at this port: the checks go on until dropped.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let punch = Punch {
+            our_id: "a".into(),
+            peer_id: "b".into(),
+            password: "p".into(),
+            remote: vec![silent.local_addr().expect("addr")],
+            timeout: Duration::from_secs(30),
+            keep_going: true,
+            direct: false,
+        };
+        let (_tx, rx) = mpsc::channel(1);
+        let task = tokio::spawn(punch.run(agent.clone(), rx));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while agent.pending_count() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(agent.pending_count() >= 3, "rounds of checks went out");
+        task.abort();
+        let _ = task.await;
+        assert_eq!(
+            agent.pending_count(),
+            0,
+            "every transaction was unregistered"
+        );
     }
 }

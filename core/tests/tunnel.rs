@@ -422,6 +422,46 @@ fn mapping_added_after_connect_works_and_removed_port_is_free() {
     ));
 }
 
+/// A removed UDP mapping frees its port at once, also after a flow carried datagrams
+/// back from the tunnel (the datagram dispatcher caches flows, but must not keep their
+/// sockets open), and the same port can be mapped again.
+#[test]
+fn removed_udp_mapping_frees_its_port_after_traffic() {
+    let rv = Rendezvous::start();
+    let echo = udp_echo();
+    let (_server, client) = pair(&rv, &[]);
+    let id = client
+        .add_mapping(Mapping::parse(&format!("udp:0:{}", echo.port())).unwrap())
+        .unwrap();
+    let local = client.mapping_addr(id).unwrap();
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut echoed = false;
+    for _ in 0..10 {
+        s.send_to(b"ping", local).unwrap();
+        let mut buf = [0u8; 16];
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            assert_eq!(&buf[..n], b"ping");
+            echoed = true;
+            break;
+        }
+    }
+    assert!(echoed, "the flow carried a datagram back");
+    let started = std::time::Instant::now();
+    client.remove_mapping(id).unwrap();
+    let took = started.elapsed();
+    UdpSocket::bind(local).expect("port free after remove_mapping");
+    assert!(
+        took < Duration::from_millis(1500),
+        "remove_mapping waited {took:?} for the port"
+    );
+    let again = client
+        .add_mapping(Mapping::parse(&format!("udp:{}:{}", local.port(), echo.port())).unwrap())
+        .expect("the same port can be mapped again");
+    assert_eq!(client.mapping_addr(again), Some(local));
+}
+
 #[test]
 fn local_port_in_use_names_the_port() {
     let rv = Rendezvous::start();

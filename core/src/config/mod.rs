@@ -185,8 +185,9 @@ impl Config {
     pub fn from_yaml(text: &str) -> Result<Config> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            // The position comes from the error's location, never from its text.
             let (line, problem) = match e.location() {
-                Some(loc) if !e.to_string().contains("line") => (
+                Some(loc) => (
                     loc.line(),
                     format!(
                         "not valid YAML at line {} column {}: {e}",
@@ -194,7 +195,6 @@ impl Config {
                         loc.column()
                     ),
                 ),
-                Some(loc) => (loc.line(), format!("not valid YAML: {e}")),
                 None => (0, format!("not valid YAML: {e}")),
             };
             Error::config(

@@ -160,7 +160,7 @@ pub(crate) async fn connect_once(
         // (`accept_loop`), not checked against an earlier peer's certificate.
         shared.pinned.set(None);
     }
-    lock(&shared.peer).offer_id = None;
+    lock(&shared.peer).set_offer_id(None);
     shared.set_state(State::Discovering);
     let disc = discovery(shared).await;
     let stun_ms = disc.took;
@@ -193,7 +193,7 @@ pub(crate) async fn connect_once(
     {
         let mut p = lock(&shared.peer);
         p.nat = Some(NatType::from_name(&peer.nat));
-        p.offer_id = Some(peer.id.clone());
+        p.set_offer_id(Some(peer.id.clone()));
     }
     match path::plan_path(
         shared.role,

@@ -78,7 +78,7 @@ pub struct Engine {
 
 enum Phase {
     Running(tokio::runtime::Runtime),
-    Stopping,
+    Stopping(Instant),
     Stopped,
 }
 
@@ -389,15 +389,18 @@ impl Engine {
     pub fn stop(&self, timeout: Duration) {
         let rt = {
             let mut phase = lock(&self.phase);
-            match std::mem::replace(&mut *phase, Phase::Stopping) {
+            let deadline = Instant::now() + timeout + STOP_MARGIN;
+            match std::mem::replace(&mut *phase, Phase::Stopping(deadline)) {
                 Phase::Running(rt) => rt,
-                Phase::Stopping => {
+                Phase::Stopping(first) => {
+                    // Wait for the first stop: as long as it may take, not as long as
+                    // this call's own timeout says.
+                    *phase = Phase::Stopping(first);
                     if std::thread::current().id() != self.event_thread_id {
-                        let _ =
-                            self.stopped
-                                .wait_timeout_while(phase, timeout + STOP_MARGIN, |p| {
-                                    matches!(p, Phase::Stopping)
-                                });
+                        let left = first.saturating_duration_since(Instant::now());
+                        let _ = self
+                            .stopped
+                            .wait_timeout_while(phase, left, |p| matches!(p, Phase::Stopping(_)));
                     }
                     return;
                 }

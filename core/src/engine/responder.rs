@@ -70,9 +70,14 @@ pub(crate) async fn handle_stun(shared: &Arc<Shared>, d: StunDatagram) {
             }
             // Addressed to this attempt's offer, from an offer id other than the one we
             // use: the peer started over. Start over too, at once, rather than punch or
-            // keep a tunnel toward what is gone.
-            let current = lock(&shared.peer).offer_id.clone();
-            if current.as_deref().is_some_and(|c| c != from_id) && to == shared.our_id() {
+            // keep a tunnel toward what is gone. Not for an offer id we moved on from:
+            // that check is old or replayed (we keep our id when we start over, so a
+            // recorded check would otherwise make us start over again and again).
+            let started_over = {
+                let peer = lock(&shared.peer);
+                peer.offer_id().is_some_and(|c| c != from_id) && !peer.left_behind(from_id)
+            };
+            if started_over && to == shared.our_id() {
                 *lock(&shared.new_peer_id) = Some(from_id.to_owned());
                 shared.new_peer.notify_one();
                 shared.signal.wake();

@@ -54,9 +54,44 @@ pub(crate) struct PeerInfo {
     pub(crate) path: Option<PathKind>,
     pub(crate) addr: Option<SocketAddr>,
     pub(crate) nat: Option<NatType>,
-    pub(crate) offer_id: Option<String>,
+    offer_id: Option<String>,
+    /// Peer offer ids we have moved on from (at most [`MAX_LEFT_BEHIND`]): a check from
+    /// one of them is an old or replayed packet, never a reason to start over.
+    left_behind: std::collections::VecDeque<String>,
     /// The offer the current tunnel was built from.
     pub(crate) offer: Option<Offer>,
+}
+
+/// Most peer offer ids remembered as left behind.
+const MAX_LEFT_BEHIND: usize = 16;
+
+impl PeerInfo {
+    /// The peer offer id in use (this attempt's, or the connected tunnel's).
+    pub(crate) fn offer_id(&self) -> Option<&str> {
+        self.offer_id.as_deref()
+    }
+
+    /// Moves on to the peer offer id `id` (`None`: not known yet, a new attempt); the
+    /// one before is remembered as left behind.
+    pub(crate) fn set_offer_id(&mut self, id: Option<String>) {
+        if let Some(old) = self.offer_id.take() {
+            if Some(&old) != id.as_ref() && !self.left_behind.contains(&old) {
+                if self.left_behind.len() == MAX_LEFT_BEHIND {
+                    self.left_behind.pop_front();
+                }
+                self.left_behind.push_back(old);
+            }
+        }
+        if let Some(new) = &id {
+            self.left_behind.retain(|o| o != new);
+        }
+        self.offer_id = id;
+    }
+
+    /// True when `id` is a peer offer we have moved on from.
+    pub(crate) fn left_behind(&self, id: &str) -> bool {
+        self.left_behind.iter().any(|o| o == id)
+    }
 }
 
 pub(crate) struct StateCell {
@@ -223,11 +258,12 @@ pub(crate) async fn peer_started_over(shared: &Shared) -> String {
     loop {
         shared.new_peer.notified().await;
         let seen = lock(&shared.new_peer_id).clone();
-        let current = lock(&shared.peer).offer_id.clone();
-        if let Some(seen) = seen {
-            if Some(&seen) != current.as_ref() {
-                return seen;
-            }
+        let started_over = {
+            let peer = lock(&shared.peer);
+            seen.filter(|s| peer.offer_id() != Some(s) && !peer.left_behind(s))
+        };
+        if let Some(seen) = started_over {
+            return seen;
         }
     }
 }
@@ -249,7 +285,7 @@ pub(crate) async fn peer_restarted(shared: &Shared) -> String {
         match offer {
             Some(o) if o.id == id && Some(&o.fp) != connected_fp.as_ref() => return id,
             Some(o) if o.id == id => {
-                lock(&shared.peer).offer_id = Some(id);
+                lock(&shared.peer).set_offer_id(Some(id));
             }
             _ => {}
         }

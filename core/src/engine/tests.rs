@@ -70,3 +70,26 @@ fn state_display_names_reason() {
     assert!(!s.is_connected());
     assert!(State::Stopped.is_final());
 }
+
+/// Review finding (#15): a check from a peer offer we moved on from (old, or recorded
+/// and replayed) must not make us start over; we keep our offer id when we start over,
+/// so without this one recorded check could restart us again and again.
+#[test]
+fn peer_offers_left_behind_are_remembered_and_bounded() {
+    let mut peer = super::shared::PeerInfo::default();
+    peer.set_offer_id(Some("a".into()));
+    peer.set_offer_id(None);
+    peer.set_offer_id(Some("b".into()));
+    assert!(peer.left_behind("a"), "a was moved on from");
+    assert!(!peer.left_behind("b"), "b is in use");
+    assert_eq!(peer.offer_id(), Some("b"));
+    // Coming back to an id forgets that it was left behind.
+    peer.set_offer_id(Some("a".into()));
+    assert!(!peer.left_behind("a"));
+    assert!(peer.left_behind("b"));
+    for i in 0..100 {
+        peer.set_offer_id(Some(format!("x{i}")));
+    }
+    assert!(peer.left_behind("x98"));
+    assert!(!peer.left_behind("a"), "only the most recent ones are kept");
+}

@@ -206,7 +206,7 @@ fn not_connected(shared: &Shared, timeout: Duration, state: &State) -> Error {
         {
             Error::PeerAuth(reason.clone())
         }
-        (State::Signaling, last) if lock(&shared.peer).offer_id.is_none() => {
+        (State::Signaling, last) if lock(&shared.peer).offer_id().is_none() => {
             Error::Timeout(format!(
                 "not connected after {timeout:?}; state: signaling; no valid offer from the {} peer yet: it is \
                  not running, or it uses another room, secret or rendezvous URL (with a \

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::Bytes;
@@ -58,14 +58,16 @@ impl FlowSink {
 
 /// Live flows by id. Change it through [`insert_flow`] and [`remove_flow`], which
 /// mark the sinks that leave it.
-pub(crate) type FlowTable = Arc<Mutex<HashMap<u64, FlowSink>>>;
+/// The table owns the only strong reference to each entry, so a sink (and its socket)
+/// is gone once its flow leaves the table, whatever caches it weakly.
+pub(crate) type FlowTable = Arc<Mutex<HashMap<u64, Arc<FlowSink>>>>;
 
-fn table(t: &FlowTable) -> std::sync::MutexGuard<'_, HashMap<u64, FlowSink>> {
+fn table(t: &FlowTable) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<FlowSink>>> {
     lock(t)
 }
 
 fn insert_flow(t: &FlowTable, id: u64, sink: FlowSink) {
-    if let Some(old) = table(t).insert(id, sink) {
+    if let Some(old) = table(t).insert(id, Arc::new(sink)) {
         old.removed.store(true, Ordering::Relaxed);
     }
 }
@@ -122,23 +124,31 @@ fn deliver(sink: &FlowSink, payload: &[u8]) {
 /// Reads DATAGRAM frames off `conn` and hands them to their flows, until it closes.
 pub(crate) async fn dispatch_datagrams(conn: quinn::Connection, flows: FlowTable) {
     // The sinks of this connection's flows, looked up in the shared table once per
-    // flow rather than once per datagram (a lock and a clone each). A sink that has
-    // left the table is looked up again; stale ones are pruned at each look-up.
-    let mut sinks: HashMap<u64, FlowSink> = HashMap::new();
+    // flow rather than once per datagram (a lock and a clone each). The cache holds
+    // them weakly: a flow that leaves the table (its mapping removed, its idle timeout
+    // passed) closes its socket at once, not when the next datagram comes. A sink that
+    // has left is looked up again; dead entries are pruned at each look-up.
+    let mut sinks: HashMap<u64, Weak<FlowSink>> = HashMap::new();
     while let Ok(frame) = conn.read_datagram().await {
         let Some((id, payload)) = proto::decode_datagram(&frame) else {
             continue;
         };
-        if !sinks.get(&id).is_some_and(FlowSink::is_current) {
-            sinks.retain(|_, s| s.is_current());
-            match table(&flows).get(&id) {
-                Some(sink) => sinks.insert(id, sink.clone()),
-                None => continue,
-            };
-        }
-        if let Some(sink) = sinks.get(&id) {
-            deliver(sink, &payload);
-        }
+        let cached = sinks
+            .get(&id)
+            .and_then(Weak::upgrade)
+            .filter(|s| s.is_current());
+        let sink = match cached {
+            Some(sink) => sink,
+            None => {
+                sinks.retain(|_, s| s.strong_count() > 0);
+                let Some(sink) = table(&flows).get(&id).cloned() else {
+                    continue;
+                };
+                sinks.insert(id, Arc::downgrade(&sink));
+                sink
+            }
+        };
+        deliver(&sink, &payload);
     }
 }
 

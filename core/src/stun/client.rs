@@ -43,6 +43,12 @@ impl StunAgent {
         &self.socket
     }
 
+    /// How many transactions wait for an answer.
+    #[cfg(test)]
+    pub(crate) fn pending_count(&self) -> usize {
+        self.pending().len()
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<Tid, mpsc::Sender<Response>>> {
         lock(&self.pending)
     }
