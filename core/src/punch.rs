@@ -5,14 +5,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub(crate) use crate::agent::checklist::ChecklistConfig;
 pub use crate::agent::checklist::MAX_CANDIDATES;
 pub(crate) use crate::agent::checklist::{usable_candidates, Selected};
-use crate::agent::checklist::{Checklist, ChecklistConfig, Transmit};
+use crate::agent::checklist::{Checklist, Transmit};
 use crate::stun::client::{Response, StunAgent};
 use crate::stun::message::{self, Tid};
 
@@ -25,16 +25,9 @@ pub(crate) struct Punch {
     pub peer_id: String,
     /// Short-term STUN password (the room key).
     pub password: String,
-    /// The peer's candidates in priority order.
-    pub remote: Vec<SocketAddr>,
-    /// Give up after this long.
-    pub timeout: Duration,
-    /// Keep checking after a success (the server role keeps its NAT open until the
-    /// client's QUIC handshake arrives).
-    pub keep_going: bool,
-    /// Probe the direct path only: send straight (never through the relay) and count
-    /// only answers that come straight back from the address checked.
-    pub direct: bool,
+    /// What to check and how (the check list's own settings; with `direct`, checks are
+    /// also sent straight, never through the relay).
+    pub checks: ChecklistConfig,
 }
 
 /// A check list whose transaction ids are unregistered from the STUN agent when it is
@@ -66,15 +59,7 @@ impl Punch {
         // server's punching is aborted once the tunnel arrives).
         let mut list = Registered {
             agent: &agent,
-            list: Checklist::new(
-                ChecklistConfig {
-                    remote: self.remote.clone(),
-                    timeout: self.timeout,
-                    keep_going: self.keep_going,
-                    direct: self.direct,
-                },
-                now(),
-            ),
+            list: Checklist::new(self.checks.clone(), now()),
         };
         let list = &mut list.list;
         list.handle_timeout(now());
@@ -109,7 +94,7 @@ impl Punch {
     ) {
         agent.register(t.tid, tx.clone());
         let request = message::check_request(t.tid, username, &self.password);
-        let sent = if self.direct {
+        let sent = if self.checks.direct {
             agent.socket().send_direct(&request, t.to).await
         } else {
             agent.socket().send_to(&request, t.to).await
@@ -124,6 +109,7 @@ impl Punch {
 mod tests {
     use super::*;
     use quinn::Runtime as _;
+    use std::time::Duration;
 
     /// Review finding (#15): a punch that is dropped mid-way (the server's punching is
     /// aborted once the tunnel arrives) leaves no registered transaction behind.
@@ -140,10 +126,12 @@ mod tests {
             our_id: "a".into(),
             peer_id: "b".into(),
             password: "p".into(),
-            remote: vec![silent.local_addr().expect("addr")],
-            timeout: Duration::from_secs(30),
-            keep_going: true,
-            direct: false,
+            checks: ChecklistConfig {
+                remote: vec![silent.local_addr().expect("addr")],
+                timeout: Duration::from_secs(30),
+                keep_going: true,
+                direct: false,
+            },
         };
         let (_tx, rx) = mpsc::channel(1);
         let task = tokio::spawn(punch.run(agent.clone(), rx));

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::shared::{Incoming, Shared};
 use crate::agent::path::{self, PathPlan, RelayPlan};
 use crate::error::{Error, Result};
-use crate::punch::{self, Punch, Selected};
+use crate::punch::{self, ChecklistConfig, Punch, Selected};
 use crate::signal::proto::{unix_now, Offer, Role};
 use crate::stats::Timings;
 use crate::status::{PathKind, State};
@@ -264,10 +264,12 @@ pub(crate) async fn connect_once(
         our_id: shared.our_id(),
         peer_id: peer.id.clone(),
         password: shared.password.clone(),
-        remote,
-        timeout: shared.config.punch_timeout,
-        keep_going: shared.role == Role::Server,
-        direct: false,
+        checks: ChecklistConfig {
+            remote,
+            timeout: shared.config.punch_timeout,
+            keep_going: shared.role == Role::Server,
+            direct: false,
+        },
     };
     let result = match shared.role {
         Role::Client => {

@@ -46,10 +46,6 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
         // reports it as a peer authentication failure.
         let auth_failed = matches!(attempt, Err(Attempt::AuthFailed(_)));
         shared.auth_failed.store(auth_failed, Ordering::Relaxed);
-        let attempt = match attempt {
-            Err(Attempt::AuthFailed(reason)) => Err(Attempt::Retry(reason)),
-            other => other,
-        };
         match attempt {
             Ok(Some((conn, path))) => {
                 backoff.reset();

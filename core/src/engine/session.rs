@@ -13,7 +13,7 @@ use crate::agent::path;
 use crate::agent::UpgradeSchedule;
 use crate::config::RelayPolicy;
 use crate::forward;
-use crate::punch::{self, Punch};
+use crate::punch::{self, ChecklistConfig, Punch};
 use crate::signal::proto::Role;
 use crate::status::{PathKind, State};
 use crate::sync::lock;
@@ -172,10 +172,12 @@ pub(crate) async fn upgrade_to_direct(
             our_id: shared.our_id(),
             peer_id: offer.id.clone(),
             password: shared.password.clone(),
-            remote: remote.clone(),
-            timeout: UpgradeSchedule::PROBE_TIMEOUT,
-            keep_going: false,
-            direct: true,
+            checks: ChecklistConfig {
+                remote: remote.clone(),
+                timeout: UpgradeSchedule::PROBE_TIMEOUT,
+                keep_going: false,
+                direct: true,
+            },
         };
         let (_tx, rx) = mpsc::channel(1);
         let found = punch.run(shared.agent.clone(), rx).await;
