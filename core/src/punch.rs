@@ -94,7 +94,9 @@ impl Punch {
     ) {
         agent.register(t.tid, tx.clone());
         let request = message::check_request(t.tid, username, &self.password);
-        let sent = if self.checks.direct {
+        let sent = if let Some(ttl) = t.ttl {
+            agent.socket().send_opener(&request, t.to, ttl).await
+        } else if self.checks.direct {
             agent.socket().send_direct(&request, t.to).await
         } else {
             agent.socket().send_to(&request, t.to).await
@@ -131,6 +133,7 @@ mod tests {
                 timeout: Duration::from_secs(30),
                 keep_going: true,
                 direct: false,
+                opener_ttl: None,
             },
         };
         let (_tx, rx) = mpsc::channel(1);

@@ -27,6 +27,7 @@ use crate::turn::wire;
 use routes::{frame, Hop, Routes};
 
 mod routes;
+mod ttl;
 
 /// A STUN datagram taken off the shared socket.
 #[derive(Debug)]
@@ -83,6 +84,9 @@ pub(crate) struct DemuxSocket {
     has_unwrapped: AtomicBool,
     /// Notified when Data indications start routing peers through the relay.
     relayed_peers_added: Notify,
+    /// A second handle on the real socket, for datagrams with their own TTL
+    /// ([`DemuxSocket::send_opener`]); unset when the socket is not a plain UDP socket.
+    raw: std::sync::OnceLock<std::net::UdpSocket>,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -105,6 +109,7 @@ impl DemuxSocket {
                 unwrapped: Mutex::new(VecDeque::new()),
                 has_unwrapped: AtomicBool::new(false),
                 relayed_peers_added: Notify::new(),
+                raw: std::sync::OnceLock::new(),
             }),
             stun_rx,
         )
@@ -153,6 +158,23 @@ impl DemuxSocket {
     /// path without the QUIC connection noticing on our side.
     pub fn alias(&self, conn_addr: SocketAddr, real: SocketAddr) {
         self.update(|r| r.alias(conn_addr, real));
+    }
+
+    /// Gives the socket a second handle on the real UDP socket (a `try_clone` of the
+    /// one quinn wraps), so that [`DemuxSocket::send_opener`] can set a TTL per packet.
+    pub fn set_raw(&self, raw: std::net::UdpSocket) {
+        let _ = self.raw.set(raw);
+    }
+
+    /// Sends a punching opener: `data` straight to `to` with IP TTL `ttl`, so it opens
+    /// our NAT's mapping toward `to` and expires before the peer's router. A peer
+    /// reached through the relay, or a socket without a raw handle, gets it the normal
+    /// way.
+    pub async fn send_opener(&self, data: &[u8], to: SocketAddr, ttl: u8) -> io::Result<()> {
+        match self.raw.get() {
+            Some(raw) if !self.is_via_relay(to) => ttl::send_with_ttl(raw, data, to, ttl),
+            _ => self.send_to(data, to).await,
+        }
     }
 
     /// Sends one datagram straight to `to`, ignoring relay routes (connectivity checks

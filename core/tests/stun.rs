@@ -14,7 +14,9 @@ use stunfwd_core::stun::message::{self, Parsed};
 use stunfwd_core::Engine;
 
 /// A STUN server that ignores the first `drop_first` requests of each transaction
-/// and then answers; `seen` counts every request. `lie_port` answers with a different
+/// and then answers; `seen` counts the copies of the first transaction it saw (the
+/// engine's own discovery; its background NAT detection asks later, from another
+/// socket). `lie_port` answers with a different
 /// port (as a second server behind a symmetric NAT would see us).
 fn lossy_stun(drop_first: u64, lie_port: bool) -> (SocketAddr, Arc<AtomicU64>) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -24,9 +26,12 @@ fn lossy_stun(drop_first: u64, lie_port: bool) -> (SocketAddr, Arc<AtomicU64>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
         let mut per_tid = std::collections::HashMap::new();
+        let mut first = None;
         while let Ok((n, from)) = socket.recv_from(&mut buf) {
             if let Some(Parsed::Request { tid, .. }) = message::parse(&buf[..n]) {
-                s.fetch_add(1, Ordering::Relaxed);
+                if *first.get_or_insert(tid) == tid {
+                    s.fetch_add(1, Ordering::Relaxed);
+                }
                 let count = per_tid.entry(tid).or_insert(0u64);
                 *count += 1;
                 if *count <= drop_first {

@@ -1,6 +1,17 @@
 //! The connectivity-check list (DESIGN §4 steps 1–3), without I/O.
 //!
-//! Both peers send authenticated STUN Binding requests to every candidate of the
+//! Both peers first send each candidate of the other one *opener*: a check with a
+//! small IP TTL ([`ChecklistConfig::opener_ttl`]) that opens our own NAT's mapping
+//! toward it and expires before the peer's router. Full checks start
+//! [`OPENER_LEAD`] later, by when the peer has sent its openers too, so no check of
+//! ours reaches the peer's router before the peer has sent toward us. (A check that
+//! did would be delivered to that router itself; a Linux router without an input
+//! filter then keeps a conntrack entry for it and moves the peer's own packets to
+//! another port, and the punch fails for as long as the entry is refreshed.) An
+//! opener that does reach the peer (a nearby peer) and is answered succeeds like any
+//! check.
+//!
+//! Then both peers send authenticated STUN Binding requests to every candidate of the
 //! other, gently: a round every 50 ms at first, slowing by ×1.3 per round to one round
 //! per 500 ms (plus up to 20 % jitter, so two peers' rounds drift apart). A pair
 //! succeeds when an authentic answer comes back. Candidates are ranked by their position
@@ -35,6 +46,10 @@ pub const FIRST_INTERVAL: Duration = Duration::from_millis(50);
 pub const MAX_INTERVAL: Duration = Duration::from_millis(500);
 /// How much longer each round's gap is than the one before.
 pub const BACKOFF_FACTOR: f32 = 1.3;
+/// How long after the openers the first full round goes out: long enough for the
+/// peer, which learns our offer within about one rendezvous round trip of us learning
+/// its, to have sent its openers.
+pub const OPENER_LEAD: Duration = Duration::from_millis(100);
 
 /// What a check list is asked to do.
 #[derive(Debug, Clone)]
@@ -49,6 +64,9 @@ pub struct ChecklistConfig {
     /// Probe the direct path only: count only answers that come straight back from the
     /// address checked (the driver also sends these checks straight, never relayed).
     pub direct: bool,
+    /// Open with one check per candidate at this IP TTL, and start the full rounds
+    /// [`OPENER_LEAD`] later; `None` starts the full rounds at once.
+    pub opener_ttl: Option<u8>,
 }
 
 /// A succeeded pair.
@@ -70,6 +88,8 @@ pub struct Transmit {
     pub to: SocketAddr,
     /// The candidate's index.
     pub index: usize,
+    /// Send with this IP TTL (an opener); `None`: the socket's normal TTL.
+    pub ttl: Option<u8>,
 }
 
 /// The state of one punching session: which checks are out, which pairs succeeded,
@@ -79,6 +99,8 @@ pub struct Checklist {
     remote: Vec<SocketAddr>,
     keep_going: bool,
     direct: bool,
+    /// Openers still to send (at the first `handle_timeout`), with their TTL.
+    openers: Option<u8>,
     deadline: Instant,
     interval: Duration,
     next_round: Instant,
@@ -107,9 +129,14 @@ impl Checklist {
             remote: config.remote,
             keep_going: config.keep_going,
             direct: config.direct,
+            openers: config.opener_ttl,
             deadline: now + config.timeout,
             interval: FIRST_INTERVAL,
-            next_round: now,
+            next_round: if config.opener_ttl.is_some() {
+                now + OPENER_LEAD
+            } else {
+                now
+            },
             tids: HashMap::new(),
             successes: Vec::new(),
             first_success: None,
@@ -150,6 +177,10 @@ impl Checklist {
         if self.outcome.is_some() {
             return None;
         }
+        if self.openers.is_some() {
+            // Due at once: the openers go out when the list starts.
+            return Some(self.next_round - OPENER_LEAD);
+        }
         let mut at = self.deadline.min(self.next_round);
         if let Some(first) = self.first_success {
             if !self.keep_going {
@@ -169,6 +200,11 @@ impl Checklist {
             self.outcome = Some(self.best());
             self.transmits.clear();
             return;
+        }
+        if let Some(ttl) = self.openers.take() {
+            for index in 0..self.remote.len() {
+                self.queue(index, Some(ttl));
+            }
         }
         if now >= self.next_round {
             for index in 0..self.remote.len() {
@@ -236,12 +272,17 @@ impl Checklist {
     }
 
     fn queue_check(&mut self, index: usize) {
+        self.queue(index, None);
+    }
+
+    fn queue(&mut self, index: usize, ttl: Option<u8>) {
         let tid: Tid = self.rng.random();
         self.tids.insert(tid, index);
         self.transmits.push_back(Transmit {
             tid,
             to: self.remote[index],
             index,
+            ttl,
         });
     }
 

@@ -19,5 +19,5 @@ pub mod schedule;
 mod tests;
 
 pub use checklist::{usable_candidates, Checklist, ChecklistConfig, Selected, Transmit};
-pub use path::{PathPlan, RelayFallback, RelayPlan};
+pub use path::{PathPlan, RelayPlan};
 pub use schedule::{Backoff, UpgradeSchedule};

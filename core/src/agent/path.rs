@@ -15,44 +15,20 @@ pub struct RelayPlan {
     pub allowed: bool,
     /// Policy `always`: every packet goes through the relay.
     pub always: bool,
-    /// Allocate before posting our offer (policy `always`, or an earlier direct
-    /// attempt failed under `auto`).
+    /// Allocate before posting our offer, so the relayed candidate is gathered and
+    /// checked alongside the direct ones (ICE-style): whenever the relay is allowed.
     pub allocate_now: bool,
 }
 
-/// The relay plan of an attempt: `configured` when a TURN server is set, `wanted`
-/// when an earlier attempt asked for the relay (see [`RelayFallback`]).
-pub fn relay_plan(policy: RelayPolicy, configured: bool, wanted: bool) -> RelayPlan {
+/// The relay plan of an attempt; `configured` when a TURN server is set. The relay is
+/// a path like any other: when allowed it is gathered at the start and checked in
+/// parallel with the direct candidates, never only after direct has failed.
+pub fn relay_plan(policy: RelayPolicy, configured: bool) -> RelayPlan {
     let allowed = configured && policy != RelayPolicy::Never;
-    let always = policy == RelayPolicy::Always;
     RelayPlan {
         allowed,
-        always,
-        allocate_now: allowed && (always || wanted),
-    }
-}
-
-/// Whether later attempts should offer the relay from the start (policy `auto`): set
-/// when a direct attempt failed or direct was hopeless, kept for the engine's life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RelayFallback {
-    wanted: bool,
-}
-
-impl RelayFallback {
-    /// True when the next attempt should allocate before it posts its offer.
-    pub fn wanted(self) -> bool {
-        self.wanted
-    }
-
-    /// No check succeeded, or the tunnel did not arrive: relay next time if allowed.
-    pub fn direct_failed(&mut self, plan: RelayPlan) {
-        self.wanted = plan.allowed;
-    }
-
-    /// Direct was hopeless and we allocated: keep relaying in later attempts.
-    pub fn relay_needed(&mut self) {
-        self.wanted = true;
+        always: policy == RelayPolicy::Always,
+        allocate_now: allowed,
     }
 }
 

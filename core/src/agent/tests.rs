@@ -5,11 +5,10 @@ use std::time::{Duration, Instant};
 
 use super::checklist::{
     choose, usable_candidates, Checklist, ChecklistConfig, Selected, Transmit, FIRST_INTERVAL,
-    GRACE, MAX_CANDIDATES, MAX_INTERVAL, MAX_PEER_REFLEXIVE,
+    GRACE, MAX_CANDIDATES, MAX_INTERVAL, MAX_PEER_REFLEXIVE, OPENER_LEAD,
 };
 use super::path::{
     check_targets, direct_candidates, gather, path_kind, plan_path, relay_plan, PathPlan,
-    RelayFallback,
 };
 use super::schedule::{relay_refresh_every, retry_delay, Backoff, UpgradeSchedule};
 use crate::config::RelayPolicy;
@@ -34,6 +33,7 @@ fn list(
             timeout: Duration::from_millis(timeout_ms),
             keep_going,
             direct,
+            opener_ttl: None,
         },
         t0,
         7,
@@ -379,11 +379,15 @@ fn gathering_orders_host_then_mapped_then_relayed() {
 
 #[test]
 fn relay_is_used_when_direct_is_hopeless_and_never_against_policy() {
-    let auto = relay_plan(RelayPolicy::Auto, true, false);
-    assert!(auto.allowed && !auto.allocate_now && !auto.always);
-    assert!(relay_plan(RelayPolicy::Always, true, false).allocate_now);
-    assert!(!relay_plan(RelayPolicy::Never, true, true).allowed);
-    assert!(!relay_plan(RelayPolicy::Auto, false, true).allocate_now);
+    let auto = relay_plan(RelayPolicy::Auto, true);
+    assert!(
+        auto.allowed && auto.allocate_now && !auto.always,
+        "auto gathers the relay at the start (#16)"
+    );
+    assert!(relay_plan(RelayPolicy::Always, true).allocate_now);
+    assert!(!relay_plan(RelayPolicy::Never, true).allowed);
+    assert!(!relay_plan(RelayPolicy::Never, true).allocate_now);
+    assert!(!relay_plan(RelayPolicy::Auto, false).allocate_now);
 
     let sym = NatType::Symmetric;
     let port_restricted = offer("port-restricted", &["203.0.113.1:1"], 0, 0, true);
@@ -423,7 +427,7 @@ fn relay_is_used_when_direct_is_hopeless_and_never_against_policy() {
         PathPlan::AllocateRelay
     );
     // Nobody can relay: no path.
-    let never = relay_plan(RelayPolicy::Never, true, false);
+    let never = relay_plan(RelayPolicy::Never, true);
     assert_eq!(
         plan_path(Role::Client, sym, 0, &no_turn, never, RelayPolicy::Never),
         PathPlan::NoPath
@@ -443,21 +447,6 @@ fn relay_is_used_when_direct_is_hopeless_and_never_against_policy() {
     assert_eq!(
         plan_path(Role::Client, sym, 1, &no_turn, auto, RelayPolicy::Auto),
         PathPlan::Punch
-    );
-}
-
-#[test]
-fn a_failed_direct_attempt_turns_the_relay_on_for_the_next() {
-    let mut fallback = RelayFallback::default();
-    assert!(!fallback.wanted());
-    fallback.direct_failed(relay_plan(RelayPolicy::Never, true, false));
-    assert!(!fallback.wanted(), "never: stays off");
-    fallback.direct_failed(relay_plan(RelayPolicy::Auto, true, false));
-    assert!(fallback.wanted());
-    let next = relay_plan(RelayPolicy::Auto, true, fallback.wanted());
-    assert!(
-        next.allocate_now,
-        "the next attempt offers a relayed candidate"
     );
 }
 
@@ -574,5 +563,68 @@ fn relay_refresh_keeps_well_inside_the_lifetime() {
     assert_eq!(
         relay_refresh_every(Duration::from_millis(500)),
         Duration::from_secs(1)
+    );
+}
+
+fn with_openers(remote: &[&str], t0: Instant) -> Checklist {
+    Checklist::with_seed(
+        ChecklistConfig {
+            remote: remote.iter().map(|s| a(s)).collect(),
+            timeout: Duration::from_secs(10),
+            keep_going: false,
+            direct: false,
+            opener_ttl: Some(3),
+        },
+        t0,
+        7,
+    )
+}
+
+/// #16: every candidate first gets one low-TTL opener, at once; the full-TTL rounds
+/// start `OPENER_LEAD` later, so none of our checks can reach the peer's router before
+/// the peer has opened its own NAT toward us.
+#[test]
+fn openers_go_first_with_their_ttl_and_full_checks_wait_the_lead() {
+    let t0 = Instant::now();
+    let mut l = with_openers(&["10.0.0.1:1", "198.51.100.7:7"], t0);
+    assert_eq!(l.poll_timeout(), Some(t0), "the openers are due at once");
+    let rounds = run_silent(&mut l, t0 + Duration::from_secs(2));
+    let (at, openers) = &rounds[0];
+    assert_eq!(*at, t0);
+    assert_eq!(openers.len(), 2, "one opener per candidate: {openers:?}");
+    assert!(openers.iter().all(|t| t.ttl == Some(3)), "{openers:?}");
+    let (at, full) = &rounds[1];
+    assert_eq!(*at, t0 + OPENER_LEAD, "the first full round waits the lead");
+    assert!(full.iter().all(|t| t.ttl.is_none()), "{full:?}");
+    assert!(
+        rounds[1..]
+            .iter()
+            .flat_map(|(_, r)| r)
+            .all(|t| t.ttl.is_none()),
+        "only the first packet to each candidate is an opener"
+    );
+    // Without openers the first round is full at once (the old schedule).
+    let mut plain = list(&["10.0.0.1:1"], 10_000, false, false, t0);
+    let rounds = run_silent(&mut plain, t0 + Duration::from_millis(10));
+    assert_eq!(rounds[0].0, t0);
+    assert_eq!(rounds[0].1[0].ttl, None);
+}
+
+/// An opener that reaches the peer anyway (a peer one hop away) and is answered
+/// succeeds like any check: a nearby peer does not wait for the lead.
+#[test]
+fn an_answered_opener_succeeds_at_once() {
+    let t0 = Instant::now();
+    let mut l = with_openers(&["10.0.0.1:1", "198.51.100.7:7"], t0);
+    l.handle_timeout(t0);
+    let openers = drain(&mut l);
+    let t = t0 + Duration::from_millis(2);
+    assert!(l.on_response(openers[0].tid, openers[0].to, true, t));
+    assert_eq!(
+        l.outcome(),
+        Some(Some(Selected {
+            remote: a("10.0.0.1:1"),
+            index: 0
+        }))
     );
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::schema::{
-    Fields, IDLE_TIMEOUT, KEEP_ALIVE, MAX_RETRIES, PERFORMANCE_FIELDS, SIGNAL_BACKOFF, STUN_CACHE,
-    TCP_BUFFER_SIZE, TUNNEL_WAIT, UDP_BUFFER_SIZE, UDP_FLOW_TIMEOUT, WORKERS,
+    Fields, IDLE_TIMEOUT, KEEP_ALIVE, MAX_RETRIES, PERFORMANCE_FIELDS, PUNCH_TTL, SIGNAL_BACKOFF,
+    STUN_CACHE, TCP_BUFFER_SIZE, TUNNEL_WAIT, UDP_BUFFER_SIZE, UDP_FLOW_TIMEOUT, WORKERS,
 };
 use super::values::{
     check_duration, check_int, expect_object, fmt_duration, parse_duration, parse_uint, parse_usize,
@@ -14,7 +14,7 @@ use super::values::{
 use crate::error::{Error, Result};
 
 const PERFORMANCE_EXPECTED: &str = "an object with keys stunCache, signalBackoff, tcpBufferSize, \
-     udpBufferSize, maxRetries, udpFlowTimeout, keepAlive, idleTimeout, workers, tunnelWait";
+     udpBufferSize, maxRetries, udpFlowTimeout, keepAlive, idleTimeout, workers, tunnelWait, punchTtl";
 
 /// Tuning knobs (the `performance` object). Every field has a default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +50,12 @@ pub struct Performance {
     /// once the tunnel is up; when the time runs out the TCP connection is reset and
     /// counted in `tunnel_wait_timeouts`. Default 10 s, 100 ms-10 min.
     pub tunnel_wait: Duration,
+    /// `punchTtl`: the IP TTL of the first check hole punching sends to each of the
+    /// peer's candidates (an *opener*: it opens our NAT toward the candidate and
+    /// expires before the peer's router; full checks follow 100 ms later). 0 sends no
+    /// openers. Default 3 (past our NAT and a carrier-grade NAT behind it, short of
+    /// the peer's router on any path with two routers between the NATs), 0-64.
+    pub punch_ttl: u8,
 }
 
 /// The default `workers`: one runtime thread per two CPUs, between 1 and 2. One QUIC
@@ -81,6 +87,7 @@ impl Default for Performance {
             idle_timeout: Duration::from_secs(15),
             workers: default_workers(),
             tunnel_wait: Duration::from_secs(10),
+            punch_ttl: 3,
         }
     }
 }
@@ -88,6 +95,11 @@ impl Default for Performance {
 const MIB: u64 = 1024 * 1024;
 
 impl Performance {
+    /// The TTL of punching's openers, `None` when `punchTtl` is 0 (no openers).
+    pub fn opener_ttl(&self) -> Option<u8> {
+        (self.punch_ttl > 0).then_some(self.punch_ttl)
+    }
+
     pub(super) fn check(&self, prefix: &str) -> Result<()> {
         let key = |name: &str| format!("{prefix}.{name}");
         check_duration(
@@ -160,6 +172,13 @@ impl Performance {
             Duration::from_millis(100),
             Duration::from_secs(600),
         )?;
+        check_int(
+            &key(PUNCH_TTL.name),
+            u64::from(self.punch_ttl),
+            0,
+            64,
+            "hops",
+        )?;
         Ok(())
     }
 
@@ -187,6 +206,7 @@ impl Performance {
             TUNNEL_WAIT.name.into(),
             fmt_duration(self.tunnel_wait).into(),
         );
+        m.insert(PUNCH_TTL.name.into(), self.punch_ttl.into());
         Value::Object(m)
     }
 }
@@ -227,6 +247,11 @@ pub(super) fn parse_performance(key: &str, v: &Value) -> Result<Performance> {
     }
     if let Some((k, v)) = fields.get(&TUNNEL_WAIT)? {
         p.tunnel_wait = parse_duration(&k, v)?;
+    }
+    if let Some((k, v)) = fields.get(&PUNCH_TTL)? {
+        let n = parse_uint(&k, v, "a number of hops, 0-64 (0: no openers)")?;
+        check_int(&k, n, 0, 64, "hops")?;
+        p.punch_ttl = u8::try_from(n).unwrap_or(u8::MAX);
     }
     p.check(key)?;
     Ok(p)

@@ -72,6 +72,7 @@ pub(super) const KEEP_ALIVE: Field = field("keepAlive");
 pub(super) const IDLE_TIMEOUT: Field = field("idleTimeout");
 pub(super) const WORKERS: Field = field("workers");
 pub(super) const TUNNEL_WAIT: Field = field("tunnelWait");
+pub(super) const PUNCH_TTL: Field = field("punchTtl");
 pub(super) const PERFORMANCE_FIELDS: &[Field] = &[
     STUN_CACHE,
     SIGNAL_BACKOFF,
@@ -83,6 +84,7 @@ pub(super) const PERFORMANCE_FIELDS: &[Field] = &[
     IDLE_TIMEOUT,
     WORKERS,
     TUNNEL_WAIT,
+    PUNCH_TTL,
 ];
 
 pub(super) const URL: Field = field("url");

@@ -21,18 +21,101 @@ use crate::tunnel::{self, Fingerprint};
 use crate::turn::client::TurnClient;
 use crate::turn::AllocError;
 
+/// How long an attempt waits, once discovery is done, for the relay allocation it
+/// started alongside (a healthy TURN server answers in two round trips, well inside).
+const RELAY_GATHER_WAIT: Duration = Duration::from_millis(500);
+
 pub(crate) fn ms(d: Duration) -> Option<f64> {
     Some(d.as_secs_f64() * 1000.0)
 }
 
-/// Our public address, from the cache when fresh.
-pub(crate) async fn discovery(shared: &Shared) -> Discovery {
+/// Our public address, from the cache when fresh. Asks every STUN server at once and
+/// classifies our NAT by comparing their answers; the RFC 5780 tests, which can take
+/// about 2 s behind a restricted NAT, run in the background ([`detect_in_background`])
+/// and refine the type for stats and the next offers. The first byte never waits for
+/// them.
+pub(crate) async fn discovery(shared: &Arc<Shared>) -> Discovery {
     let cached = lock(&shared.discovery).clone();
     if let Some(d) = cached {
         if d.at.elapsed() < shared.config.performance.stun_cache {
             return d;
         }
     }
+    let servers = stun_servers(shared).await;
+    let mut d = stun_client::discover(
+        &shared.agent,
+        &servers,
+        &shared.host_candidates,
+        stun_client::Depth::Quick,
+    )
+    .await;
+    shared.stun_discoveries.fetch_add(1, Ordering::Relaxed);
+    for e in &d.errors {
+        tracing::warn!(error = %e, "stun");
+    }
+    let detail = lock(&shared.nat_detail).clone();
+    match detail {
+        Some(detail) if detail.at.elapsed() < shared.config.performance.stun_cache => {
+            refine(&mut d, &detail);
+        }
+        _ => detect_in_background(shared),
+    }
+    tracing::info!(public = ?d.public_addr(), nat = d.nat.as_str(), took = ?d.took, "stun discovery");
+    *lock(&shared.discovery) = Some(d.clone());
+    d
+}
+
+/// Takes the NAT type measured by RFC 5780 tests (`detail`) into a quick discovery:
+/// its mapping and filtering behaviour are what comparing servers cannot tell.
+fn refine(quick: &mut Discovery, detail: &Discovery) {
+    let measured = matches!(
+        detail.nat,
+        NatType::FullCone
+            | NatType::AddressRestricted
+            | NatType::PortRestricted
+            | NatType::Symmetric
+    );
+    if measured && quick.nat != NatType::Open && !quick.mapped.is_empty() {
+        quick.nat = detail.nat;
+        quick.mapping = detail.mapping;
+        quick.filtering = detail.filtering;
+    }
+}
+
+/// Runs the full NAT detection ([`stun_client::detect_nat`], RFC 5780 when the first
+/// STUN server supports it) from a fresh socket next to the tunnel socket, once at a
+/// time, and stores it: the cached discovery (stats, our next offer) is refined when it
+/// ends. The tunnel socket is not used, so its checks and the test's packets never mix.
+pub(crate) fn detect_in_background(shared: &Arc<Shared>) {
+    if shared.config.stun_servers.is_empty() || shared.detecting.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let weak = Arc::downgrade(shared);
+    let servers = shared.config.stun_servers.clone();
+    let bind = SocketAddr::new(shared.local_addr.ip(), 0);
+    let token = shared.root.clone();
+    crate::spawn(async move {
+        let detected = tokio::select! {
+            _ = token.cancelled() => return,
+            d = stun_client::detect_nat(&servers, bind) => d,
+        };
+        let Some(shared) = weak.upgrade() else { return };
+        shared.detecting.store(false, Ordering::Release);
+        match detected {
+            Ok(detail) => {
+                tracing::info!(nat = detail.nat.as_str(), took = ?detail.took, "nat behaviour measured");
+                if let Some(d) = lock(&shared.discovery).as_mut() {
+                    refine(d, &detail);
+                }
+                *lock(&shared.nat_detail) = Some(detail);
+            }
+            Err(e) => tracing::debug!(error = %e, "background nat detection failed"),
+        }
+    });
+}
+
+/// The configured STUN servers, resolved, of our socket's family.
+async fn stun_servers(shared: &Shared) -> Vec<SocketAddr> {
     let mut servers = Vec::new();
     for s in &shared.config.stun_servers {
         match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(s.as_str()))
@@ -49,14 +132,7 @@ pub(crate) async fn discovery(shared: &Shared) -> Discovery {
             _ => tracing::warn!(server = %s, "cannot resolve STUN server"),
         }
     }
-    let d = stun_client::discover(&shared.agent, &servers, &shared.host_candidates).await;
-    shared.stun_discoveries.fetch_add(1, Ordering::Relaxed);
-    for e in &d.errors {
-        tracing::warn!(error = %e, "stun");
-    }
-    tracing::info!(public = ?d.public_addr(), nat = d.nat.as_str(), took = ?d.took, "stun discovery");
-    *lock(&shared.discovery) = Some(d.clone());
-    d
+    servers
 }
 
 /// Our offer: the candidates [`path::gather`] lists, our identity and NAT type.
@@ -162,20 +238,53 @@ pub(crate) async fn connect_once(
     }
     lock(&shared.peer).set_offer_id(None);
     shared.set_state(State::Discovering);
+    let policy = shared.config.relay_policy;
+    let plan = path::relay_plan(policy, shared.config.relay.is_some());
+    // Our public addresses and our relayed one at the same time: the relay is a
+    // candidate like the others, checked alongside them. The allocation runs as its own
+    // task: a slow or dead relay costs this attempt at most `RELAY_GATHER_WAIT` after
+    // discovery (its candidate is then left out), and a late allocation is kept for
+    // the next attempt.
+    let allocation = plan.allocate_now.then(|| {
+        let shared = shared.clone();
+        // Not aborted with the attempt: an allocation cut off half-way would leave
+        // the socket routing to a relay that has no allocation for us.
+        crate::spawn(async move { ensure_relay(&shared).await })
+    });
     let disc = discovery(shared).await;
     let stun_ms = disc.took;
+    // Under `always` the relay is the only path: wait for it as long as it takes.
+    let wait = if plan.always {
+        Duration::from_secs(3600)
+    } else {
+        RELAY_GATHER_WAIT
+    };
+    let allocated = match allocation {
+        Some(task) => match tokio::time::timeout(wait, task).await {
+            Ok(Ok(r)) => Some(r),
+            Ok(Err(_)) => Some(Err(Attempt::Retry(
+                "the relay allocation task ended".into(),
+            ))),
+            Err(_) => Some(Err(Attempt::Retry(format!(
+                "no relay allocation within {RELAY_GATHER_WAIT:?} of discovery"
+            )))),
+        },
+        None => None,
+    };
+    let relayed = match allocated {
+        Some(Ok(turn)) => Some(turn.relayed),
+        // Wrong credentials will not fix themselves; under `always` nothing works
+        // without the relay.
+        Some(Err(e @ Attempt::Fatal(_))) => return Err(e),
+        Some(Err(e)) if plan.always => return Err(e),
+        Some(Err(Attempt::Retry(reason) | Attempt::AuthFailed(reason))) => {
+            tracing::warn!(%reason, "the relay is unavailable; this attempt checks direct paths only");
+            None
+        }
+        None => None,
+    };
 
     shared.set_state(State::Signaling);
-    let policy = shared.config.relay_policy;
-    let plan = path::relay_plan(
-        policy,
-        shared.config.relay.is_some(),
-        lock(&shared.relay_fallback).wanted(),
-    );
-    let mut relayed = None;
-    if plan.allocate_now {
-        relayed = Some(ensure_relay(shared).await?.relayed);
-    }
     let mut offer = build_offer(shared, &disc, relayed, plan);
     let ts = Instant::now();
     shared
@@ -206,7 +315,6 @@ pub(crate) async fn connect_once(
         PathPlan::Punch => {}
         PathPlan::AllocateRelay => {
             let turn = ensure_relay(shared).await?;
-            lock(&shared.relay_fallback).relay_needed();
             offer = build_offer(shared, &disc, Some(turn.relayed), plan);
             shared
                 .signal
@@ -269,13 +377,13 @@ pub(crate) async fn connect_once(
             timeout: shared.config.punch_timeout,
             keep_going: shared.role == Role::Server,
             direct: false,
+            opener_ttl: shared.config.performance.opener_ttl(),
         },
     };
     let result = match shared.role {
         Role::Client => {
             let selected: Option<Selected> = punch.run(shared.agent.clone(), prflx_rx).await;
             let Some(sel) = selected else {
-                lock(&shared.relay_fallback).direct_failed(plan);
                 return Err(Attempt::Retry(format!(
                     "no path: no connectivity check succeeded within {:?} (our NAT: {}, peer NAT: {})",
                     shared.config.punch_timeout,
@@ -349,7 +457,6 @@ pub(crate) async fn connect_once(
             let conn = match got {
                 Ok(Some(c)) => c,
                 _ => {
-                    lock(&shared.relay_fallback).direct_failed(plan);
                     return Err(Attempt::Retry(format!(
                         "no path: the peer's tunnel did not arrive within {wait:?} (our NAT: {}, peer NAT: {})",
                         disc.nat.as_str(),

@@ -177,6 +177,7 @@ pub(crate) async fn upgrade_to_direct(
                 timeout: UpgradeSchedule::PROBE_TIMEOUT,
                 keep_going: false,
                 direct: true,
+                opener_ttl: shared.config.performance.opener_ttl(),
             },
         };
         let (_tx, rx) = mpsc::channel(1);

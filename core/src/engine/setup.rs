@@ -14,7 +14,6 @@ use super::accept::accept_loop;
 use super::responder::stun_dispatch;
 use super::shared::{Incoming, PeerInfo, RejectionReports, Shared, StateCell};
 use super::snapshot::snapshot;
-use crate::agent::RelayFallback;
 use crate::config::{Config, Mode};
 use crate::error::{Error, Result};
 use crate::forward::Ctx;
@@ -50,11 +49,16 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         ),
         None => None,
     };
+    // A second handle for punching's TTL-limited openers (`DemuxSocket::send_opener`).
+    let raw = std_socket
+        .try_clone()
+        .map_err(|e| Error::io("tunnel socket: second handle", &e))?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let inner = runtime
         .wrap_udp_socket(std_socket)
         .map_err(|e| Error::io("tunnel socket", &e))?;
     let (demux, stun_rx) = DemuxSocket::new(inner);
+    demux.set_raw(raw);
     let server_config = match role {
         Role::Server => Some(tunnel::server_config(
             &identity,
@@ -127,6 +131,8 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         local_addr,
         host_candidates,
         discovery: Mutex::new(None),
+        nat_detail: Mutex::new(None),
+        detecting: Default::default(),
         signal,
         stun_discoveries: AtomicU64::new(0),
         signaling_requests,
@@ -140,7 +146,6 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         failure: Mutex::new(None),
         prflx: Mutex::new(None),
         turn,
-        relay_fallback: Mutex::new(RelayFallback::default()),
         auth_failed: AtomicBool::new(false),
         metrics_addr,
         span,

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::RelayFallback;
 use crate::config::Config;
 use crate::error::Error;
 use crate::forward::Ctx;
@@ -138,6 +137,10 @@ pub(crate) struct Shared {
     pub(crate) local_addr: SocketAddr,
     pub(crate) host_candidates: Vec<SocketAddr>,
     pub(crate) discovery: Mutex<Option<Discovery>>,
+    /// The last full NAT detection (RFC 5780 where possible), run in the background.
+    pub(crate) nat_detail: Mutex<Option<Discovery>>,
+    /// A background NAT detection is running.
+    pub(crate) detecting: std::sync::atomic::AtomicBool,
     pub(crate) signal: SignalClient,
     pub(crate) stun_discoveries: AtomicU64,
     pub(crate) signaling_requests: Arc<AtomicU64>,
@@ -155,8 +158,6 @@ pub(crate) struct Shared {
     pub(crate) turn: RelayAllocation,
     /// The last attempt failed on a certificate check.
     pub(crate) auth_failed: AtomicBool,
-    /// Whether attempts offer the relay from the start (a direct one failed).
-    pub(crate) relay_fallback: Mutex<RelayFallback>,
     /// Where `/metrics` is served, when `metricsAddr` is set (port 0 resolved).
     pub(crate) metrics_addr: Option<SocketAddr>,
     /// `engine{room, mode}`: the parent span of every task, so each log line carries

@@ -305,9 +305,22 @@ pub fn classify(host: &[SocketAddr], mapped: &[(SocketAddr, SocketAddr)]) -> Nat
 /// needed to compare mappings).
 const STRAGGLER_GRACE: Duration = Duration::from_millis(500);
 
+/// How much of the NAT's behaviour [`discover`] measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Depth {
+    /// Every server at once, classified by comparing what they saw: our public
+    /// addresses in one round trip (the engine's connect path).
+    Quick,
+    /// Also the RFC 5780 mapping and filtering tests when the first server supports
+    /// them (up to about 2 s behind restricted NATs; [`detect_nat`], the engine's
+    /// background detection).
+    Rfc5780,
+}
+
 /// Asks every server (each with retransmissions) and classifies the answers.
 ///
-/// The first server is asked alone first: if it supports RFC 5780 (it sends
+/// With [`Depth::Quick`] all servers are asked at once. With [`Depth::Rfc5780`] the
+/// first server is asked alone first: if it supports RFC 5780 (it sends
 /// OTHER-ADDRESS), the filtering tests run before we have sent anything to its
 /// alternate address — a packet to that address would open an address-dependent
 /// filter and make the NAT look endpoint-independent. Then the other servers are asked
@@ -316,6 +329,7 @@ pub(crate) async fn discover(
     agent: &Arc<StunAgent>,
     servers: &[SocketAddr],
     host: &[SocketAddr],
+    depth: Depth,
 ) -> Discovery {
     let started = Instant::now();
     let mut mapped = Vec::new();
@@ -323,7 +337,8 @@ pub(crate) async fn discover(
     let mut filtering = FilteringBehavior::Unknown;
     let mut rfc5780_server = None;
     let mut rest: Vec<SocketAddr> = servers.to_vec();
-    if let Some(&first) = servers.first() {
+    let first = servers.first().filter(|_| depth == Depth::Rfc5780);
+    if let Some(&first) = first {
         let tid = message::new_tid();
         let request = message::binding_request(tid);
         // A short schedule (about 1.4 s): a dead first server must not stall the rest.
@@ -478,7 +493,7 @@ pub async fn detect_nat(servers: &[String], bind: SocketAddr) -> crate::Result<D
             }
         }
     }
-    let d = discover(&agent, &resolved, &host_candidates(local)).await;
+    let d = discover(&agent, &resolved, &host_candidates(local), Depth::Rfc5780).await;
     drainer.abort();
     dispatcher.abort();
     if d.mapped.is_empty() {

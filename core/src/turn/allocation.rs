@@ -29,6 +29,9 @@ pub(crate) struct RelayAllocation {
     stop: CancellationToken,
     /// Lock rule: held only to read or set the `Arc`, never across an `.await`.
     current: Mutex<Option<Arc<TurnClient>>>,
+    /// Held while an allocation is being made: two attempts asking at once (one
+    /// still gathering in the background) make one allocation, not two.
+    making: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for RelayAllocation {
@@ -52,6 +55,7 @@ impl RelayAllocation {
             config,
             stop,
             current: Mutex::new(None),
+            making: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -63,6 +67,10 @@ impl RelayAllocation {
     /// The allocation: the one made earlier, or a new one, kept (refreshed) from then
     /// on until stop.
     pub async fn ensure(&self) -> Result<Arc<TurnClient>, AllocError> {
+        if let Some(t) = self.current() {
+            return Ok(t);
+        }
+        let _making = self.making.lock().await;
         if let Some(t) = self.current() {
             return Ok(t);
         }
