@@ -478,3 +478,104 @@ fn a_connection_on_a_silently_dead_tunnel_gives_up_at_tunnel_wait() {
     drop(client);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// 64 KiB through a client's TCP mapping at `addr`, opened at once; how long the first
+/// echoed byte took from `since`.
+fn echo_at(addr: SocketAddr, seed: u64, since: Instant) -> Result<Duration, String> {
+    let mut tcp = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let data = common::pattern(64 * 1024, seed);
+    let writer = {
+        let (mut w, data) = (tcp.try_clone().unwrap(), data.clone());
+        std::thread::spawn(move || w.write_all(&data))
+    };
+    let mut echoed = vec![0u8; data.len()];
+    let mut got = 0;
+    let mut first = None;
+    while got < data.len() {
+        match tcp.read(&mut echoed[got..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                first.get_or_insert_with(|| since.elapsed());
+                got += n;
+            }
+            Err(e) => return Err(format!("read after {got} bytes: {e}")),
+        }
+    }
+    writer.join().unwrap().map_err(|e| format!("write: {e}"))?;
+    if echoed != data {
+        return Err(format!(
+            "{got} of {} bytes came back, or altered",
+            data.len()
+        ));
+    }
+    first.ok_or_else(|| "no byte came back".into())
+}
+
+/// Issue #16, recovery: a peer killed with SIGKILL and started again at once, through
+/// `stunfwd signal`. The survivor watches the room while connected, sees the new
+/// process's offer (another certificate) and meets it at once under its own offer id,
+/// so a TCP connection opened the moment the new process starts (onto the dead tunnel)
+/// is carried by the new one. Before, the survivor noticed only at its 15 s idle
+/// timeout (the new process's checks came from a new port its NAT filters), and the
+/// connection was reset at `tunnelWait` (10 s). Prints the times; fails past 5 s.
+#[test]
+fn a_killed_peer_started_again_is_met_at_once() {
+    let dir = std::env::temp_dir().join(format!("stunfwd-kill9-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_signal, url, stun) = start_signal();
+    let services = Services {
+        tcp_echo: common::tcp_echo(),
+        udp_echo: common::udp_echo(),
+        stun,
+        dir: dir.clone(),
+    };
+    let room = format!("kill9-{}", std::process::id());
+    let server_cfg = write_go_config(&dir, "kill9", "server", &room, &url, &services);
+    let client_cfg = write_go_config(&dir, "kill9", "client", &room, &url, &services);
+    let limit = Duration::from_secs(5);
+    let mut failures = Vec::new();
+
+    let server = Proc::spawn(&["run", &server_cfg]);
+    let client = Proc::spawn(&["run", &client_cfg]);
+    let tcp = listen_addr(&client.wait_line("mapping tcp:"));
+    client.wait_line("state: connected");
+    echo_at(tcp, 1, Instant::now()).expect("first tunnel");
+
+    // 1. The server dies and a new one starts at once; the client survives.
+    server.kill();
+    let since = Instant::now();
+    let server = Proc::spawn(&["run", &server_cfg]);
+    match echo_at(tcp, 2, since) {
+        Ok(t) => {
+            println!("server killed and restarted: first echoed byte after {t:?}");
+            if t > limit {
+                failures.push(format!(
+                    "after the server's restart the first byte took {t:?}"
+                ));
+            }
+        }
+        Err(e) => failures.push(format!("after the server's restart: {e}")),
+    }
+
+    // 2. The client dies and a new one starts at once; the server survives.
+    client.kill();
+    let since = Instant::now();
+    let client = Proc::spawn(&["run", &client_cfg]);
+    let tcp = listen_addr(&client.wait_line("mapping tcp:"));
+    match echo_at(tcp, 3, since) {
+        Ok(t) => {
+            println!("client killed and restarted: first echoed byte after {t:?}");
+            if t > limit {
+                failures.push(format!(
+                    "after the client's restart the first byte took {t:?}"
+                ));
+            }
+        }
+        Err(e) => failures.push(format!("after the client's restart: {e}")),
+    }
+    drop(client);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -133,7 +133,7 @@ mod tests {
                 timeout: Duration::from_secs(30),
                 keep_going: true,
                 direct: false,
-                opener_ttl: None,
+                opener: None,
             },
         };
         let (_tx, rx) = mpsc::channel(1);

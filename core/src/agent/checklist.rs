@@ -64,9 +64,19 @@ pub struct ChecklistConfig {
     /// Probe the direct path only: count only answers that come straight back from the
     /// address checked (the driver also sends these checks straight, never relayed).
     pub direct: bool,
-    /// Open with one check per candidate at this IP TTL, and start the full rounds
-    /// [`OPENER_LEAD`] later; `None` starts the full rounds at once.
-    pub opener_ttl: Option<u8>,
+    /// Open with one check per candidate at a small IP TTL, and start the full
+    /// rounds a lead later; `None` starts the full rounds at once.
+    pub opener: Option<Opener>,
+}
+
+/// How a check list opens: its openers' TTL and the lead before the full rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opener {
+    /// IP TTL (IPv6: hop limit) of the openers.
+    pub ttl: u8,
+    /// How long after the openers the first full round goes out ([`OPENER_LEAD`] at
+    /// first; longer after failed attempts, see `opener` in the schedule module).
+    pub lead: Duration,
 }
 
 /// A succeeded pair.
@@ -101,6 +111,8 @@ pub struct Checklist {
     direct: bool,
     /// Openers still to send (at the first `handle_timeout`), with their TTL.
     openers: Option<u8>,
+    /// When the list started.
+    started: Instant,
     deadline: Instant,
     interval: Duration,
     next_round: Instant,
@@ -129,14 +141,11 @@ impl Checklist {
             remote: config.remote,
             keep_going: config.keep_going,
             direct: config.direct,
-            openers: config.opener_ttl,
+            openers: config.opener.map(|o| o.ttl),
+            started: now,
             deadline: now + config.timeout,
             interval: FIRST_INTERVAL,
-            next_round: if config.opener_ttl.is_some() {
-                now + OPENER_LEAD
-            } else {
-                now
-            },
+            next_round: now + config.opener.map_or(Duration::ZERO, |o| o.lead),
             tids: HashMap::new(),
             successes: Vec::new(),
             first_success: None,
@@ -179,7 +188,7 @@ impl Checklist {
         }
         if self.openers.is_some() {
             // Due at once: the openers go out when the list starts.
-            return Some(self.next_round - OPENER_LEAD);
+            return Some(self.started);
         }
         let mut at = self.deadline.min(self.next_round);
         if let Some(first) = self.first_success {

@@ -10,7 +10,7 @@
 //! - [`path`]: gathering our candidates, choosing the path from both offers, when the
 //!   relay is used, which kind of path a selected address is;
 //! - [`schedule`]: the reconnect back-off, the relay-to-direct upgrade probes, the
-//!   relay allocation's refresh.
+//!   relay allocation's refresh, and how punching opens after failures.
 
 pub mod checklist;
 pub mod path;
@@ -18,6 +18,6 @@ pub mod schedule;
 #[cfg(test)]
 mod tests;
 
-pub use checklist::{usable_candidates, Checklist, ChecklistConfig, Selected, Transmit};
+pub use checklist::{usable_candidates, Checklist, ChecklistConfig, Opener, Selected, Transmit};
 pub use path::{PathPlan, RelayPlan};
 pub use schedule::{Backoff, UpgradeSchedule};

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::checklist::{Opener, OPENER_LEAD};
+
 /// Pause after a tunnel was lost before starting over (the peer notices too).
 pub const AFTER_TUNNEL_LOST: Duration = Duration::from_millis(200);
 /// The first retry waits this long; each failure doubles it.
@@ -87,4 +89,19 @@ impl UpgradeSchedule {
 /// half its lifetime, between 1 s and 60 s, well before anything expires.
 pub fn relay_refresh_every(lifetime: Duration) -> Duration {
     (lifetime / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// The longest lead between openers and full checks.
+pub const MAX_OPENER_LEAD: Duration = Duration::from_secs(1);
+
+/// How the next punch opens, after `failed` consecutive failed punches: openers at
+/// `ttl` (none when `None`), with a lead of [`OPENER_LEAD`] at first and four times
+/// longer after each failure up to [`MAX_OPENER_LEAD`]. A failure with the short lead
+/// most likely means the two peers started further apart than it (a slow rendezvous),
+/// so repeating it would fail the same way.
+pub fn opener(ttl: Option<u8>, failed: u32) -> Option<Opener> {
+    let lead = OPENER_LEAD
+        .saturating_mul(4u32.saturating_pow(failed.min(8)))
+        .min(MAX_OPENER_LEAD);
+    ttl.map(|ttl| Opener { ttl, lead })
 }

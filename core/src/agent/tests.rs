@@ -4,13 +4,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::checklist::{
-    choose, usable_candidates, Checklist, ChecklistConfig, Selected, Transmit, FIRST_INTERVAL,
-    GRACE, MAX_CANDIDATES, MAX_INTERVAL, MAX_PEER_REFLEXIVE, OPENER_LEAD,
+    choose, usable_candidates, Checklist, ChecklistConfig, Opener, Selected, Transmit,
+    FIRST_INTERVAL, GRACE, MAX_CANDIDATES, MAX_INTERVAL, MAX_PEER_REFLEXIVE, OPENER_LEAD,
 };
 use super::path::{
     check_targets, direct_candidates, gather, path_kind, plan_path, relay_plan, PathPlan,
 };
-use super::schedule::{relay_refresh_every, retry_delay, Backoff, UpgradeSchedule};
+use super::schedule::{
+    opener, relay_refresh_every, retry_delay, Backoff, UpgradeSchedule, MAX_OPENER_LEAD,
+};
 use crate::config::RelayPolicy;
 use crate::signal::proto::{Offer, Role};
 use crate::status::PathKind;
@@ -33,7 +35,7 @@ fn list(
             timeout: Duration::from_millis(timeout_ms),
             keep_going,
             direct,
-            opener_ttl: None,
+            opener: None,
         },
         t0,
         7,
@@ -573,7 +575,10 @@ fn with_openers(remote: &[&str], t0: Instant) -> Checklist {
             timeout: Duration::from_secs(10),
             keep_going: false,
             direct: false,
-            opener_ttl: Some(3),
+            opener: Some(Opener {
+                ttl: 3,
+                lead: OPENER_LEAD,
+            }),
         },
         t0,
         7,
@@ -626,5 +631,26 @@ fn an_answered_opener_succeeds_at_once() {
             remote: a("10.0.0.1:1"),
             index: 0
         }))
+    );
+}
+
+/// #16: a punch that failed is not repeated the same way: each failure makes the lead
+/// between openers and full checks four times longer (a failure with the short lead
+/// most likely means the peers started further apart), up to a second; no TTL, no
+/// openers.
+#[test]
+fn failed_punches_lengthen_the_opener_lead() {
+    let leads: Vec<Duration> = (0..5)
+        .map(|n| opener(Some(3), n).expect("openers").lead)
+        .collect();
+    assert_eq!(leads[0], OPENER_LEAD);
+    assert_eq!(leads[1], OPENER_LEAD * 4);
+    assert!(leads.windows(2).all(|w| w[0] <= w[1]), "{leads:?}");
+    assert_eq!(leads[4], MAX_OPENER_LEAD);
+    assert_eq!(opener(Some(5), 0).map(|o| o.ttl), Some(5));
+    assert_eq!(opener(None, 3), None);
+    assert_eq!(
+        opener(Some(3), u32::MAX).map(|o| o.lead),
+        Some(MAX_OPENER_LEAD)
     );
 }

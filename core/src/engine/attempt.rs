@@ -377,13 +377,17 @@ pub(crate) async fn connect_once(
             timeout: shared.config.punch_timeout,
             keep_going: shared.role == Role::Server,
             direct: false,
-            opener_ttl: shared.config.performance.opener_ttl(),
+            opener: crate::agent::schedule::opener(
+                shared.config.performance.opener_ttl(),
+                shared.failed_punches.load(Ordering::Relaxed),
+            ),
         },
     };
     let result = match shared.role {
         Role::Client => {
             let selected: Option<Selected> = punch.run(shared.agent.clone(), prflx_rx).await;
             let Some(sel) = selected else {
+                shared.failed_punches.fetch_add(1, Ordering::Relaxed);
                 return Err(Attempt::Retry(format!(
                     "no path: no connectivity check succeeded within {:?} (our NAT: {}, peer NAT: {})",
                     shared.config.punch_timeout,
@@ -457,6 +461,7 @@ pub(crate) async fn connect_once(
             let conn = match got {
                 Ok(Some(c)) => c,
                 _ => {
+                    shared.failed_punches.fetch_add(1, Ordering::Relaxed);
                     return Err(Attempt::Retry(format!(
                         "no path: the peer's tunnel did not arrive within {wait:?} (our NAT: {}, peer NAT: {})",
                         disc.nat.as_str(),
@@ -470,6 +475,7 @@ pub(crate) async fn connect_once(
     };
     *lock(&shared.prflx) = None;
     *lock(&shared.rejected) = None;
+    shared.failed_punches.store(0, Ordering::Relaxed);
     *lock(&shared.timings) = Timings {
         stun_discovery_ms: ms(stun_ms),
         signaling_wait_ms: ms(signal_ms),

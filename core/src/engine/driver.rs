@@ -8,7 +8,8 @@ use tracing::Instrument;
 
 use super::attempt::{connect_once, Attempt};
 use super::session::run_connected;
-use super::shared::{peer_restarted, peer_started_over, Incoming, Shared};
+use super::shared::{Incoming, Shared};
+use super::watch::{peer_moved_on, peer_replaced};
 use crate::agent::schedule::{self, Backoff};
 use crate::signal::proto::Role;
 use crate::status::State;
@@ -30,7 +31,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
         let attempt = tokio::select! {
             _ = token.cancelled() => return,
             r = connect_once(&shared, &mut incoming) => r,
-            id = peer_started_over(&shared) => {
+            id = peer_moved_on(&shared) => {
                 tracing::info!(peer_offer = %id, "the peer started over; so do we");
                 backoff.reset();
                 // Its checks were addressed to our current offer id: it already knows
@@ -59,16 +60,18 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
                     peer = %conn.remote_address(),
                     path = path.as_str(),
                 );
+                let mut restarted = false;
                 let reason = tokio::select! {
                     _ = token.cancelled() => return,
                     r = run_connected(&shared, conn, path, &mut incoming).instrument(span) => r,
-                    id = peer_restarted(&shared) => {
+                    id = peer_replaced(&shared) => {
                         // Our tunnel goes to what the peer left behind (it restarted):
                         // drop it now instead of after the idle timeout.
                         if let Some(c) = shared.conn_tx.send_replace(None) {
                             c.close(0u32.into(), b"peer started over");
                         }
-                        format!("the peer restarted (checks from its new offer {id}, with another certificate)")
+                        restarted = true;
+                        format!("the peer restarted (its new offer {id} has another certificate)")
                     }
                 };
                 if shared.role == Role::Server {
@@ -82,6 +85,12 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
                 tracing::info!(%reason, "tunnel lost; reconnecting");
                 shared.fail_reason(reason.clone());
                 shared.set_state(State::Reconnecting { attempt: 0, reason });
+                if restarted {
+                    // The restarted peer is punching toward our offer already: meet it
+                    // at once, under the same offer id (its checks name that id).
+                    fresh_id = false;
+                    continue;
+                }
                 // Give the peer a moment to notice too, then start over at once.
                 tokio::select! {
                     _ = token.cancelled() => return,
@@ -109,7 +118,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
-                    id = peer_started_over(&shared) => {
+                    id = peer_moved_on(&shared) => {
                         tracing::info!(peer_offer = %id, "the peer started over; retrying now");
                         backoff.reset();
                     }

@@ -33,6 +33,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 mod wait;
+mod watch;
 
 use std::fmt;
 use std::net::SocketAddr;

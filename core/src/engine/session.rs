@@ -177,7 +177,7 @@ pub(crate) async fn upgrade_to_direct(
                 timeout: UpgradeSchedule::PROBE_TIMEOUT,
                 keep_going: false,
                 direct: true,
-                opener_ttl: shared.config.performance.opener_ttl(),
+                opener: crate::agent::schedule::opener(shared.config.performance.opener_ttl(), 0),
             },
         };
         let (_tx, rx) = mpsc::channel(1);

@@ -133,6 +133,7 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         discovery: Mutex::new(None),
         nat_detail: Mutex::new(None),
         detecting: Default::default(),
+        failed_punches: Default::default(),
         signal,
         stun_discoveries: AtomicU64::new(0),
         signaling_requests,

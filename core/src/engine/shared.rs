@@ -141,6 +141,9 @@ pub(crate) struct Shared {
     pub(crate) nat_detail: Mutex<Option<Discovery>>,
     /// A background NAT detection is running.
     pub(crate) detecting: std::sync::atomic::AtomicBool,
+    /// Punches that failed in a row (reset by a connect): the next opens differently
+    /// (`agent::schedule::opener`).
+    pub(crate) failed_punches: std::sync::atomic::AtomicU32,
     pub(crate) signal: SignalClient,
     pub(crate) stun_discoveries: AtomicU64,
     pub(crate) signaling_requests: Arc<AtomicU64>,

@@ -1,0 +1,96 @@
+//! Watching the room: the peer's newer offers, seen in the mailbox (not only through
+//! its checks, which a restricted NAT on our side drops when the peer comes back from
+//! a new public port). A restarted peer is then met at once, while we are connected,
+//! punching toward its old offer, or waiting between attempts.
+
+use std::time::Duration;
+
+use super::shared::{peer_restarted, peer_started_over, Shared};
+use crate::signal::proto::{unix_now, Offer, OFFER_WINDOW};
+use crate::sync::lock;
+
+/// How long one mailbox wait lasts before it is asked again (the long-poll itself is
+/// the signal client's; this bounds how long a reading taken while no peer offer was
+/// in use can be ignored).
+const WATCH_WAIT: Duration = Duration::from_secs(25);
+/// How often to look whether this attempt has adopted a peer offer yet.
+const NOT_READY_PAUSE: Duration = Duration::from_millis(100);
+
+/// What a newer peer offer must differ in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Newer {
+    /// Any new offer id: the peer started a new attempt.
+    Attempt,
+    /// A new offer id with another certificate: the peer restarted.
+    Process,
+}
+
+/// The id of the offer in `data` when it is an authentic, fresh offer of the peer that
+/// supersedes the one in use (`None` when none is in use).
+pub(crate) fn newer_peer_offer(shared: &Shared, data: &str, newer: Newer) -> Option<String> {
+    let offer = Offer::decode(data, &shared.key, &shared.config.room).ok()?;
+    if offer.role != shared.role.peer() {
+        return None;
+    }
+    let peer = lock(&shared.peer);
+    let current = peer.offer.as_ref()?;
+    if peer.offer_id() != Some(current.id.as_str()) {
+        // This attempt has not adopted a peer offer yet: its own wait reads the room.
+        return None;
+    }
+    let fresh = unix_now().abs_diff(offer.ts) <= OFFER_WINDOW.as_secs();
+    let supersedes =
+        offer.id != current.id && !peer.left_behind(&offer.id) && offer.ts >= current.ts && fresh;
+    let differs = match newer {
+        Newer::Attempt => true,
+        Newer::Process => offer.fp != current.fp,
+    };
+    (supersedes && differs).then_some(offer.id)
+}
+
+/// Resolves with the id of a newer peer offer seen in the mailbox.
+pub(crate) async fn watch_room(shared: &Shared, newer: Newer) -> String {
+    loop {
+        let ready = {
+            let p = lock(&shared.peer);
+            p.offer_id().is_some() && p.offer.as_ref().map(|o| o.id.as_str()) == p.offer_id()
+        };
+        if !ready {
+            tokio::time::sleep(NOT_READY_PAUSE).await;
+            continue;
+        }
+        let role = shared.role.peer();
+        match shared
+            .signal
+            .wait_for(role, WATCH_WAIT, |data| {
+                newer_peer_offer(shared, data, newer)
+            })
+            .await
+        {
+            Ok(id) => return id,
+            // Timed out (nothing newer) or the rendezvous is away: look again.
+            Err(_) => tokio::time::sleep(NOT_READY_PAUSE).await,
+        }
+    }
+}
+
+/// During an attempt or between attempts: the peer started over, seen in its checks or
+/// in the room.
+pub(crate) async fn peer_moved_on(shared: &Shared) -> String {
+    tokio::select! {
+        id = peer_started_over(shared) => id,
+        id = watch_room(shared, Newer::Attempt) => {
+            tracing::info!(peer_offer = %id, "a newer peer offer is in the room");
+            id
+        }
+    }
+}
+
+/// While connected: the peer restarted (a new process, another certificate), seen in
+/// its checks or in the room.
+pub(crate) async fn peer_replaced(shared: &Shared) -> String {
+    tokio::select! {
+        id = peer_restarted(shared) => id,
+        id = watch_room(shared, Newer::Process) => id,
+    }
+}
