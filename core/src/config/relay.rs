@@ -36,7 +36,9 @@ pub struct RelayConfig {
 /// When to use the relay (`relayPolicy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RelayPolicy {
-    /// Direct when possible; the relay when punching fails or cannot work.
+    /// The relayed address is checked alongside the direct candidates from the start:
+    /// the tunnel opens on the first path that works and moves to direct when a direct
+    /// path validates.
     #[default]
     Auto,
     /// Direct only: fail with `NoPath` rather than relay.
