@@ -28,6 +28,10 @@ pub(crate) struct Punch {
     /// What to check and how (the check list's own settings; with `direct`, checks are
     /// also sent straight, never through the relay).
     pub checks: ChecklistConfig,
+    /// Send every check straight from our socket, never through our relay, even to a
+    /// peer whose relayed packets have routed it there: each check tests the pair
+    /// (our socket, that candidate). Off only under `relayPolicy: always`.
+    pub straight: bool,
 }
 
 /// A check list whose transaction ids are unregistered from the STUN agent when it is
@@ -96,7 +100,7 @@ impl Punch {
         let request = message::check_request(t.tid, username, &self.password);
         let sent = if let Some(ttl) = t.ttl {
             agent.socket().send_opener(&request, t.to, ttl).await
-        } else if self.checks.direct {
+        } else if self.checks.direct || self.straight {
             agent.socket().send_direct(&request, t.to).await
         } else {
             agent.socket().send_to(&request, t.to).await
@@ -135,6 +139,7 @@ mod tests {
                 direct: false,
                 opener: None,
             },
+            straight: false,
         };
         let (_tx, rx) = mpsc::channel(1);
         let task = tokio::spawn(punch.run(agent.clone(), rx));

@@ -153,6 +153,12 @@ impl DemuxSocket {
         self.update(|r| r.direct_path_proven(peer));
     }
 
+    /// Packets to `peer` go straight from now on, and its relayed packets no longer
+    /// route it through the relay (the tunnel runs on a direct pair we nominated).
+    pub fn route_direct(&self, peer: SocketAddr) {
+        self.update(|r| r.route_direct(peer));
+    }
+
     /// Packets for `conn_addr` go to `real` (directly), and packets from `real` are
     /// presented as coming from `conn_addr`: how a relayed connection moves to a direct
     /// path without the QUIC connection noticing on our side.
@@ -166,14 +172,13 @@ impl DemuxSocket {
         let _ = self.raw.set(raw);
     }
 
-    /// Sends a punching opener: `data` straight to `to` with IP TTL `ttl`, so it opens
-    /// our NAT's mapping toward `to` and expires before the peer's router. A peer
-    /// reached through the relay, or a socket without a raw handle, gets it the normal
-    /// way.
+    /// Sends a punching opener: `data` straight to `to` (never through the relay) with
+    /// IP TTL `ttl`, so it opens our NAT's mapping toward `to` and expires before the
+    /// peer's router. Without a raw handle it goes straight with the normal TTL.
     pub async fn send_opener(&self, data: &[u8], to: SocketAddr, ttl: u8) -> io::Result<()> {
         match self.raw.get() {
-            Some(raw) if !self.is_via_relay(to) => ttl::send_with_ttl(raw, data, to, ttl),
-            _ => self.send_to(data, to).await,
+            Some(raw) => ttl::send_with_ttl(raw, data, to, ttl),
+            None => self.send_raw(data, to).await,
         }
     }
 

@@ -382,6 +382,7 @@ pub(crate) async fn connect_once(
                 shared.failed_punches.load(Ordering::Relaxed),
             ),
         },
+        straight: !plan.always,
     };
     let result = match shared.role {
         Role::Client => {
@@ -395,6 +396,12 @@ pub(crate) async fn connect_once(
                     peer.nat
                 )));
             };
+            if !plan.always {
+                // The tunnel runs on the pair we nominated, straight from our socket
+                // (to a relayed candidate of the peer too): the peer's checks of our
+                // relayed address must not pull it through our relay.
+                shared.agent.socket().route_direct(sel.remote);
+            }
             let cfg = tunnel::client_config(
                 &shared.identity,
                 shared.pinned.clone(),
@@ -469,7 +476,13 @@ pub(crate) async fn connect_once(
                     )));
                 }
             };
-            let path = shared.path_kind(&peer, conn.remote_address());
+            let addr = conn.remote_address();
+            if !plan.always && !shared.agent.socket().is_via_relay(addr) {
+                // It came straight: keep answering it straight, whatever relayed
+                // checks of the client still arrive.
+                shared.agent.socket().route_direct(addr);
+            }
+            let path = shared.path_kind(&peer, addr);
             (conn, path)
         }
     };

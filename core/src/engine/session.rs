@@ -177,8 +177,11 @@ pub(crate) async fn upgrade_to_direct(
                 timeout: UpgradeSchedule::PROBE_TIMEOUT,
                 keep_going: false,
                 direct: true,
-                opener: crate::agent::schedule::opener(shared.config.performance.opener_ttl(), 0),
+                // No openers: a live relayed tunnel broke when its upgrade probes opened
+                // with them (lab `relayed_tunnel_moves_to_direct_when_the_direct_path_opens`).
+                opener: None,
             },
+            straight: true,
         };
         let (_tx, rx) = mpsc::channel(1);
         let found = punch.run(shared.agent.clone(), rx).await;

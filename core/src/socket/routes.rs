@@ -34,6 +34,10 @@ pub(super) struct Routes {
     /// directly, that they reach us directly: only their direct QUIC packets move
     /// them off the relay (a forged packet "from" the peer's address does not).
     pub direct_ok: HashSet<SocketAddr>,
+    /// Peers whose tunnel runs on a direct pair we nominated (the relay was checked in
+    /// parallel): their relayed checks still arrive, but never route them through the
+    /// relay.
+    pub pinned_direct: HashSet<SocketAddr>,
 }
 
 /// Where one packet goes.
@@ -77,7 +81,18 @@ impl Routes {
             return false;
         }
         self.direct_ok.remove(&peer);
+        self.pinned_direct.remove(&peer);
         self.via.insert(peer)
+    }
+
+    /// Sends to `peer` straight from now on, whatever relayed packets of it arrive:
+    /// the tunnel was nominated on a direct pair while the relay was checked too.
+    pub fn route_direct(&mut self, peer: SocketAddr) {
+        self.via.remove(&peer);
+        self.direct_ok.remove(&peer);
+        if self.pinned_direct.len() < MAX_RELAYED_PEERS {
+            self.pinned_direct.insert(peer);
+        }
     }
 
     /// `peer` proved it reaches us directly (see `direct_ok`); remembered only for
@@ -113,7 +128,15 @@ impl Routes {
         if !self.permitted.contains(&peer.ip()) {
             return None;
         }
-        let added = self.route_via_relay(peer);
+        if self.pinned_direct.contains(&peer) || self.server.is_none() {
+            return Some(false);
+        }
+        if self.via.len() >= MAX_RELAYED_PEERS && !self.via.contains(&peer) {
+            return Some(false);
+        }
+        // Not `route_via_relay`: a relayed packet does not undo the proof of a direct
+        // path (`direct_ok`) that an earlier direct check gave.
+        let added = self.via.insert(peer);
         if added && self.new_relayed.len() < MAX_RELAYED_PEERS {
             self.new_relayed.push(peer);
         }
