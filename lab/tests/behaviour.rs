@@ -95,12 +95,7 @@ fn nat_cli_reports_each_nat_type() {
                 "stunfwd nat failed behind {}",
                 kind.name()
             );
-            let (mapping, filtering) = match kind {
-                NatKind::FullCone => ("endpoint-independent", "endpoint-independent"),
-                NatKind::AddressRestricted => ("endpoint-independent", "address-dependent"),
-                NatKind::PortRestricted => ("endpoint-independent", "address-and-port-dependent"),
-                NatKind::Symmetric => ("address-and-port-dependent", "address-and-port-dependent"),
-            };
+            let (mapping, filtering) = (kind.expected_mapping(), kind.expected_filtering());
             anyhow::ensure!(
                 text.contains(&format!("mapping:   {mapping}\n")),
                 "mapping behind {}",
@@ -112,7 +107,7 @@ fn nat_cli_reports_each_nat_type() {
                 kind.name()
             );
             anyhow::ensure!(
-                text.contains(&format!("nat type:  {}\n", kind.name())),
+                text.contains(&format!("nat type:  {}\n", kind.expected_type())),
                 "type behind {}",
                 kind.name()
             );

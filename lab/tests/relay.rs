@@ -178,6 +178,7 @@ fn relayed_session_outlives_several_allocation_lifetimes() {
             ]
             .map(String::from)
             .to_vec(),
+            ..WorldOptions::default()
         })
         .await?;
         let extra = serde_json::json!({ "relay": relay_json(&world, TURN_PASSWORD) });
@@ -254,6 +255,7 @@ fn bad_relay_settings_fail_clearly_without_hanging() {
         // with 486 and says so.
         let world = World::new(WorldOptions {
             coturn_args: vec!["--user-quota".into(), "1".into()],
+            ..WorldOptions::default()
         })
         .await?;
         let extra = serde_json::json!({ "relay": relay_json(&world, TURN_PASSWORD) });
