@@ -11,7 +11,9 @@
 //! Environment: `STUNFWD_MATRIX_RUNS` (R, default 2), `STUNFWD_MATRIX_FILTER`
 //! (comma-separated substrings of cell names such as
 //! `linux-masquerade~linux-masquerade/no-relay/plain`), `STUNFWD_MATRIX_PARALLEL`
-//! (labs at a time, default 3), `STUNFWD_WRITE_MATRIX=1` (write docs/nat-matrix.md).
+//! (labs at a time, default 3), `STUNFWD_MATRIX_PUNCH_TTL` (`performance.punchTtl`
+//! of every engine; 0 turns punching's openers off), `STUNFWD_WRITE_MATRIX=1` (write
+//! docs/nat-matrix.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
@@ -222,11 +224,19 @@ async fn run_once(
     rep: usize,
 ) -> anyhow::Result<Run> {
     let room = format!("matrix-{}-{rep}", world.id());
-    let extra = if spec.relay {
+    let mut extra = if spec.relay {
         serde_json::json!({ "relay": world.relay_json() })
     } else {
         serde_json::json!({})
     };
+    // `STUNFWD_MATRIX_PUNCH_TTL=0` runs the matrix without punching's openers (to show
+    // which cells they fix).
+    if let Some(ttl) = std::env::var("STUNFWD_MATRIX_PUNCH_TTL")
+        .ok()
+        .and_then(|v| v.parse::<u8>().ok())
+    {
+        extra["performance"] = serde_json::json!({ "punchTtl": ttl });
+    }
     let server = Arc::new(start_engine(
         sdev,
         world.config_with(spec.stun, "server", &room, extra.clone()),
