@@ -522,8 +522,9 @@ fn client_reconnects_to_a_restarted_server() {
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"again");
     assert_eq!(client.stats().reconnects, 1);
-    // The cached STUN result served the second connect too.
-    assert_eq!(client.stats().stun_discoveries, 1);
+    // A lost tunnel may mean our NAT forgot us (a reboot that moved our public port):
+    // the reconnect asked STUN again, once.
+    assert_eq!(client.stats().stun_discoveries, 2);
 }
 
 #[test]

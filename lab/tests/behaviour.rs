@@ -353,3 +353,98 @@ fn one_connect_costs_a_router_few_conntrack_entries() {
         Ok(())
     });
 }
+
+/// Issue #16: the client's router reboots mid-transfer: its conntrack table is flushed
+/// and it hands out ports from another range, so the client's public port changes. The
+/// tunnel's packets go unanswered; the engine notices within its silence limit (2 s,
+/// not the 15 s idle timeout), asks STUN again, meets the server anew, and new
+/// connections work. Prints the time from the reboot to the first new echo.
+#[test]
+fn nat_reboot_with_a_new_public_port_recovers_within_seconds() {
+    run(async {
+        let world = World::new(WorldOptions::default()).await?;
+        let (ra, mut da) = world.site("ra", NatKind::PortRestricted, 1, None).await?;
+        let (rb, mut db) = world.site("rb", NatKind::LinuxMasquerade, 1, None).await?;
+        let _ = ra;
+        let (sdev, cdev) = (da.pop().unwrap(), db.pop().unwrap());
+        let echo = tcp_echo(&sdev).await?;
+        let room = format!("reboot-{}", world.id());
+        let server = Arc::new(start_engine(
+            &sdev,
+            world.config("server", &room, serde_json::json!({})),
+        )?);
+        let client = Arc::new(start_engine(
+            &cdev,
+            world.config(
+                "client",
+                &room,
+                serde_json::json!({ "mappings": [format!("tcp:0:{echo}")] }),
+            ),
+        )?);
+        wait_connected(&client, Duration::from_secs(20)).await?;
+        let port = client.mappings()[0].listen.port();
+        let before = client.stats().public_addr;
+        // A long transfer is running when the router reboots.
+        let transfer = {
+            let cdev = cdev.clone();
+            tokio::spawn(async move {
+                echo_through(&cdev, port, data(30 << 20), Duration::from_secs(30)).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let wan = rb
+            .interfaces()
+            .first()
+            .map(|i| i.name().to_owned())
+            .unwrap();
+        // After the "reboot" the router maps the client's socket to port 40000 for
+        // every destination (still endpoint-independent, a new public port).
+        let wan_ip = rb.uplink_ip().unwrap();
+        let cport = client.local_addr().port();
+        nft(
+            &rb,
+            &format!(
+                "flush chain ip nat postrouting\n\
+                 add rule ip nat postrouting oif \"{wan}\" udp sport {cport} snat to {wan_ip}:40000\n\
+                 add rule ip nat postrouting oif \"{wan}\" masquerade\n"
+            ),
+        )
+        .await?;
+        rb.flush_nat_state().await?;
+        let rebooted = Instant::now();
+        let mut ok_after = None;
+        while rebooted.elapsed() < Duration::from_secs(20) {
+            if echo_through(&cdev, port, data(10_000), Duration::from_millis(500))
+                .await
+                .is_ok()
+            {
+                ok_after = Some(rebooted.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let transfer = transfer.await?;
+        let stats = client.stats();
+        println!(
+            "NAT reboot (public port {:?} -> {:?}): a new connection worked after {ok_after:?}; running transfer: {}; reconnects {}",
+            before,
+            stats.public_addr,
+            if transfer.is_ok() { "completed".to_owned() } else { "broken (expected: the tunnel was rebuilt)".to_owned() },
+            stats.reconnects
+        );
+        let ok_after = ok_after
+            .ok_or_else(|| anyhow::anyhow!("no new connection within 20 s of the reboot"))?;
+        anyhow::ensure!(
+            stats.public_addr != before,
+            "the router did not move the client's public port: {before:?}"
+        );
+        // Before the silence limit, the tunnel stayed dead until its 15 s idle timeout.
+        anyhow::ensure!(
+            ok_after < Duration::from_secs(10),
+            "took {ok_after:?}: as long as the idle timeout path"
+        );
+        stop(client).await;
+        stop(server).await;
+        Ok(())
+    });
+}

@@ -11,6 +11,7 @@ use super::session::run_connected;
 use super::shared::{Incoming, Shared};
 use super::watch::{peer_moved_on, peer_replaced};
 use crate::agent::schedule::{self, Backoff};
+use crate::error::Error;
 use crate::signal::proto::Role;
 use crate::status::State;
 use crate::sync::lock;
@@ -71,7 +72,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
                             c.close(0u32.into(), b"peer started over");
                         }
                         restarted = true;
-                        format!("the peer restarted (its new offer {id} has another certificate)")
+                        format!("the peer started over (new offer {id})")
                     }
                 };
                 if shared.role == Role::Server {
@@ -91,6 +92,9 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
                     fresh_id = false;
                     continue;
                 }
+                // Our public address may have changed with whatever broke the tunnel
+                // (a NAT reboot): the next attempt asks STUN again.
+                *lock(&shared.discovery) = None;
                 // Give the peer a moment to notice too, then start over at once.
                 tokio::select! {
                     _ = token.cancelled() => return,
@@ -99,6 +103,27 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
             }
             // Waiting for the peer's offer timed out: nothing failed, just ask again.
             Ok(None) => {}
+            // Once connected, a pair that looks hopeless now (a NAT that changed its
+            // behaviour, or measured wrong while it rebooted) has been punchable
+            // before: keep trying on the back-off instead of giving up for good.
+            Err(Attempt::Fatal(e @ Error::NoPath { .. })) if connected_before => {
+                let reason = e.to_string();
+                let delay = backoff.failed();
+                tracing::info!(attempt = backoff.failures(), %reason, "connect attempt failed");
+                shared.fail_reason(reason.clone());
+                shared.set_state(State::Reconnecting {
+                    attempt: backoff.failures(),
+                    reason,
+                });
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                    id = peer_moved_on(&shared) => {
+                        tracing::info!(peer_offer = %id, "the peer started over; retrying now");
+                        backoff.reset();
+                    }
+                }
+            }
             Err(Attempt::Fatal(e)) => {
                 let reason = e.to_string();
                 tracing::warn!(%reason, "giving up");

@@ -92,11 +92,21 @@ pub(crate) async fn run_connected(
         let mut replaced = std::pin::pin!(replaced);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut current = peer;
+        let mut liveness = Liveness::new(&conn);
         let outcome = loop {
             tokio::select! {
-                e = conn.closed() => break Err(e),
+                e = conn.closed() => break Err(format!("tunnel to {peer} lost: {e}")),
                 c = &mut replaced => break Ok(c),
                 _ = tick.tick() => {
+                    if let Some(silent) = liveness.dead(&conn) {
+                        // Our packets go unanswered: a NAT on the way forgot us (it
+                        // rebooted, or moved us to another port). Waiting for the idle
+                        // timeout would leave the tunnel dead for seconds more.
+                        conn.close(0u32.into(), b"path silent");
+                        break Err(format!(
+                            "tunnel to {peer} lost: nothing heard for {silent:?} while sending (a NAT on the path forgot the mapping?)"
+                        ));
+                    }
                     // quinn follows a peer whose NAT mapping changed (QUIC migration);
                     // report the new address and count the change.
                     let now = conn.remote_address();
@@ -130,10 +140,7 @@ pub(crate) async fn run_connected(
         conn_token.cancel();
         datagrams.abort();
         match outcome {
-            Err(e) => {
-                let reason = format!("tunnel to {peer} lost: {e}");
-                return reason;
-            }
+            Err(reason) => return reason,
             Ok(new_conn) => {
                 tracing::info!(old = %peer, new = %new_conn.remote_address(), "peer reconnected; switching tunnel");
                 tracing::Span::current()
@@ -214,5 +221,46 @@ pub(crate) async fn upgrade_to_direct(
             });
             return;
         }
+    }
+}
+
+/// Declares a tunnel dead when it has heard nothing for [`SILENT_LIMIT`] (or four
+/// round trips, if longer) although it has sent since it last heard something: QUIC
+/// answers every ack-eliciting packet within a round trip plus its ACK delay, so a
+/// live path is never that quiet while we send. An idle tunnel sends only its
+/// keep-alives, so it is judged at the next one. Faster than the idle timeout (15 s)
+/// after a NAT reboot that changed our public port.
+pub(crate) struct Liveness {
+    rx: u64,
+    tx_when_heard: u64,
+    heard_at: tokio::time::Instant,
+}
+
+/// Silence, while sending, after which a tunnel is taken for dead.
+pub(crate) const SILENT_LIMIT: Duration = Duration::from_secs(2);
+
+impl Liveness {
+    pub(crate) fn new(conn: &quinn::Connection) -> Liveness {
+        let s = conn.stats();
+        Liveness {
+            rx: s.udp_rx.datagrams,
+            tx_when_heard: s.udp_tx.datagrams,
+            heard_at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// How long the tunnel has been silent while sending, once that is too long.
+    pub(crate) fn dead(&mut self, conn: &quinn::Connection) -> Option<Duration> {
+        let s = conn.stats();
+        let now = tokio::time::Instant::now();
+        if s.udp_rx.datagrams != self.rx {
+            self.rx = s.udp_rx.datagrams;
+            self.tx_when_heard = s.udp_tx.datagrams;
+            self.heard_at = now;
+            return None;
+        }
+        let silent = now.duration_since(self.heard_at);
+        let limit = SILENT_LIMIT.max(conn.rtt() * 4);
+        (s.udp_tx.datagrams > self.tx_when_heard && silent >= limit).then_some(silent)
     }
 }

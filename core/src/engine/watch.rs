@@ -16,18 +16,9 @@ const WATCH_WAIT: Duration = Duration::from_secs(25);
 /// How often to look whether this attempt has adopted a peer offer yet.
 const NOT_READY_PAUSE: Duration = Duration::from_millis(100);
 
-/// What a newer peer offer must differ in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Newer {
-    /// Any new offer id: the peer started a new attempt.
-    Attempt,
-    /// A new offer id with another certificate: the peer restarted.
-    Process,
-}
-
 /// The id of the offer in `data` when it is an authentic, fresh offer of the peer that
 /// supersedes the one in use (`None` when none is in use).
-pub(crate) fn newer_peer_offer(shared: &Shared, data: &str, newer: Newer) -> Option<String> {
+pub(crate) fn newer_peer_offer(shared: &Shared, data: &str) -> Option<String> {
     let offer = Offer::decode(data, &shared.key, &shared.config.room).ok()?;
     if offer.role != shared.role.peer() {
         return None;
@@ -41,15 +32,11 @@ pub(crate) fn newer_peer_offer(shared: &Shared, data: &str, newer: Newer) -> Opt
     let fresh = unix_now().abs_diff(offer.ts) <= OFFER_WINDOW.as_secs();
     let supersedes =
         offer.id != current.id && !peer.left_behind(&offer.id) && offer.ts >= current.ts && fresh;
-    let differs = match newer {
-        Newer::Attempt => true,
-        Newer::Process => offer.fp != current.fp,
-    };
-    (supersedes && differs).then_some(offer.id)
+    supersedes.then_some(offer.id)
 }
 
 /// Resolves with the id of a newer peer offer seen in the mailbox.
-pub(crate) async fn watch_room(shared: &Shared, newer: Newer) -> String {
+pub(crate) async fn watch_room(shared: &Shared) -> String {
     loop {
         let ready = {
             let p = lock(&shared.peer);
@@ -62,9 +49,7 @@ pub(crate) async fn watch_room(shared: &Shared, newer: Newer) -> String {
         let role = shared.role.peer();
         match shared
             .signal
-            .wait_for(role, WATCH_WAIT, |data| {
-                newer_peer_offer(shared, data, newer)
-            })
+            .wait_for(role, WATCH_WAIT, |data| newer_peer_offer(shared, data))
             .await
         {
             Ok(id) => return id,
@@ -79,18 +64,20 @@ pub(crate) async fn watch_room(shared: &Shared, newer: Newer) -> String {
 pub(crate) async fn peer_moved_on(shared: &Shared) -> String {
     tokio::select! {
         id = peer_started_over(shared) => id,
-        id = watch_room(shared, Newer::Attempt) => {
+        id = watch_room(shared) => {
             tracing::info!(peer_offer = %id, "a newer peer offer is in the room");
             id
         }
     }
 }
 
-/// While connected: the peer restarted (a new process, another certificate), seen in
-/// its checks or in the room.
+/// While connected: the peer restarted (a new process, another certificate, seen in
+/// its checks or in the room) or started a new attempt (a newer offer in the room:
+/// it lost the tunnel, maybe because its NAT moved it to another public port, and
+/// cannot reach us before we punch toward its new address).
 pub(crate) async fn peer_replaced(shared: &Shared) -> String {
     tokio::select! {
         id = peer_restarted(shared) => id,
-        id = watch_room(shared, Newer::Process) => id,
+        id = watch_room(shared) => id,
     }
 }
