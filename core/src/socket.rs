@@ -159,6 +159,11 @@ impl DemuxSocket {
         self.update(|r| r.route_direct(peer));
     }
 
+    /// Forgets the direct pin of a tunnel that ended (see [`DemuxSocket::route_direct`]).
+    pub fn unpin(&self) {
+        self.update(|r| r.unpin());
+    }
+
     /// Packets for `conn_addr` go to `real` (directly), and packets from `real` are
     /// presented as coming from `conn_addr`: how a relayed connection moves to a direct
     /// path without the QUIC connection noticing on our side.

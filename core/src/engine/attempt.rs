@@ -75,7 +75,10 @@ fn refine(quick: &mut Discovery, detail: &Discovery) {
             | NatType::PortRestricted
             | NatType::Symmetric
     );
-    if measured && quick.nat != NatType::Open && !quick.mapped.is_empty() {
+    // A quick "symmetric" is evidence from the tunnel socket itself (two servers saw
+    // two ports): never weakened by a test run from another socket.
+    let keep = matches!(quick.nat, NatType::Open | NatType::Symmetric);
+    if measured && !keep && !quick.mapped.is_empty() {
         quick.nat = detail.nat;
         quick.mapping = detail.mapping;
         quick.filtering = detail.filtering;
@@ -237,6 +240,9 @@ pub(crate) async fn connect_once(
         shared.pinned.set(None);
     }
     lock(&shared.peer).set_offer_id(None);
+    // The last tunnel's direct pin goes with it: this attempt may need the relay to
+    // the same address.
+    shared.agent.socket().unpin();
     shared.set_state(State::Discovering);
     let policy = shared.config.relay_policy;
     let plan = path::relay_plan(policy, shared.config.relay.is_some());
@@ -248,8 +254,15 @@ pub(crate) async fn connect_once(
     let allocation = plan.allocate_now.then(|| {
         let shared = shared.clone();
         // Not aborted with the attempt: an allocation cut off half-way would leave
-        // the socket routing to a relay that has no allocation for us.
-        crate::spawn(async move { ensure_relay(&shared).await })
+        // the socket routing to a relay that has no allocation for us. It ends with
+        // the engine, though (a stopped engine's allocation is released anyway).
+        let token = shared.root.clone();
+        crate::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => Err(Attempt::Retry("the engine stopped".into())),
+                r = ensure_relay(&shared) => r,
+            }
+        })
     });
     let disc = discovery(shared).await;
     let stun_ms = disc.took;

@@ -31,7 +31,9 @@ pub(crate) fn newer_peer_offer(shared: &Shared, data: &str) -> Option<String> {
     }
     let fresh = unix_now().abs_diff(offer.ts) <= OFFER_WINDOW.as_secs();
     let supersedes =
-        offer.id != current.id && !peer.left_behind(&offer.id) && offer.ts >= current.ts && fresh;
+        // Strictly newer: offers carry whole seconds, and a genuine offer of the same
+        // second that we never adopted could otherwise be replayed to restart us.
+        offer.id != current.id && !peer.left_behind(&offer.id) && offer.ts > current.ts && fresh;
     supersedes.then_some(offer.id)
 }
 

@@ -34,9 +34,9 @@ pub(super) struct Routes {
     /// directly, that they reach us directly: only their direct QUIC packets move
     /// them off the relay (a forged packet "from" the peer's address does not).
     pub direct_ok: HashSet<SocketAddr>,
-    /// Peers whose tunnel runs on a direct pair we nominated (the relay was checked in
-    /// parallel): their relayed checks still arrive, but never route them through the
-    /// relay.
+    /// The peer whose live tunnel runs on a direct pair we nominated (the relay was
+    /// checked in parallel): its relayed checks still arrive, but never route it
+    /// through the relay. At most one; cleared when a new attempt starts.
     pub pinned_direct: HashSet<SocketAddr>,
 }
 
@@ -87,18 +87,30 @@ impl Routes {
 
     /// Sends to `peer` straight from now on, whatever relayed packets of it arrive:
     /// the tunnel was nominated on a direct pair while the relay was checked too.
+    /// Only the live tunnel's pair is pinned: a new pin replaces the old one.
     pub fn route_direct(&mut self, peer: SocketAddr) {
         self.via.remove(&peer);
         self.direct_ok.remove(&peer);
-        if self.pinned_direct.len() < MAX_RELAYED_PEERS {
-            self.pinned_direct.insert(peer);
-        }
+        self.pinned_direct.clear();
+        self.pinned_direct.insert(peer);
+    }
+
+    /// Forgets the pin of a tunnel that ended: a later attempt may find the relay the
+    /// only path to the same address, and the peer's relayed checks must then route it
+    /// through the relay again.
+    pub fn unpin(&mut self) {
+        self.pinned_direct.clear();
     }
 
     /// `peer` proved it reaches us directly (see `direct_ok`); remembered only for
     /// relayed peers.
     pub fn direct_path_proven(&mut self, peer: SocketAddr) {
-        if self.via.contains(&peer) {
+        // Remembered also before the peer is relayed: with the relay checked in
+        // parallel, its direct checks may arrive before its relayed ones (which route
+        // it through the relay), and then the direct QUIC that follows must still move
+        // it back. Only authentic checks prove anything, so this stays small; bounded
+        // all the same.
+        if self.via.contains(&peer) || self.direct_ok.len() < MAX_RELAYED_PEERS {
             self.direct_ok.insert(peer);
         }
     }
@@ -247,5 +259,37 @@ mod tests {
         }
         assert_eq!(r.via.len(), MAX_RELAYED_PEERS);
         assert!(r.new_relayed.len() <= MAX_RELAYED_PEERS);
+    }
+
+    /// Review finding (#16): a pin from an earlier direct tunnel must not keep a later
+    /// relayed pair to the same address from working, and only the live tunnel's pair
+    /// is pinned (a cap on a growing set once let pins silently stop working).
+    #[test]
+    fn a_pin_holds_for_the_live_tunnel_only() {
+        let server: SocketAddr = "192.0.2.1:3478".parse().unwrap();
+        let peer: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        let mut r = Routes::default();
+        r.set_relay_server(Some(server));
+        r.permitted.insert(peer.ip());
+        r.route_direct(peer);
+        assert_eq!(
+            r.accept_data_indication(peer),
+            Some(false),
+            "pinned: not relayed"
+        );
+        assert_eq!(r.quic_hop(peer), Hop::Direct(peer));
+        // The tunnel ended; a new attempt starts and the peer checks our relay.
+        r.unpin();
+        assert_eq!(r.accept_data_indication(peer), Some(true), "relayed again");
+        assert!(matches!(r.quic_hop(peer), Hop::Relay { .. }));
+        // Many tunnels over an engine's life: the newest pin always holds.
+        for port in 0..200u16 {
+            r.route_direct(SocketAddr::new(peer.ip(), 10_000 + port));
+        }
+        let now = SocketAddr::new(peer.ip(), 20_000);
+        r.route_direct(now);
+        assert_eq!(r.pinned_direct.len(), 1);
+        assert_eq!(r.accept_data_indication(now), Some(false));
+        assert_eq!(r.quic_hop(now), Hop::Direct(now));
     }
 }

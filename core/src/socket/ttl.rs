@@ -21,7 +21,12 @@ pub(crate) fn send_with_ttl(
     ttl: u8,
 ) -> io::Result<()> {
     use std::mem::size_of;
-    let (level, kind) = if to.is_ipv4() {
+    // An IPv4-mapped IPv6 destination leaves on the IPv4 path, which reads IP_TTL.
+    let v4 = match to {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+    };
+    let (level, kind) = if v4 {
         (libc::IPPROTO_IP, libc::IP_TTL)
     } else {
         (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT)

@@ -267,15 +267,40 @@ impl TurnClient {
     pub async fn permit(&self, ips: &[IpAddr]) -> Result<()> {
         let mut all = lock(&self.permissions).clone();
         for ip in ips {
-            if !all.contains(ip) && ip.is_ipv4() == self.relayed.is_ipv4() {
+            if !all.contains(ip) && ip.is_ipv4() == self.relayed.is_ipv4() && relayable(ip) {
                 all.push(*ip);
             }
         }
         if all.is_empty() {
             return Ok(());
         }
+        let all = match self.create_permission(&all).await {
+            Ok(()) => all,
+            Err(batch) => {
+                // A server refuses the whole request for one address it will not relay
+                // to (`403 Forbidden IP`, e.g. a range in coturn's `denied-peer-ip`):
+                // ask for each address alone and keep those it grants.
+                let mut granted = Vec::new();
+                for ip in &all {
+                    if self.create_permission(&[*ip]).await.is_ok() {
+                        granted.push(*ip);
+                    }
+                }
+                if granted.is_empty() {
+                    return Err(batch);
+                }
+                tracing::debug!(error = %batch, granted = ?granted, "relay permissions granted one by one");
+                granted
+            }
+        };
+        self.agent.socket().set_permitted(&all);
+        *lock(&self.permissions) = all;
+        Ok(())
+    }
+
+    /// One CreatePermission request for `peers`.
+    async fn create_permission(&self, peers: &[IpAddr]) -> Result<()> {
         let tid_dummy = [0u8; 12];
-        let peers = all.clone();
         self.request(METHOD_CREATE_PERMISSION, || {
             peers
                 .iter()
@@ -287,10 +312,8 @@ impl TurnClient {
                 })
                 .collect()
         })
-        .await?;
-        self.agent.socket().set_permitted(&all);
-        *lock(&self.permissions) = all;
-        Ok(())
+        .await
+        .map(|_| ())
     }
 
     /// Binds (or refreshes) a channel for `peer`; returns its number. The socket frames
@@ -368,6 +391,13 @@ fn turn_error(target: &RelayTarget, what: &str, code: u16, reason: &str) -> Erro
         target.server,
         if hint.is_empty() { "" } else { ": " }
     ))
+}
+
+/// Whether a TURN server can relay to `ip` at all: never to loopback, unspecified or
+/// multicast addresses (coturn refuses them with `403 Forbidden IP`, and a peer's
+/// loopback host candidate is meaningless to a relay).
+fn relayable(ip: &IpAddr) -> bool {
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast())
 }
 
 #[cfg(test)]
