@@ -31,10 +31,16 @@ pub(crate) fn newer_peer_offer(shared: &Shared, data: &str) -> Option<String> {
     }
     let fresh = unix_now().abs_diff(offer.ts) <= OFFER_WINDOW.as_secs();
     let supersedes =
-        // Strictly newer: offers carry whole seconds, and a genuine offer of the same
-        // second that we never adopted could otherwise be replayed to restart us.
-        offer.id != current.id && !peer.left_behind(&offer.id) && offer.ts > current.ts && fresh;
+        offer.id != current.id && !peer.left_behind(&offer.id) && later(&offer, current) && fresh;
     supersedes.then_some(offer.id)
+}
+
+/// Whether `offer` came after `current`. Offers carry whole seconds: within the same
+/// second only a new process (another certificate: a peer killed and started again at
+/// once) counts, so a genuine offer of the same process and second that we never
+/// adopted cannot be replayed to restart us.
+fn later(offer: &Offer, current: &Offer) -> bool {
+    offer.ts > current.ts || (offer.ts == current.ts && offer.fp != current.fp)
 }
 
 /// Resolves with the id of a newer peer offer seen in the mailbox.
