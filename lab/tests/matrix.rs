@@ -529,7 +529,15 @@ fn write_doc(tables: &str, runs: usize, took: Duration) {
          one byte written to the forwarded port comes back echoed through the tunnel; a run succeeds when it does \
          within {} s and a 64 KiB echo after it is intact. Paths are what the client used at its first byte. Without a \
          relay, hopeless cells (symmetric with symmetric or port-restricted) stop at their first reported failure, and \
-         run {} times each (`STUNFWD_MATRIX_HOPELESS_RUNS`): each run spends a whole punch timeout failing.\n\n{tables}",
+         run {} times each (`STUNFWD_MATRIX_HOPELESS_RUNS`): each run spends a whole punch timeout failing.\n\n{tables}\n\
+         **The detected column** is what each engine reported right after the run's first byte. The quick types \
+         (`cone`, `nat`, `symmetric`: servers compared, one round trip) are what an engine knows when it connects; \
+         the RFC 5780 types (`full-cone`, `port-restricted`, ...) come from the background detection about 1.8 s \
+         later, so a run that connects first shows the quick type. patchbay's address-restricted NAT keeps one set of \
+         contacted addresses per router rather than per mapping, so once an engine's quick discovery has contacted \
+         coturn's second address its background test sees that address let in and reports full-cone; on a real \
+         per-mapping NAT the fresh socket of the background test would not be confounded (`lab/tests/nat_kinds.rs` \
+         checks detection on a fresh NAT). Runs of a cell share its NATs (one world per cell).\n",
         took.as_secs_f64() / 60.0,
         RUN_DEADLINE.as_secs(),
         hopeless_runs(runs),

@@ -89,3 +89,45 @@ pub(crate) async fn peer_replaced(shared: &Shared) -> String {
         id = watch_room(shared) => id,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::proto::Role;
+
+    fn offer(id: &str, ts: u64, fp: &str) -> Offer {
+        Offer {
+            role: Role::Server,
+            id: id.into(),
+            nonce: Offer::new_nonce(),
+            ts,
+            candidates: vec![],
+            host_count: 0,
+            relay_count: 0,
+            turn: false,
+            fp: fp.into(),
+            nat: "cone".into(),
+        }
+    }
+
+    /// Review finding (#16): within one second only a new process's offer is newer, so
+    /// a replayed earlier offer of the same process cannot restart us, while a peer
+    /// killed and started again within the second still is met at once.
+    #[test]
+    fn a_later_offer_is_a_later_second_or_a_new_process() {
+        let current = offer("b", 100, "fp1");
+        assert!(later(&offer("c", 101, "fp1"), &current), "a later second");
+        assert!(
+            later(&offer("c", 100, "fp2"), &current),
+            "a new process, same second"
+        );
+        assert!(
+            !later(&offer("a", 100, "fp1"), &current),
+            "same process, same second"
+        );
+        assert!(
+            !later(&offer("a", 99, "fp2"), &current),
+            "an earlier second"
+        );
+    }
+}
