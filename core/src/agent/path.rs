@@ -11,24 +11,21 @@ use crate::stun::client::NatType;
 /// How the relay may be used in this attempt, decided at its start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayPlan {
-    /// A relay is configured and the policy is not `never`.
+    /// A relay is configured and the policy is not `never`: the attempt allocates
+    /// before posting its offer, so the relayed candidate is gathered and checked
+    /// alongside the direct ones (ICE-style).
     pub allowed: bool,
     /// Policy `always`: every packet goes through the relay.
     pub always: bool,
-    /// Allocate before posting our offer, so the relayed candidate is gathered and
-    /// checked alongside the direct ones (ICE-style): whenever the relay is allowed.
-    pub allocate_now: bool,
 }
 
 /// The relay plan of an attempt; `configured` when a TURN server is set. The relay is
 /// a path like any other: when allowed it is gathered at the start and checked in
 /// parallel with the direct candidates, never only after direct has failed.
 pub fn relay_plan(policy: RelayPolicy, configured: bool) -> RelayPlan {
-    let allowed = configured && policy != RelayPolicy::Never;
     RelayPlan {
-        allowed,
+        allowed: configured && policy != RelayPolicy::Never,
         always: policy == RelayPolicy::Always,
-        allocate_now: allowed,
     }
 }
 

@@ -29,13 +29,24 @@ fn list(
     direct: bool,
     t0: Instant,
 ) -> Checklist {
+    list_opening(remote, timeout_ms, keep_going, direct, None, t0)
+}
+
+fn list_opening(
+    remote: &[&str],
+    timeout_ms: u64,
+    keep_going: bool,
+    direct: bool,
+    opener: Option<Opener>,
+    t0: Instant,
+) -> Checklist {
     Checklist::with_seed(
         ChecklistConfig {
             remote: remote.iter().map(|s| a(s)).collect(),
             timeout: Duration::from_millis(timeout_ms),
             keep_going,
             direct,
-            opener: None,
+            opener,
         },
         t0,
         7,
@@ -383,13 +394,13 @@ fn gathering_orders_host_then_mapped_then_relayed() {
 fn relay_is_used_when_direct_is_hopeless_and_never_against_policy() {
     let auto = relay_plan(RelayPolicy::Auto, true);
     assert!(
-        auto.allowed && auto.allocate_now && !auto.always,
+        auto.allowed && !auto.always,
         "auto gathers the relay at the start (#16)"
     );
-    assert!(relay_plan(RelayPolicy::Always, true).allocate_now);
+    assert!(relay_plan(RelayPolicy::Always, true).allowed);
     assert!(!relay_plan(RelayPolicy::Never, true).allowed);
-    assert!(!relay_plan(RelayPolicy::Never, true).allocate_now);
-    assert!(!relay_plan(RelayPolicy::Auto, false).allocate_now);
+    assert!(!relay_plan(RelayPolicy::Never, true).always);
+    assert!(!relay_plan(RelayPolicy::Auto, false).allowed);
 
     let sym = NatType::Symmetric;
     let port_restricted = offer("port-restricted", &["203.0.113.1:1"], 0, 0, true);
@@ -569,20 +580,11 @@ fn relay_refresh_keeps_well_inside_the_lifetime() {
 }
 
 fn with_openers(remote: &[&str], t0: Instant) -> Checklist {
-    Checklist::with_seed(
-        ChecklistConfig {
-            remote: remote.iter().map(|s| a(s)).collect(),
-            timeout: Duration::from_secs(10),
-            keep_going: false,
-            direct: false,
-            opener: Some(Opener {
-                ttl: 3,
-                lead: OPENER_LEAD,
-            }),
-        },
-        t0,
-        7,
-    )
+    let opener = Opener {
+        ttl: 3,
+        lead: OPENER_LEAD,
+    };
+    list_opening(remote, 10_000, false, false, Some(opener), t0)
 }
 
 /// #16: every candidate first gets one low-TTL opener, at once; the full-TTL rounds

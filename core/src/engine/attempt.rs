@@ -251,7 +251,7 @@ pub(crate) async fn connect_once(
     // task: a slow or dead relay costs this attempt at most `RELAY_GATHER_WAIT` after
     // discovery (its candidate is then left out), and a late allocation is kept for
     // the next attempt.
-    let allocation = plan.allocate_now.then(|| {
+    let allocation = plan.allowed.then(|| {
         let shared = shared.clone();
         // Not aborted with the attempt: an allocation cut off half-way would leave
         // the socket routing to a relay that has no allocation for us. It ends with

@@ -48,6 +48,15 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
         // reports it as a peer authentication failure.
         let auth_failed = matches!(attempt, Err(Attempt::AuthFailed(_)));
         shared.auth_failed.store(auth_failed, Ordering::Relaxed);
+        // Once connected, a pair that looks hopeless now (a NAT that changed its
+        // behaviour, or was measured while it rebooted) has been punchable before:
+        // keep trying on the back-off instead of giving up for good.
+        let attempt = match attempt {
+            Err(Attempt::Fatal(e @ Error::NoPath { .. })) if connected_before => {
+                Err(Attempt::Retry(e.to_string()))
+            }
+            other => other,
+        };
         match attempt {
             Ok(Some((conn, path))) => {
                 backoff.reset();
@@ -103,27 +112,6 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
             }
             // Waiting for the peer's offer timed out: nothing failed, just ask again.
             Ok(None) => {}
-            // Once connected, a pair that looks hopeless now (a NAT that changed its
-            // behaviour, or measured wrong while it rebooted) has been punchable
-            // before: keep trying on the back-off instead of giving up for good.
-            Err(Attempt::Fatal(e @ Error::NoPath { .. })) if connected_before => {
-                let reason = e.to_string();
-                let delay = backoff.failed();
-                tracing::info!(attempt = backoff.failures(), %reason, "connect attempt failed");
-                shared.fail_reason(reason.clone());
-                shared.set_state(State::Reconnecting {
-                    attempt: backoff.failures(),
-                    reason,
-                });
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                    id = peer_moved_on(&shared) => {
-                        tracing::info!(peer_offer = %id, "the peer started over; retrying now");
-                        backoff.reset();
-                    }
-                }
-            }
             Err(Attempt::Fatal(e)) => {
                 let reason = e.to_string();
                 tracing::warn!(%reason, "giving up");
