@@ -398,10 +398,10 @@ fn nat_reboot_with_a_new_public_port_recovers_within_seconds() {
         let transfer = {
             let (cdev, port) = (p.cdev.clone(), p.local_port);
             tokio::spawn(async move {
-                echo_through(&cdev, port, data(30 << 20), Duration::from_secs(30)).await
+                echo_through(&cdev, port, data(200 << 20), Duration::from_secs(30)).await
             })
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let rb = &p.routers.1;
         let wan = rb
             .interfaces()
