@@ -21,11 +21,14 @@ pub struct EngineState {
     pub path: Option<String>,
     /// `connected`: the peer's address on that path, `host:port`.
     pub peer: Option<String>,
+    /// `connected`: how the path was found.
+    #[napi(ts_type = "'checks' | 'birthday' | 'relay'")]
+    pub technique: Option<String>,
     /// `reconnecting`: consecutive failed attempts (0 right after a tunnel was lost).
     pub attempt: Option<u32>,
     /// `reconnecting` and `failed`: what went wrong.
     pub reason: Option<String>,
-    /// A one-line description, e.g. `connected (lan to 127.0.0.1:40000)`.
+    /// A one-line description, e.g. `connected (lan to 127.0.0.1:40000, found by checks)`.
     pub text: String,
 }
 
@@ -35,14 +38,20 @@ impl From<&core::State> for EngineState {
             state: s.name().to_owned(),
             path: None,
             peer: None,
+            technique: None,
             attempt: None,
             reason: None,
             text: s.to_string(),
         };
         match s {
-            core::State::Connected { path, peer } => {
+            core::State::Connected {
+                path,
+                peer,
+                technique,
+            } => {
                 out.path = Some(path.as_str().to_owned());
                 out.peer = Some(peer.to_string());
+                out.technique = Some(technique.as_str().to_owned());
             }
             core::State::Reconnecting { attempt, reason } => {
                 out.attempt = Some(*attempt);

@@ -14,6 +14,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod agent;
+pub(crate) mod birthday;
 pub mod blocking;
 pub mod config;
 pub mod engine;

@@ -301,7 +301,7 @@ pub fn render(stats: &Stats) -> String {
         );
     }
 
-    let counters: [(&str, &str, u64); 6] = [
+    let counters: [(&str, &str, u64); 8] = [
         (
             "stunfwd_reconnects_total",
             "Tunnels re-established after loss.",
@@ -311,6 +311,16 @@ pub fn render(stats: &Stats) -> String {
             "stunfwd_path_changes_total",
             "Times the live tunnel moved to a new peer address without reconnecting.",
             stats.path_changes,
+        ),
+        (
+            "stunfwd_birthday_sockets_total",
+            "Sockets birthday punching opened (symmetric side).",
+            stats.birthday_sockets,
+        ),
+        (
+            "stunfwd_birthday_packets_total",
+            "Packets birthday punching sent (openers, probes, checks back).",
+            stats.birthday_packets,
         ),
         (
             "stunfwd_stun_discoveries_total",
@@ -465,9 +475,11 @@ mod tests {
             state: State::Connected {
                 path: PathKind::Lan,
                 peer: "127.0.0.1:2".parse().expect("addr"),
+                technique: crate::status::Technique::Checks,
             },
             path: Some(PathKind::Lan),
             peer_addr: None,
+            technique: Some(crate::status::Technique::Checks),
             relay_server: None,
             local_addr: "127.0.0.1:1".parse().expect("addr"),
             public_addr: None,
@@ -494,6 +506,8 @@ mod tests {
             },
             reconnects: 0,
             path_changes: 0,
+            birthday_sockets: 0,
+            birthday_packets: 0,
             stun_discoveries: 1,
             signaling_requests: 3,
             offers_rejected: 0,

@@ -15,7 +15,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
@@ -25,8 +25,10 @@ use crate::stun::message::is_stun_first_byte;
 use crate::sync::{lock, read, write};
 use crate::turn::wire;
 use routes::{frame, Hop, Routes};
+use side::Side;
 
 mod routes;
+mod side;
 mod ttl;
 
 /// A STUN datagram taken off the shared socket.
@@ -87,6 +89,17 @@ pub(crate) struct DemuxSocket {
     /// A second handle on the real socket, for datagrams with their own TTL
     /// ([`DemuxSocket::send_opener`]); unset when the socket is not a plain UDP socket.
     raw: std::sync::OnceLock<std::net::UdpSocket>,
+    /// The birthday-punching socket that carries one peer's traffic (`socket::side`),
+    /// if one won this attempt.
+    side: RwLock<Option<Side>>,
+    /// `side` is set: checked before its lock on every send and receive.
+    has_side: AtomicBool,
+    /// quinn's receive task, woken when a side socket joins (its next `poll_recv` polls
+    /// that socket too).
+    recv_waker: atomic_waker::AtomicWaker,
+    /// The last receive read the side socket: the next reads the main one first, so a
+    /// busy tunnel on the side socket never starves STUN and TURN on the main one.
+    side_last: AtomicBool,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -110,6 +123,10 @@ impl DemuxSocket {
                 has_unwrapped: AtomicBool::new(false),
                 relayed_peers_added: Notify::new(),
                 raw: std::sync::OnceLock::new(),
+                side: RwLock::new(None),
+                has_side: AtomicBool::new(false),
+                recv_waker: atomic_waker::AtomicWaker::new(),
+                side_last: AtomicBool::new(false),
             }),
             stun_rx,
         )
@@ -240,6 +257,9 @@ impl DemuxSocket {
             segment_size: None,
             src_ip: None,
         };
+        if let Some(sent) = self.try_send_side(&transmit) {
+            return sent;
+        }
         let mut poller = None;
         for _ in 0..64 {
             match self.inner.try_send(&transmit) {
@@ -256,7 +276,7 @@ impl DemuxSocket {
         ))
     }
 
-    fn divert(&self, from: SocketAddr, data: &[u8], relayed: bool) {
+    pub(super) fn divert(&self, from: SocketAddr, data: &[u8], relayed: bool) {
         let datagram = StunDatagram {
             from,
             data: data.to_vec(),
@@ -377,17 +397,28 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if let Some(sent) = self.try_send_side(transmit) {
+            return sent;
+        }
         let to = transmit.destination;
         let hop = self.routes().map_or(Hop::Direct(to), |r| r.quic_hop(to));
         match hop {
             Hop::Direct(to) if to == transmit.destination => self.inner.try_send(transmit),
-            Hop::Direct(to) => self.inner.try_send(&Transmit {
-                destination: to,
-                ecn: transmit.ecn,
-                contents: transmit.contents,
-                segment_size: transmit.segment_size,
-                src_ip: transmit.src_ip,
-            }),
+            Hop::Direct(to) => {
+                let aliased = Transmit {
+                    destination: to,
+                    ecn: transmit.ecn,
+                    contents: transmit.contents,
+                    segment_size: transmit.segment_size,
+                    src_ip: transmit.src_ip,
+                };
+                // An alias may point at the side socket's peer (a relayed tunnel that
+                // birthday punching moved to a direct path).
+                match self.try_send_side(&aliased) {
+                    Some(sent) => sent,
+                    None => self.inner.try_send(&aliased),
+                }
+            }
             Hop::Relay {
                 server,
                 peer,
@@ -418,6 +449,9 @@ impl AsyncUdpSocket for DemuxSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        // Registered before `has_side` is read: a side socket that joins after this
+        // read wakes this task, which then polls it too.
+        self.recv_waker.register(cx.waker());
         loop {
             if self.has_unwrapped.load(Ordering::Acquire) {
                 let n = self.take_held(bufs, meta);
@@ -425,7 +459,27 @@ impl AsyncUdpSocket for DemuxSocket {
                     return Poll::Ready(Ok(n));
                 }
             }
-            let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
+            let side_first = self.has_side.load(Ordering::Acquire)
+                && !self.side_last.swap(false, Ordering::Relaxed);
+            if side_first {
+                if let Some(n) = self.poll_recv_side(cx, bufs, meta) {
+                    if n > 0 {
+                        return Poll::Ready(Ok(n));
+                    }
+                    continue;
+                }
+            }
+            let n = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(r) => r?,
+                Poll::Pending if self.has_side.load(Ordering::Acquire) && !side_first => {
+                    match self.poll_recv_side(cx, bufs, meta) {
+                        Some(n) if n > 0 => return Poll::Ready(Ok(n)),
+                        Some(_) => continue,
+                        None => return Poll::Pending,
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            };
             let relay = self.routes().and_then(|r| r.server);
             let mut kept = 0;
             for i in 0..n {
@@ -474,31 +528,16 @@ impl AsyncUdpSocket for DemuxSocket {
                         FromRelay::Quic { .. } => {}
                     }
                 }
-                let stride = m.stride.max(1);
-                let mut all_stun = true;
-                for start in (0..m.len).step_by(stride) {
-                    let end = (start + stride).min(m.len);
-                    let segment = &bufs[i][start..end];
-                    if segment.first().is_some_and(|b| is_stun_first_byte(*b)) {
-                        self.divert(m.addr, segment, false);
-                    } else {
-                        all_stun = false;
-                    }
-                }
                 // A GRO batch that mixes STUN and QUIC is left whole: quinn drops the
                 // STUN segments as unparsable, the QUIC ones are kept.
-                if all_stun && m.len > 0 {
+                if self.divert_stun(&m, &bufs[i]) {
                     continue;
                 }
                 if !through_relay && Some(m.addr) != relay {
                     self.direct_arrival(&mut m);
                     meta[i] = m;
                 }
-                if kept != i {
-                    let (head, tail) = bufs.split_at_mut(i);
-                    head[kept][..m.len].copy_from_slice(&tail[0][..m.len]);
-                    meta[kept] = m;
-                }
+                keep(bufs, meta, i, kept, m);
                 kept += 1;
             }
             if kept > 0 {
@@ -528,7 +567,7 @@ impl DemuxSocket {
     /// QUIC that arrived straight from `m.addr` (not through the relay): moves a
     /// proven relayed peer to the direct path, and presents an aliased address as the
     /// connection's.
-    fn direct_arrival(&self, m: &mut RecvMeta) {
+    pub(super) fn direct_arrival(&self, m: &mut RecvMeta) {
         let Some(r) = self.routes() else {
             return;
         };
@@ -553,6 +592,39 @@ impl DemuxSocket {
             m.addr = conn_addr;
         }
     }
+}
+
+impl DemuxSocket {
+    /// Diverts the STUN segments of datagram `m` (in `buf`) to the STUN channel; true
+    /// when nothing else is left in it.
+    pub(super) fn divert_stun(&self, m: &RecvMeta, buf: &[u8]) -> bool {
+        let stride = m.stride.max(1);
+        let mut all_stun = m.len > 0;
+        for start in (0..m.len).step_by(stride) {
+            let segment = &buf[start..(start + stride).min(m.len)];
+            if segment.first().is_some_and(|b| is_stun_first_byte(*b)) {
+                self.divert(m.addr, segment, false);
+            } else {
+                all_stun = false;
+            }
+        }
+        all_stun
+    }
+}
+
+/// Moves datagram `i` (described by `m`) to position `kept` of the receive batch.
+pub(super) fn keep(
+    bufs: &mut [IoSliceMut<'_>],
+    meta: &mut [RecvMeta],
+    i: usize,
+    kept: usize,
+    m: RecvMeta,
+) {
+    if kept != i {
+        let (head, tail) = bufs.split_at_mut(i);
+        head[kept][..m.len].copy_from_slice(&tail[0][..m.len]);
+    }
+    meta[kept] = m;
 }
 
 /// Our host candidates: the bound address, or every interface address of the socket's
@@ -616,11 +688,8 @@ mod tests {
         (ep, rx)
     }
 
-    /// Every QUIC packet must reach quinn through the demultiplexer. With QUIC-bit
-    /// greasing on, about one short-header packet in 32 started with a byte below 4 and
-    /// was taken for STUN; DATAGRAM frames in it were lost for good.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn no_quic_packet_is_mistaken_for_stun() {
+    /// A server and a client config that trust each other (pinned fingerprints).
+    fn pinned_configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
         let (ids, idc) = (
             Identity::generate().expect("id"),
             Identity::generate().expect("id"),
@@ -629,7 +698,95 @@ mod tests {
         ps.set(Some(idc.fingerprint()));
         pc.set(Some(ids.fingerprint()));
         let perf = Performance::default();
-        let (se, _srx) = endpoint(Some(server_config(&ids, ps, &perf).expect("server config")));
+        (
+            server_config(&ids, ps, &perf).expect("server config"),
+            client_config(&idc, pc, &perf).expect("client config"),
+        )
+    }
+
+    /// Birthday punching (#17): a side socket that joins the tunnel socket carries one
+    /// peer's QUIC both ways (the server sees the side socket's address, never the
+    /// main one's), and STUN arriving on it reaches the STUN channel like the main
+    /// socket's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_side_socket_carries_one_peers_tunnel_and_stun() {
+        let (server_cfg, client_cfg) = pinned_configs();
+        let (se, _srx) = endpoint(Some(server_cfg));
+        let server_addr = se.local_addr().expect("addr");
+
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let main = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        main.set_nonblocking(true).expect("non-blocking");
+        let main_addr = main.local_addr().expect("addr");
+        let (demux, mut crx) = DemuxSocket::new(runtime.wrap_udp_socket(main).expect("wrap"));
+        let ce = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config(),
+            None,
+            demux.clone(),
+            runtime,
+        )
+        .expect("endpoint");
+        let side = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let side_addr = side.local_addr().expect("addr");
+        assert_eq!(demux.side_peer(), None);
+        demux.adopt_side(side, server_addr).expect("adopt");
+        assert_eq!(demux.side_peer(), Some(server_addr));
+
+        let accept = tokio::spawn(async move {
+            let conn = se
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("connection");
+            let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
+            let got = recv.read_to_end(1 << 20).await.expect("read");
+            send.write_all(&got).await.expect("echo");
+            send.finish().expect("finish");
+            let _ = send.stopped().await;
+            (conn.remote_address(), se)
+        });
+        let conn = ce
+            .connect_with(client_cfg.clone(), server_addr, "stunfwd")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31) as u8).collect();
+        let (mut send, mut recv) = conn.open_bi().await.expect("open");
+        send.write_all(&data).await.expect("write");
+        send.finish().expect("finish");
+        let echoed = recv.read_to_end(1 << 20).await.expect("read echo");
+        assert!(echoed == data, "the echo through the side socket is intact");
+        let (seen, _se) = accept.await.expect("accept task");
+        assert_eq!(
+            seen, side_addr,
+            "the server saw the side socket, not {main_addr}"
+        );
+
+        // STUN to the side socket goes to the STUN channel, marked as not relayed.
+        let stray = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let request = crate::stun::message::binding_request([7u8; 12]);
+        stray.send_to(&request, side_addr).expect("send");
+        let got = tokio::time::timeout(Duration::from_secs(2), crx.recv())
+            .await
+            .expect("STUN arrives")
+            .expect("channel open");
+        assert_eq!(
+            (got.from, got.relayed),
+            (stray.local_addr().expect("addr"), false)
+        );
+
+        demux.clear_side();
+        assert_eq!(demux.side_peer(), None);
+    }
+
+    /// Every QUIC packet must reach quinn through the demultiplexer. With QUIC-bit
+    /// greasing on, about one short-header packet in 32 started with a byte below 4 and
+    /// was taken for STUN; DATAGRAM frames in it were lost for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_quic_packet_is_mistaken_for_stun() {
+        let (server_cfg, client_cfg) = pinned_configs();
+        let (se, _srx) = endpoint(Some(server_cfg));
         let (ce, _crx) = endpoint(None);
         let addr = se.local_addr().expect("addr");
         let accept = tokio::spawn(async move {
@@ -640,11 +797,7 @@ mod tests {
                 .expect("connection")
         });
         let conn = ce
-            .connect_with(
-                client_config(&idc, pc, &perf).expect("client config"),
-                addr,
-                "stunfwd",
-            )
+            .connect_with(client_cfg.clone(), addr, "stunfwd")
             .expect("connect")
             .await
             .expect("handshake");

@@ -188,6 +188,8 @@ pub struct Stats {
     pub path: Option<PathKind>,
     /// The peer's address, when connected.
     pub peer_addr: Option<SocketAddr>,
+    /// How the tunnel's path was found (`checks`, `birthday`, `relay`), when connected.
+    pub technique: Option<crate::status::Technique>,
     /// The TURN relay carrying the tunnel (`url (address)`), when the path is `relay`.
     pub relay_server: Option<String>,
     /// Our socket's local address.
@@ -211,6 +213,10 @@ pub struct Stats {
     /// Times the live tunnel moved to a new peer address (QUIC migration after the
     /// peer's NAT mapping changed), without reconnecting.
     pub path_changes: u64,
+    /// Sockets birthday punching has opened (on the symmetric side), all attempts.
+    pub birthday_sockets: u64,
+    /// Packets birthday punching has sent (openers, probes, checks back), all attempts.
+    pub birthday_packets: u64,
     /// STUN discoveries performed (not served from cache).
     pub stun_discoveries: u64,
     /// HTTP requests sent to the rendezvous server.

@@ -35,6 +35,31 @@ impl PathKind {
     }
 }
 
+/// Which punching technique found the path the tunnel runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Technique {
+    /// Connectivity checks to the candidates both offers list (interface,
+    /// STUN-mapped, peer-reflexive addresses), opened by low-TTL openers.
+    Checks,
+    /// Birthday punching between a symmetric NAT and a port-restricted one: many
+    /// sockets on one side, many probes from the other.
+    Birthday,
+    /// The TURN relay.
+    Relay,
+}
+
+impl Technique {
+    /// `checks`, `birthday` or `relay`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Technique::Checks => "checks",
+            Technique::Birthday => "birthday",
+            Technique::Relay => "relay",
+        }
+    }
+}
+
 /// Where the engine is in its life.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -53,6 +78,8 @@ pub enum State {
         path: PathKind,
         /// The peer's address on it.
         peer: SocketAddr,
+        /// How that path was found.
+        technique: Technique,
     },
     /// Not connected; retrying after a failure or after the tunnel was lost.
     Reconnecting {
@@ -99,7 +126,16 @@ impl State {
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            State::Connected { path, peer } => write!(f, "connected ({} to {peer})", path.as_str()),
+            State::Connected {
+                path,
+                peer,
+                technique,
+            } => write!(
+                f,
+                "connected ({} to {peer}, found by {})",
+                path.as_str(),
+                technique.as_str()
+            ),
             State::Reconnecting { attempt, reason } => {
                 write!(f, "reconnecting (attempt {attempt}: {reason})")
             }

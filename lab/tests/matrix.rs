@@ -12,7 +12,7 @@
 //! (runs of hopeless cells without a relay, default R), `STUNFWD_MATRIX_FILTER`
 //! (comma-separated substrings of cell names such as
 //! `linux-masquerade~linux-masquerade/no-relay/plain`), `STUNFWD_MATRIX_PARALLEL`
-//! (labs at a time, default 3), `STUNFWD_MATRIX_PUNCH_TTL` (`performance.punchTtl`
+//! (labs at a time, default 3), `STUNFWD_MATRIX_LOG` (a level: print the engines' logs), `STUNFWD_MATRIX_PUNCH_TTL` (`performance.punchTtl`
 //! of every engine; 0 turns punching's openers off), `STUNFWD_WRITE_MATRIX=1` (write
 //! docs/nat-matrix.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -22,12 +22,17 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use patchbay::Device;
+use patchbay::{Device, Router};
 use stunfwd_core::{Engine, PathKind, State};
 use stunfwd_lab::*;
 
 /// How long one run may take before it counts as failed.
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
+/// The most a cell that is not hopeless may take, median, to its first byte.
+const MAX_MEDIAN_TTFB: Duration = Duration::from_secs(3);
+/// The most conntrack entries a connect without birthday punching may leave on a NAT
+/// router.
+const MAX_EASY_ENTRIES: usize = 16;
 /// A hopeless cell without a relay must report its failure within this.
 const FAIL_FAST: Duration = Duration::from_secs(20);
 
@@ -100,16 +105,13 @@ impl CellSpec {
         matches!(self.server, Side::SameNat { .. })
     }
 
-    /// Issue #16's "hopeless": symmetric on both sides, or symmetric with a
-    /// port-restricted NAT (a Linux masquerade router and double NAT are
-    /// port-restricted). Sequential and preserving symmetric NATs count as symmetric.
+    /// "Hopeless" (issue #17): symmetric on both sides. A symmetric NAT with a
+    /// port-restricted one (a Linux masquerade router and double NAT are
+    /// port-restricted) is birthday punching's cell. Sequential and preserving
+    /// symmetric NATs count as symmetric.
     fn hopeless(&self) -> bool {
         let (a, b) = (self.server, self.client);
-        let pr = |s: Side| s.nat_type() == "port-restricted";
-        !self.same_nat()
-            && ((a.symmetric() && b.symmetric())
-                || (a.symmetric() && pr(b))
-                || (pr(a) && b.symmetric()))
+        !self.same_nat() && a.symmetric() && b.symmetric()
     }
 }
 
@@ -125,6 +127,16 @@ struct Run {
     /// The first failure the client reported (state reason or wait error), and when.
     failure: Option<(String, Duration)>,
     detail: String,
+    /// A first byte over the relay, then the client's path turned direct: when, from
+    /// the start of the client.
+    upgrade: Option<Duration>,
+    /// UDP conntrack entries on the server's and the client's NAT router (the most of
+    /// any one router of the site) once connected: what one connect costs.
+    conntrack: (usize, usize),
+    /// Packets birthday punching sent (both peers); sockets it opened.
+    birthday: (u64, u64),
+    /// How the client's path was found (its state's technique) at the end.
+    technique: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +162,27 @@ impl Cell {
             .collect();
         t.sort_by(|a, b| a.total_cmp(b));
         t
+    }
+
+    /// Median of the ok runs' values.
+    fn median_of(&self, f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
+        let mut v: Vec<f64> = self.runs.iter().filter(|r| r.ok).filter_map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[n / 2]),
+            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    }
+
+    fn techniques(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for r in self.runs.iter().filter(|r| r.ok) {
+            if let Some(t) = r.technique {
+                *m.entry(t).or_insert(0) += 1;
+            }
+        }
+        m
     }
 
     fn paths(&self) -> BTreeMap<&'static str, usize> {
@@ -229,13 +262,39 @@ async fn stop_engine(engine: Arc<Engine>) {
 }
 
 /// One repetition: fresh engines, fresh room.
+/// Most UDP conntrack entries on any one of `routers`.
+async fn udp_entries(routers: &[Router]) -> anyhow::Result<usize> {
+    let mut most = 0;
+    for r in routers {
+        most = most.max(conntrack_udp(r, None, None).await?.len());
+    }
+    Ok(most)
+}
+
+/// Forgets every conntrack entry of `routers` (the last run's engines are gone).
+async fn flush(routers: &[Router]) -> anyhow::Result<()> {
+    for r in routers {
+        router_output(r, "conntrack", &["-F"]).await?;
+    }
+    Ok(())
+}
+
+/// How long a run whose first byte went over the relay waits for the client's path
+/// to turn direct.
+const UPGRADE_WAIT: Duration = Duration::from_secs(10);
+
 async fn run_once(
     world: &World,
     spec: &CellSpec,
     (sdev, cdev): (&Device, &Device),
+    (srouters, crouters): (&[Router], &[Router]),
     echo: u16,
     rep: usize,
 ) -> anyhow::Result<Run> {
+    // Each run starts from empty connection tables, so the entries counted once it is
+    // connected are this connect's.
+    flush(srouters).await?;
+    flush(crouters).await?;
     let room = format!("matrix-{}-{rep}", world.id());
     let mut extra = if spec.relay {
         serde_json::json!({ "relay": world.relay_json() })
@@ -314,9 +373,42 @@ async fn run_once(
             (false, why)
         }
     };
+    // Over the relay first: the upgrade to a direct path is timed on its own (not in
+    // hopeless cells, which stay relayed).
+    let mut upgrade = None;
+    if ok && path == Some(PathKind::Relay) && !spec.hopeless() {
+        let until = Instant::now() + UPGRADE_WAIT;
+        while Instant::now() < until {
+            if let State::Connected {
+                path: PathKind::Direct,
+                ..
+            } = client.state()
+            {
+                upgrade = Some(started.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Counted once connected (and upgraded): every entry the connect made.
+    let conntrack = if same_site(srouters, crouters) {
+        let n = udp_entries(srouters).await?;
+        (n, n)
+    } else {
+        (udp_entries(srouters).await?, udp_entries(crouters).await?)
+    };
+    let technique = match client.state() {
+        State::Connected { technique, .. } => Some(technique.as_str()),
+        _ => None,
+    };
+    let (ss, cs) = (server.stats(), client.stats());
+    let birthday = (
+        ss.birthday_packets + cs.birthday_packets,
+        ss.birthday_sockets + cs.birthday_sockets,
+    );
     let detected = (
-        server.stats().nat_type.as_str().to_owned(),
-        client.stats().nat_type.as_str().to_owned(),
+        ss.nat_type.as_str().to_owned(),
+        cs.nat_type.as_str().to_owned(),
     );
     stop_engine(client).await;
     stop_engine(server).await;
@@ -327,7 +419,15 @@ async fn run_once(
         detected,
         failure,
         detail,
+        upgrade,
+        conntrack,
+        birthday,
+        technique,
     })
+}
+
+fn same_site(a: &[Router], b: &[Router]) -> bool {
+    a.first().map(|r| r.name()) == b.first().map(|r| r.name())
 }
 
 async fn measure(spec: CellSpec, runs: usize) -> Cell {
@@ -338,18 +438,39 @@ async fn measure(spec: CellSpec, runs: usize) -> Cell {
     };
     let result = async {
         let world = World::new(WorldOptions::default()).await?;
-        let (sdev, cdev) = if spec.same_nat() {
+        let routers = |s: &Site| -> Vec<Router> { s.nat_routers().into_iter().cloned().collect() };
+        let (sdev, cdev, srouters, crouters) = if spec.same_nat() {
             let site = world.add_site(spec.server.spec("lan")).await?;
-            (site.devices[0].clone(), site.devices[1].clone())
+            let r = routers(&site);
+            (
+                site.devices[0].clone(),
+                site.devices[1].clone(),
+                r.clone(),
+                r,
+            )
         } else {
             let s = world.add_site(spec.server.spec("ss")).await?;
             let c = world.add_site(spec.client.spec("cc")).await?;
-            (s.devices[0].clone(), c.devices[0].clone())
+            (
+                s.devices[0].clone(),
+                c.devices[0].clone(),
+                routers(&s),
+                routers(&c),
+            )
         };
         let echo = tcp_echo(&sdev).await?;
         for rep in 0..runs {
-            cell.runs
-                .push(run_once(&world, &spec, (&sdev, &cdev), echo, rep).await?);
+            cell.runs.push(
+                run_once(
+                    &world,
+                    &spec,
+                    (&sdev, &cdev),
+                    (&srouters, &crouters),
+                    echo,
+                    rep,
+                )
+                .await?,
+            );
         }
         drop(world);
         anyhow::Ok(())
@@ -363,7 +484,7 @@ async fn measure(spec: CellSpec, runs: usize) -> Cell {
 
 fn table(cells: &[&Cell]) -> String {
     let mut out = String::from(
-        "| server site | client site | success | median ms | worst ms | paths | detected (server/client) | detail |\n|---|---|---|---|---|---|---|---|\n",
+        "| server site | client site | success | median ms | worst ms | paths | found by | upgrade to direct, median ms | conntrack entries per router (server/client), median | birthday packets / sockets, median | detected (server/client) | detail |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in cells {
         let t = c.ttfbs();
@@ -397,13 +518,46 @@ fn table(cells: &[&Cell]) -> String {
             }
             _ => (c.spec.server.name(), c.spec.client.name()),
         };
+        let join = |m: BTreeMap<&'static str, usize>| {
+            let s = m
+                .iter()
+                .map(|(p, n)| format!("{p} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if s.is_empty() {
+                "-".to_owned()
+            } else {
+                s
+            }
+        };
+        let upgrades = c.runs.iter().filter(|r| r.upgrade.is_some()).count();
+        let upgrade = match c.median_of(|r| r.upgrade.map(|d| d.as_secs_f64() * 1000.0)) {
+            Some(m) => format!("{m:.0} ({upgrades} runs)"),
+            None => "-".into(),
+        };
+        let entries = match (
+            c.median_of(|r| Some(r.conntrack.0 as f64)),
+            c.median_of(|r| Some(r.conntrack.1 as f64)),
+        ) {
+            (Some(a), Some(b)) => format!("{a:.0}/{b:.0}"),
+            _ => "-".into(),
+        };
+        let birthday = match (
+            c.median_of(|r| Some(r.birthday.0 as f64)),
+            c.median_of(|r| Some(r.birthday.1 as f64)),
+        ) {
+            (Some(p), Some(s)) if p > 0.0 => format!("{p:.0} / {s:.0}"),
+            (Some(_), Some(_)) => "0".into(),
+            _ => "-".into(),
+        };
         out.push_str(&format!(
-            "| {server} | {client} | {}/{} | {} | {} | {} | {} | {} |\n",
+            "| {server} | {client} | {}/{} | {} | {} | {} | {} | {upgrade} | {entries} | {birthday} | {} | {} |\n",
             c.successes(),
             c.runs.len(),
             fmt(median.as_ref()),
             fmt(t.last()),
             if paths.is_empty() { "-".into() } else { paths },
+            join(c.techniques()),
             detected.join(", "),
             detail.replace('|', "/").replace('\n', " "),
         ));
@@ -421,6 +575,11 @@ fn table(cells: &[&Cell]) -> String {
 ///   never connect and report their failure (a state reason) within [`FAIL_FAST`],
 ///   not after a hang.
 /// - Two peers behind one NAT connect on the LAN path.
+/// - Issue #17: with a relay, a cell that is not hopeless ends on a direct path in as
+///   many runs (its first byte may go over the relay; the upgrade is timed); the
+///   median time to first byte of a cell that is not hopeless is at most
+///   [`MAX_MEDIAN_TTFB`]; a connect that needs no birthday punching costs each NAT
+///   router at most [`MAX_EASY_ENTRIES`] conntrack entries.
 fn check_targets(cells: &[Cell], runs: usize) -> Vec<String> {
     let need = runs - runs / 20;
     let mut bad = Vec::new();
@@ -450,6 +609,21 @@ fn check_targets(cells: &[Cell], runs: usize) -> Vec<String> {
                 bad.push(format!("{name}: {why} ({} path): {paths:?}", path.as_str()));
             }
         };
+        if !c.spec.hopeless() {
+            if let Some(m) = c.median_of(|r| r.ttfb.map(|d| d.as_secs_f64() * 1000.0)) {
+                if m > MAX_MEDIAN_TTFB.as_secs_f64() * 1000.0 {
+                    bad.push(format!("{name}: median time to first byte {m:.0} ms"));
+                }
+            }
+        }
+        for r in c.runs.iter().filter(|r| r.ok && r.birthday.0 == 0) {
+            if r.conntrack.0 > MAX_EASY_ENTRIES || r.conntrack.1 > MAX_EASY_ENTRIES {
+                bad.push(format!(
+                    "{name}: a connect without birthday punching left {:?} conntrack entries (server, client router)",
+                    r.conntrack
+                ));
+            }
+        }
         if c.spec.same_nat() {
             connects(&mut bad);
             only(&mut bad, PathKind::Lan, "peers behind one NAT use the LAN");
@@ -457,6 +631,17 @@ fn check_targets(cells: &[Cell], runs: usize) -> Vec<String> {
             connects(&mut bad);
             if c.spec.hopeless() {
                 only(&mut bad, PathKind::Relay, "a hopeless cell uses the relay");
+            } else {
+                let direct = c
+                    .runs
+                    .iter()
+                    .filter(|r| r.ok && (r.path != Some(PathKind::Relay) || r.upgrade.is_some()))
+                    .count();
+                if direct < need {
+                    bad.push(format!(
+                        "{name}: only {direct}/{runs} runs ended on a direct path"
+                    ));
+                }
             }
         } else if c.spec.hopeless() {
             if ok > 0 {
@@ -551,6 +736,14 @@ fn write_doc(tables: &str, runs: usize, took: Duration) {
 fn traversal_matrix() {
     if skip() {
         return;
+    }
+    // `STUNFWD_MATRIX_LOG=debug` prints the engines' logs (to see why a cell fails).
+    if let Ok(level) = std::env::var("STUNFWD_MATRIX_LOG") {
+        let level = level.parse().unwrap_or(tracing::Level::DEBUG);
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_test_writer()
+            .try_init();
     }
     let runs = runs_per_cell();
     let specs = selected(all_cells());

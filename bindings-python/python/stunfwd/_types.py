@@ -78,15 +78,17 @@ def _address(text: str) -> Address:
 class StateInfo:
     """A state with its details.
 
-    ``path`` and ``peer`` are set when connected; ``attempt`` and ``reason`` when
+    ``path``, ``peer`` and ``technique`` (``"checks"``, ``"birthday"`` or ``"relay"``:
+    how the path was found) are set when connected; ``attempt`` and ``reason`` when
     reconnecting (``attempt`` counts consecutive failures, 0 right after a tunnel was
     lost); ``reason`` when failed. ``str()`` gives the core's one-line description, e.g.
-    ``connected (lan to 127.0.0.1:40000)``.
+    ``connected (lan to 127.0.0.1:40000, found by checks)``.
     """
 
     state: State
     path: Optional[PathKind] = None
     peer: Optional[Address] = None
+    technique: Optional[str] = None
     attempt: Optional[int] = None
     reason: Optional[str] = None
     description: str = field(default="", repr=False, compare=False)
@@ -107,6 +109,7 @@ class StateInfo:
             state=State(d["state"]),
             path=PathKind(path) if path else None,
             peer=_address(peer) if peer else None,
+            technique=d.get("technique"),
             attempt=d.get("attempt"),
             reason=d.get("reason"),
             description=description,

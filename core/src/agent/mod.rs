@@ -5,6 +5,7 @@
 //! `crate::engine::attempt`, `crate::punch`) feeds it socket events and timers and
 //! carries out its decisions.
 //!
+//! - [`birthday`]: birthday punching between an easy and a hard (symmetric) NAT;
 //! - [`checklist`]: scheduling connectivity checks and their retransmissions,
 //!   nominating a pair, giving up;
 //! - [`path`]: gathering our candidates, choosing the path from both offers, when the
@@ -12,6 +13,7 @@
 //! - [`schedule`]: the reconnect back-off, the relay-to-direct upgrade probes, the
 //!   relay allocation's refresh, and how punching opens after failures.
 
+pub mod birthday;
 pub mod checklist;
 pub mod path;
 pub mod schedule;

@@ -2,7 +2,9 @@
 //! functions of what both offers say.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use crate::agent::birthday::Side;
 use crate::config::RelayPolicy;
 use crate::signal::proto::{Offer, Role};
 use crate::status::PathKind;
@@ -87,6 +89,9 @@ pub enum PathPlan {
 /// Decides the path once both offers are known. When the NAT types make direct
 /// hopeless and neither offer carries a relayed address, one side must relay: the
 /// server allocates if it can; the client only when the server cannot.
+///
+/// With `birthday` on, only symmetric with symmetric is hopeless: birthday punching
+/// reaches a symmetric NAT from a port-restricted one.
 pub fn plan_path(
     role: Role,
     our_nat: NatType,
@@ -94,11 +99,15 @@ pub fn plan_path(
     peer: &Offer,
     relay: RelayPlan,
     policy: RelayPolicy,
+    birthday: bool,
 ) -> PathPlan {
-    if !our_nat.hopeless_with(NatType::from_name(&peer.nat))
-        || peer.relay_count > 0
-        || our_relay_count > 0
-    {
+    let peer_nat = NatType::from_name(&peer.nat);
+    let hopeless = if birthday {
+        our_nat == NatType::Symmetric && peer_nat == NatType::Symmetric
+    } else {
+        our_nat.hopeless_with(peer_nat)
+    };
+    if !hopeless || peer.relay_count > 0 || our_relay_count > 0 {
         return PathPlan::Punch;
     }
     let we_allocate = relay.allowed && (role == Role::Server || !peer.turn);
@@ -144,4 +153,93 @@ pub fn path_kind(peer: &Offer, selected: SocketAddr, via_our_relay: bool) -> Pat
         Some(i) if i >= peer.candidates.len() - peer.relay_count => PathKind::Relay,
         _ => PathKind::Direct,
     }
+}
+
+/// How long punching runs plain checks before birthday punching starts when a NAT
+/// type is not known well enough to tell the hard side from the easy one (one STUN
+/// server without RFC 5780), or when birthday punching failed for this pair before: a
+/// pair that plain checks can connect does so within about 300 ms.
+pub const BIRTHDAY_ESCALATION: Duration = Duration::from_secs(1);
+
+/// One birthday session an attempt runs: our side, and how long after punching starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BirthdayStart {
+    /// Hard (we open the sockets) or easy (we probe).
+    pub side: Side,
+    /// Delay after the start of punching.
+    pub after: Duration,
+}
+
+/// Could this NAT map each destination to its own port? Known symmetric, or not
+/// known.
+fn may_be_hard(t: NatType) -> bool {
+    matches!(t, NatType::Symmetric | NatType::Nat | NatType::Unknown)
+}
+
+/// Could this NAT be endpoint-independent but filter by port, so that plain checks
+/// from a symmetric NAT cannot get in? (Full-cone and address-restricted NATs let a
+/// symmetric peer's checks in; plain checks connect them.)
+fn may_be_easy_and_strict(t: NatType) -> bool {
+    matches!(
+        t,
+        NatType::PortRestricted | NatType::Cone | NatType::Nat | NatType::Unknown
+    )
+}
+
+/// Which birthday sessions to run between our NAT and the peer's, from what both
+/// offers say (strategy from evidence):
+/// - symmetric with a port-restricted or cone NAT: the symmetric side is hard, the
+///   other easy, both at once;
+/// - when a type is only known as "some NAT" (a plain STUN server cannot tell a
+///   symmetric NAT from a cone), the side that may be hard runs the hard part and the
+///   side that may be easy the easy part, after [`BIRTHDAY_ESCALATION`] of plain checks
+///   (both parts when it could be either);
+/// - symmetric with symmetric, or anything with a NAT plain checks get through: none.
+///
+/// `failed_before`: birthday punching already failed for this pair of public
+/// addresses, so plain checks go first this time.
+pub fn birthday_plan(ours: NatType, peer: NatType, failed_before: bool) -> Vec<BirthdayStart> {
+    let known = |t: NatType| {
+        matches!(
+            t,
+            NatType::Symmetric | NatType::PortRestricted | NatType::Cone
+        )
+    };
+    let after = if known(ours) && known(peer) && !failed_before {
+        Duration::ZERO
+    } else {
+        BIRTHDAY_ESCALATION
+    };
+    let mut out = Vec::new();
+    if may_be_hard(ours) && may_be_easy_and_strict(peer) && peer != NatType::Symmetric {
+        out.push(BirthdayStart {
+            side: Side::Hard,
+            after,
+        });
+    }
+    if may_be_easy_and_strict(ours) && ours != NatType::Symmetric && may_be_hard(peer) {
+        out.push(BirthdayStart {
+            side: Side::Easy,
+            after,
+        });
+    }
+    out
+}
+
+/// True when our checks to the peer's public address can only do harm: our NAT is
+/// known symmetric and the peer's known port-restricted, so they never get in, and on
+/// a Linux router without an input filter they leave conntrack entries that can move
+/// the peer's port when its birthday probes go to the same port of ours. Birthday
+/// punching's sockets reach it instead.
+pub fn skip_public_checks(ours: NatType, peer: NatType) -> bool {
+    ours == NatType::Symmetric && peer == NatType::PortRestricted
+}
+
+/// The peer's public (server-reflexive) address: its first candidate after the host
+/// ones that is not relayed. Birthday punching aims at it.
+pub fn peer_public(peer: &Offer) -> Option<SocketAddr> {
+    direct_candidates(peer)
+        .get(peer.host_count..)?
+        .first()
+        .copied()
 }

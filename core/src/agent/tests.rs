@@ -407,7 +407,7 @@ fn relay_is_used_when_direct_is_hopeless_and_never_against_policy() {
     // Not hopeless: punch.
     let cone = offer("full-cone", &["203.0.113.1:1"], 0, 0, false);
     assert_eq!(
-        plan_path(Role::Client, sym, 0, &cone, auto, RelayPolicy::Auto),
+        plan_path(Role::Client, sym, 0, &cone, auto, RelayPolicy::Auto, false),
         PathPlan::Punch
     );
     // Hopeless: the server allocates; the client waits for the server's relay.
@@ -418,7 +418,8 @@ fn relay_is_used_when_direct_is_hopeless_and_never_against_policy() {
             0,
             &port_restricted,
             auto,
-            RelayPolicy::Auto
+            RelayPolicy::Auto,
+            false
         ),
         PathPlan::AllocateRelay
     );
@@ -429,20 +430,37 @@ fn relay_is_used_when_direct_is_hopeless_and_never_against_policy() {
             0,
             &port_restricted,
             auto,
-            RelayPolicy::Auto
+            RelayPolicy::Auto,
+            false
         ),
         PathPlan::WaitForPeerRelay
     );
     // A server that cannot relay: the client allocates.
     let no_turn = offer("port-restricted", &["203.0.113.1:1"], 0, 0, false);
     assert_eq!(
-        plan_path(Role::Client, sym, 0, &no_turn, auto, RelayPolicy::Auto),
+        plan_path(
+            Role::Client,
+            sym,
+            0,
+            &no_turn,
+            auto,
+            RelayPolicy::Auto,
+            false
+        ),
         PathPlan::AllocateRelay
     );
     // Nobody can relay: no path.
     let never = relay_plan(RelayPolicy::Never, true);
     assert_eq!(
-        plan_path(Role::Client, sym, 0, &no_turn, never, RelayPolicy::Never),
+        plan_path(
+            Role::Client,
+            sym,
+            0,
+            &no_turn,
+            never,
+            RelayPolicy::Never,
+            false
+        ),
         PathPlan::NoPath
     );
     // Either offer already relayed: punch toward it.
@@ -454,12 +472,119 @@ fn relay_is_used_when_direct_is_hopeless_and_never_against_policy() {
         true,
     );
     assert_eq!(
-        plan_path(Role::Client, sym, 0, &relayed, auto, RelayPolicy::Auto),
+        plan_path(
+            Role::Client,
+            sym,
+            0,
+            &relayed,
+            auto,
+            RelayPolicy::Auto,
+            false
+        ),
         PathPlan::Punch
     );
     assert_eq!(
-        plan_path(Role::Client, sym, 1, &no_turn, auto, RelayPolicy::Auto),
+        plan_path(
+            Role::Client,
+            sym,
+            1,
+            &no_turn,
+            auto,
+            RelayPolicy::Auto,
+            false
+        ),
         PathPlan::Punch
+    );
+}
+
+#[test]
+fn birthday_punching_makes_only_symmetric_with_symmetric_hopeless() {
+    let auto = relay_plan(RelayPolicy::Auto, true);
+    let never = relay_plan(RelayPolicy::Never, false);
+    let sym = NatType::Symmetric;
+    let port_restricted = offer("port-restricted", &["203.0.113.1:1"], 0, 0, false);
+    let symmetric = offer("symmetric", &["203.0.113.1:1"], 0, 0, false);
+    assert_eq!(
+        plan_path(
+            Role::Client,
+            sym,
+            0,
+            &port_restricted,
+            never,
+            RelayPolicy::Never,
+            true
+        ),
+        PathPlan::Punch,
+        "birthday punching reaches a port-restricted NAT from a symmetric one"
+    );
+    assert_eq!(
+        plan_path(
+            Role::Client,
+            sym,
+            0,
+            &symmetric,
+            never,
+            RelayPolicy::Never,
+            true
+        ),
+        PathPlan::NoPath
+    );
+    assert_eq!(
+        plan_path(
+            Role::Client,
+            sym,
+            0,
+            &symmetric,
+            auto,
+            RelayPolicy::Auto,
+            true
+        ),
+        PathPlan::AllocateRelay
+    );
+}
+
+#[test]
+fn birthday_sides_follow_the_evidence() {
+    use crate::agent::birthday::Side;
+    use crate::agent::path::{birthday_plan, BirthdayStart, BIRTHDAY_ESCALATION};
+    let at = |side, after| BirthdayStart { side, after };
+    let zero = Duration::ZERO;
+    // Known types: the symmetric side is hard, the port-restricted or cone one easy,
+    // from the start.
+    assert_eq!(
+        birthday_plan(NatType::Symmetric, NatType::PortRestricted, false),
+        vec![at(Side::Hard, zero)]
+    );
+    assert_eq!(
+        birthday_plan(NatType::Cone, NatType::Symmetric, false),
+        vec![at(Side::Easy, zero)]
+    );
+    // Plain checks connect these: no birthday.
+    for (a, b) in [
+        (NatType::Symmetric, NatType::Symmetric),
+        (NatType::Symmetric, NatType::FullCone),
+        (NatType::AddressRestricted, NatType::Symmetric),
+        (NatType::PortRestricted, NatType::PortRestricted),
+        (NatType::Open, NatType::Nat),
+    ] {
+        assert_eq!(birthday_plan(a, b, false), vec![], "{a} with {b}");
+    }
+    // Plain STUN: either could be hard; both parts, after plain checks had their go.
+    assert_eq!(
+        birthday_plan(NatType::Nat, NatType::Nat, false),
+        vec![
+            at(Side::Hard, BIRTHDAY_ESCALATION),
+            at(Side::Easy, BIRTHDAY_ESCALATION)
+        ]
+    );
+    assert_eq!(
+        birthday_plan(NatType::Symmetric, NatType::Nat, false),
+        vec![at(Side::Hard, BIRTHDAY_ESCALATION)]
+    );
+    // Failed before for this pair: plain checks first.
+    assert_eq!(
+        birthday_plan(NatType::Symmetric, NatType::PortRestricted, true),
+        vec![at(Side::Hard, BIRTHDAY_ESCALATION)]
     );
 }
 
@@ -655,4 +780,145 @@ fn failed_punches_lengthen_the_opener_lead() {
         opener(Some(3), u32::MAX).map(|o| o.lead),
         Some(MAX_OPENER_LEAD)
     );
+}
+
+mod birthday {
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use crate::agent::birthday::{
+        success_chance, Birthday, BirthdayConfig, Probe, Side, LOWEST_PORT, NEAR_PORTS, TICK,
+    };
+
+    fn config(side: Side) -> BirthdayConfig {
+        BirthdayConfig {
+            side,
+            peer: "203.0.113.9:40000".parse().expect("addr"),
+            sockets: 256,
+            probes: 2000,
+            rate: 1000,
+            opener_ttl: Some(3),
+            lead: Duration::from_millis(100),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Runs the session's clock until it has nothing more to send (or `until`),
+    /// returning every packet with the time it was queued.
+    fn drain(b: &mut Birthday, start: Instant, until: Duration) -> Vec<(Duration, Probe)> {
+        let mut out = Vec::new();
+        let mut now = start;
+        while now < start + until {
+            b.handle_timeout(now);
+            while let Some(p) = b.poll_transmit() {
+                out.push((now - start, p));
+            }
+            match b.poll_timeout() {
+                Some(t) if t > now => now = t,
+                Some(_) => now += Duration::from_millis(1),
+                None => break,
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_hard_side_sends_one_low_ttl_opener_per_socket_at_the_rate() {
+        let start = Instant::now();
+        let mut b = Birthday::with_seed(config(Side::Hard), start, 1);
+        let sent = drain(&mut b, start, Duration::from_secs(1));
+        assert_eq!(sent.len(), 256, "one opener per socket, no more");
+        let sockets: HashSet<usize> = sent.iter().map(|(_, p)| p.socket).collect();
+        assert_eq!(sockets.len(), 256);
+        assert!(sent
+            .iter()
+            .all(|(_, p)| p.ttl == Some(3) && p.to == config(Side::Hard).peer));
+        // 1,000 per second: 10 per 10 ms tick, so the last goes out after 250 ms.
+        let per_tick = sent.iter().filter(|(t, _)| *t < TICK).count();
+        assert_eq!(per_tick, 10);
+        assert!(sent.last().expect("sent").0 >= Duration::from_millis(250));
+        assert!(!b.gave_up());
+        let mut b2 = Birthday::with_seed(config(Side::Hard), start, 1);
+        drain(&mut b2, start, Duration::from_secs(11));
+        assert!(b2.gave_up(), "gives up at the timeout");
+    }
+
+    #[test]
+    fn the_easy_side_probes_the_near_window_top_down_then_random_ports_once_each() {
+        let start = Instant::now();
+        let mut b = Birthday::with_seed(config(Side::Easy), start, 2);
+        let sent = drain(&mut b, start, Duration::from_secs(5));
+        assert_eq!(sent.len(), 2000, "the probe budget");
+        assert!(
+            sent[0].0 >= Duration::from_millis(100),
+            "waits the lead for the hard side's mappings"
+        );
+        let ports: Vec<u16> = sent.iter().map(|(_, p)| p.to.port()).collect();
+        let near: Vec<u16> = (1..=NEAR_PORTS).rev().map(|i| 40000 + i).collect();
+        assert_eq!(&ports[..NEAR_PORTS as usize], &near[..]);
+        let unique: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), ports.len(), "no port twice");
+        assert!(ports.iter().all(|p| *p >= LOWEST_PORT));
+        assert!(sent.iter().all(|(_, p)| p.socket == 0
+            && p.ttl.is_none()
+            && p.to.ip() == config(Side::Easy).peer.ip()));
+        // At most 10 per 10 ms.
+        let first_second = sent
+            .iter()
+            .filter(|(t, _)| *t < Duration::from_millis(1100))
+            .count();
+        assert!(
+            first_second <= 1000,
+            "{first_second} probes in the first second"
+        );
+    }
+
+    #[test]
+    fn the_hard_side_answers_only_the_first_socket_reached_and_wins_on_an_authentic_answer() {
+        let start = Instant::now();
+        let mut b = Birthday::with_seed(config(Side::Hard), start, 3);
+        drain(&mut b, start, Duration::from_secs(1));
+        let easy: SocketAddr = "203.0.113.9:40000".parse().expect("addr");
+        assert!(b.on_request(17, easy), "the first socket reached answers");
+        assert!(!b.on_request(30, easy), "another socket stays silent");
+        assert!(b.on_request(17, easy));
+        let back = b.poll_transmit().expect("a check back");
+        assert_eq!((back.socket, back.to, back.ttl), (17, easy, None));
+        assert!(b.won().is_none());
+        // A forged answer (no valid integrity) or one on another socket is no win.
+        assert!(b.on_response(back.tid, 17, easy, false));
+        assert!(b.on_response(back.tid, 30, easy, true));
+        assert!(b.won().is_none());
+        assert!(
+            !b.on_response([9u8; 12], 17, easy, true),
+            "not our transaction"
+        );
+        assert!(b.on_response(back.tid, 17, easy, true));
+        let won = b.won().expect("won");
+        assert_eq!((won.socket, won.remote), (17, easy));
+        assert_eq!(b.poll_timeout(), None, "over");
+    }
+
+    #[test]
+    fn the_easy_side_wins_on_the_first_authentic_answer_to_a_probe() {
+        let start = Instant::now();
+        let mut b = Birthday::with_seed(config(Side::Easy), start, 4);
+        let sent = drain(&mut b, start, Duration::from_millis(300));
+        let (_, probe) = sent[70];
+        assert!(b.on_response(probe.tid, 0, probe.to, false));
+        assert!(b.won().is_none(), "not authentic");
+        assert!(b.on_response(probe.tid, 0, probe.to, true));
+        assert_eq!(b.won().map(|w| w.remote), Some(probe.to));
+        assert!(b.poll_transmit().is_none(), "stops spraying");
+    }
+
+    #[test]
+    fn the_budget_gives_the_chances_the_docs_quote() {
+        let range = u32::from(u16::MAX - LOWEST_PORT) + 1;
+        let p1000 = success_chance(256, 1000, range);
+        let p2000 = success_chance(256, 2000, range);
+        assert!((p1000 - 0.981).abs() < 0.001, "{p1000}");
+        assert!((p2000 - 0.9996).abs() < 0.0002, "{p2000}");
+    }
 }

@@ -73,6 +73,9 @@ pub(super) const IDLE_TIMEOUT: Field = field("idleTimeout");
 pub(super) const WORKERS: Field = field("workers");
 pub(super) const TUNNEL_WAIT: Field = field("tunnelWait");
 pub(super) const PUNCH_TTL: Field = field("punchTtl");
+pub(super) const BIRTHDAY_SOCKETS: Field = field("birthdaySockets");
+pub(super) const BIRTHDAY_PROBES: Field = field("birthdayProbes");
+pub(super) const BIRTHDAY_RATE: Field = field("birthdayRate");
 pub(super) const PERFORMANCE_FIELDS: &[Field] = &[
     STUN_CACHE,
     SIGNAL_BACKOFF,
@@ -85,6 +88,9 @@ pub(super) const PERFORMANCE_FIELDS: &[Field] = &[
     WORKERS,
     TUNNEL_WAIT,
     PUNCH_TTL,
+    BIRTHDAY_SOCKETS,
+    BIRTHDAY_PROBES,
+    BIRTHDAY_RATE,
 ];
 
 pub(super) const URL: Field = field("url");

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::birthdays::{pair_key, start_birthdays, Birthdays};
 use super::shared::{Incoming, Shared};
 use crate::agent::path::{self, PathPlan, RelayPlan};
 use crate::error::{Error, Result};
-use crate::punch::{self, ChecklistConfig, Punch, Selected};
+use crate::punch::{self, ChecklistConfig, Punch};
 use crate::signal::proto::{unix_now, Offer, Role};
 use crate::stats::Timings;
-use crate::status::{PathKind, State};
+use crate::status::{PathKind, State, Technique};
 use crate::stun::client::{self as stun_client, Discovery, NatType};
 use crate::sync::lock;
 use crate::tunnel::{self, Fingerprint};
@@ -243,6 +244,8 @@ pub(crate) async fn connect_once(
     // The last tunnel's direct pin goes with it: this attempt may need the relay to
     // the same address.
     shared.agent.socket().unpin();
+    // And so does a birthday-punching socket that carried it.
+    shared.agent.socket().clear_side();
     shared.set_state(State::Discovering);
     let policy = shared.config.relay_policy;
     let plan = path::relay_plan(policy, shared.config.relay.is_some());
@@ -317,6 +320,7 @@ pub(crate) async fn connect_once(
         p.nat = Some(NatType::from_name(&peer.nat));
         p.set_offer_id(Some(peer.id.clone()));
     }
+    let birthday = shared.config.performance.birthday() && !plan.always;
     match path::plan_path(
         shared.role,
         disc.nat,
@@ -324,6 +328,7 @@ pub(crate) async fn connect_once(
         &peer,
         plan,
         policy,
+        birthday,
     ) {
         PathPlan::Punch => {}
         PathPlan::AllocateRelay => {
@@ -365,7 +370,17 @@ pub(crate) async fn connect_once(
     shared.pinned.set(Some(fp));
     shared.set_state(State::Punching);
     let tp = Instant::now();
-    let offered = path::check_targets(&peer, plan.always);
+    let mut offered = path::check_targets(&peer, plan.always);
+    if shared.config.performance.birthday()
+        && path::skip_public_checks(disc.nat, NatType::from_name(&peer.nat))
+    {
+        // Our symmetric NAT gives our socket a port toward the peer that its
+        // port-restricted NAT never lets in; our checks there only leave conntrack
+        // entries on its router that can move its port. Birthday punching's sockets
+        // open the way instead.
+        let public = path::peer_public(&peer);
+        offered.retain(|c| Some(*c) != public);
+    }
     let remote = punch::usable_candidates(shared.local_addr, &offered);
     if plan.always {
         // Everything, checks included, leaves through our own relay.
@@ -397,9 +412,20 @@ pub(crate) async fn connect_once(
         },
         straight: !plan.always,
     };
+    let pair = pair_key(&disc, &peer);
+    let birthdays = if birthday {
+        start_birthdays(shared, &disc, &peer, pair)
+    } else {
+        Birthdays::default()
+    };
     let result = match shared.role {
         Role::Client => {
-            let selected: Option<Selected> = punch.run(shared.agent.clone(), prflx_rx).await;
+            let punching = punch.run(shared.agent.clone(), prflx_rx);
+            let mut birthdays = birthdays;
+            let (selected, technique) = birthdays.race(punching).await;
+            if let Some(t) = technique {
+                lock(&shared.peer).technique = Some(t);
+            }
             let Some(sel) = selected else {
                 shared.failed_punches.fetch_add(1, Ordering::Relaxed);
                 return Err(Attempt::Retry(format!(
@@ -455,6 +481,9 @@ pub(crate) async fn connect_once(
                 .await
                 .map_err(|_| format!("tunnel handshake with {} timed out", sel.remote))??;
             let path = shared.path_kind(&peer, sel.remote);
+            if path == PathKind::Relay {
+                birthdays.upgrade_later(shared, &conn);
+            }
             (conn, path)
         }
         Role::Server => {
@@ -478,6 +507,8 @@ pub(crate) async fn connect_once(
                 .await
             };
             drop(punching);
+            let mut birthdays = birthdays;
+            let won = birthdays.finished(matches!(got, Ok(Some(_))));
             let conn = match got {
                 Ok(Some(c)) => c,
                 _ => {
@@ -490,12 +521,22 @@ pub(crate) async fn connect_once(
                 }
             };
             let addr = conn.remote_address();
+            let by_birthday =
+                won.contains(&addr) || shared.agent.socket().side_peer() == Some(addr);
+            lock(&shared.peer).technique = Some(if by_birthday {
+                Technique::Birthday
+            } else {
+                Technique::Checks
+            });
             if !plan.always && !shared.agent.socket().is_via_relay(addr) {
                 // It came straight: keep answering it straight, whatever relayed
                 // checks of the client still arrive.
                 shared.agent.socket().route_direct(addr);
             }
             let path = shared.path_kind(&peer, addr);
+            if path == PathKind::Relay {
+                birthdays.upgrade_later(shared, &conn);
+            }
             (conn, path)
         }
     };

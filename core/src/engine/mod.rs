@@ -23,6 +23,7 @@
 
 mod accept;
 mod attempt;
+mod birthdays;
 mod driver;
 mod mappings;
 mod responder;

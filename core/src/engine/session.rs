@@ -15,7 +15,7 @@ use crate::config::RelayPolicy;
 use crate::forward;
 use crate::punch::{self, ChecklistConfig, Punch};
 use crate::signal::proto::Role;
-use crate::status::{PathKind, State};
+use crate::status::{PathKind, State, Technique};
 use crate::sync::lock;
 use crate::tunnel;
 
@@ -34,7 +34,12 @@ pub(crate) async fn run_connected(
             p.addr = Some(peer);
         }
         shared.conn_tx.send_replace(Some(conn.clone()));
-        shared.set_state(State::Connected { path, peer });
+        let found = lock(&shared.peer).technique.unwrap_or(Technique::Checks);
+        shared.set_state(State::Connected {
+            path,
+            peer,
+            technique: technique(path, found),
+        });
         let conn_token = shared.root.child_token();
         let datagrams = crate::spawn(forward::udp::dispatch_datagrams(
             conn.clone(),
@@ -131,7 +136,12 @@ pub(crate) async fn run_connected(
                             p.addr = Some(now);
                             p.path = Some(new_path);
                         }
-                        shared.set_state(State::Connected { path: new_path, peer: now });
+                        let found = lock(&shared.peer).technique.unwrap_or(found);
+                        shared.set_state(State::Connected {
+                            path: new_path,
+                            peer: now,
+                            technique: technique(new_path, found),
+                        });
                     }
                 }
             }
@@ -150,6 +160,16 @@ pub(crate) async fn run_connected(
                 conn = new_conn;
             }
         }
+    }
+}
+
+/// The technique to report for a tunnel on `path` whose path was found by `found`:
+/// a relayed path is the relay's, whatever found it.
+fn technique(path: PathKind, found: Technique) -> Technique {
+    if path == PathKind::Relay {
+        Technique::Relay
+    } else {
+        found
     }
 }
 
@@ -174,6 +194,10 @@ pub(crate) async fn upgrade_to_direct(
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(schedule.next_wait()) => {}
+        }
+        if lock(&shared.peer).path != Some(PathKind::Relay) {
+            // Moved off the relay meanwhile (birthday punching found a pair).
+            return;
         }
         let punch = Punch {
             our_id: shared.our_id(),
@@ -201,27 +225,44 @@ pub(crate) async fn upgrade_to_direct(
             continue;
         }
         if let Some(sel) = found {
-            let conn_addr = conn.remote_address();
-            shared.agent.socket().alias(conn_addr, sel.remote);
-            let path = shared.path_kind(&offer, sel.remote);
-            tracing::info!(from = %conn_addr, to = %sel.remote, "tunnel upgraded from relay to a direct path");
-            // This task runs in the tunnel's span: later lines name the new path.
-            let span = tracing::Span::current();
-            span.record("peer", tracing::field::display(sel.remote));
-            span.record("path", path.as_str());
-            shared.path_changes.fetch_add(1, Ordering::Relaxed);
-            {
-                let mut p = lock(&shared.peer);
-                p.path = Some(path);
-                p.addr = Some(sel.remote);
-            }
-            shared.set_state(State::Connected {
-                path,
-                peer: sel.remote,
-            });
+            switch_to_direct(&shared, &conn, sel.remote, Technique::Checks);
             return;
         }
     }
+}
+
+/// Moves the client's relayed tunnel to the direct pair ending at `remote`: the
+/// connection's packets are aliased to it, so the same QUIC connection carries on
+/// directly and the peer migrates when our packets arrive on the new path.
+pub(crate) fn switch_to_direct(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    remote: std::net::SocketAddr,
+    found_by: Technique,
+) {
+    let Some(offer) = lock(&shared.peer).offer.clone() else {
+        return;
+    };
+    let conn_addr = conn.remote_address();
+    shared.agent.socket().alias(conn_addr, remote);
+    let path = shared.path_kind(&offer, remote);
+    tracing::info!(from = %conn_addr, to = %remote, technique = found_by.as_str(), "tunnel upgraded from relay to a direct path");
+    // Called in the tunnel's span: later lines name the new path.
+    let span = tracing::Span::current();
+    span.record("peer", tracing::field::display(remote));
+    span.record("path", path.as_str());
+    shared.path_changes.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut p = lock(&shared.peer);
+        p.path = Some(path);
+        p.addr = Some(remote);
+        p.technique = Some(found_by);
+    }
+    shared.set_state(State::Connected {
+        path,
+        peer: remote,
+        technique: technique(path, found_by),
+    });
 }
 
 /// Declares a tunnel dead when it has heard nothing for [`SILENT_LIMIT`] (or four

@@ -146,6 +146,8 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         last_error: Mutex::new(None),
         failure: Mutex::new(None),
         prflx: Mutex::new(None),
+        birthday_counters: Arc::default(),
+        birthday_failed: Mutex::new(std::collections::HashSet::new()),
         turn,
         auth_failed: AtomicBool::new(false),
         metrics_addr,

@@ -53,6 +53,8 @@ pub(crate) struct PeerInfo {
     pub(crate) path: Option<PathKind>,
     pub(crate) addr: Option<SocketAddr>,
     pub(crate) nat: Option<NatType>,
+    /// How the current tunnel's path was found.
+    pub(crate) technique: Option<crate::status::Technique>,
     offer_id: Option<String>,
     /// Peer offer ids we have moved on from (at most [`MAX_LEFT_BEHIND`]): a check from
     /// one of them is an old or replayed packet, never a reason to start over.
@@ -157,6 +159,12 @@ pub(crate) struct Shared {
     /// Why the engine gave up, when it did (`State::Failed`).
     pub(crate) failure: Mutex<Option<Error>>,
     pub(crate) prflx: Mutex<Option<(String, mpsc::Sender<SocketAddr>)>>,
+    /// Pairs of public IPs (ours, the peer's) for which birthday punching failed: the
+    /// next attempt between them tries plain checks first (`agent::path::birthday_plan`).
+    /// What birthday punching has cost so far.
+    pub(crate) birthday_counters: Arc<crate::birthday::Counters>,
+    pub(crate) birthday_failed:
+        Mutex<std::collections::HashSet<(std::net::IpAddr, std::net::IpAddr)>>,
     /// Our TURN allocation: made on first need, released at stop.
     pub(crate) turn: RelayAllocation,
     /// The last attempt failed on a certificate check.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::shared::Shared;
 use crate::stats::{MappingStats, Stats};
-use crate::status::PathKind;
+use crate::status::{PathKind, State};
 use crate::stun::client::NatType;
 use crate::sync::lock;
 
@@ -52,6 +52,10 @@ pub(crate) fn snapshot(shared: &Shared) -> Stats {
             _ => None,
         },
         peer_addr: if connected { peer.addr } else { None },
+        technique: match &state {
+            State::Connected { technique, .. } => Some(*technique),
+            _ => None,
+        },
         state,
         local_addr: shared.local_addr,
         public_addr: disc.as_ref().and_then(|d| d.public_addr()),
@@ -63,6 +67,8 @@ pub(crate) fn snapshot(shared: &Shared) -> Stats {
         timings: lock(&shared.timings).clone(),
         reconnects: shared.reconnects.load(Ordering::Relaxed),
         path_changes: shared.path_changes.load(Ordering::Relaxed),
+        birthday_sockets: shared.birthday_counters.sockets.load(Ordering::Relaxed),
+        birthday_packets: shared.birthday_counters.packets.load(Ordering::Relaxed),
         stun_discoveries: shared.stun_discoveries.load(Ordering::Relaxed),
         signaling_requests: shared.signaling_requests.load(Ordering::Relaxed),
         offers_rejected: shared.offers_rejected.load(Ordering::Relaxed),
