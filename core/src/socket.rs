@@ -27,6 +27,7 @@ use crate::turn::wire;
 use routes::{frame, Hop, Routes};
 use side::Side;
 
+mod batch;
 mod routes;
 mod side;
 mod ttl;
@@ -537,7 +538,7 @@ impl AsyncUdpSocket for DemuxSocket {
                     self.direct_arrival(&mut m);
                     meta[i] = m;
                 }
-                keep(bufs, meta, i, kept, m);
+                batch::keep(bufs, meta, i, kept, m);
                 kept += 1;
             }
             if kept > 0 {
@@ -592,39 +593,6 @@ impl DemuxSocket {
             m.addr = conn_addr;
         }
     }
-}
-
-impl DemuxSocket {
-    /// Diverts the STUN segments of datagram `m` (in `buf`) to the STUN channel; true
-    /// when nothing else is left in it.
-    pub(super) fn divert_stun(&self, m: &RecvMeta, buf: &[u8]) -> bool {
-        let stride = m.stride.max(1);
-        let mut all_stun = m.len > 0;
-        for start in (0..m.len).step_by(stride) {
-            let segment = &buf[start..(start + stride).min(m.len)];
-            if segment.first().is_some_and(|b| is_stun_first_byte(*b)) {
-                self.divert(m.addr, segment, false);
-            } else {
-                all_stun = false;
-            }
-        }
-        all_stun
-    }
-}
-
-/// Moves datagram `i` (described by `m`) to position `kept` of the receive batch.
-pub(super) fn keep(
-    bufs: &mut [IoSliceMut<'_>],
-    meta: &mut [RecvMeta],
-    i: usize,
-    kept: usize,
-    m: RecvMeta,
-) {
-    if kept != i {
-        let (head, tail) = bufs.split_at_mut(i);
-        head[kept][..m.len].copy_from_slice(&tail[0][..m.len]);
-    }
-    meta[kept] = m;
 }
 
 /// Our host candidates: the bound address, or every interface address of the socket's

@@ -104,7 +104,7 @@ impl DemuxSocket {
                 continue;
             }
             self.direct_arrival(&mut m);
-            super::keep(bufs, meta, i, kept, m);
+            super::batch::keep(bufs, meta, i, kept, m);
             kept += 1;
         }
         Some(kept)

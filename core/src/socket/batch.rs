@@ -1,0 +1,42 @@
+//! Receive batches: taking STUN out of a batch quinn is about to read, and closing
+//! the gaps it leaves.
+
+use std::io::IoSliceMut;
+
+use quinn::udp::RecvMeta;
+
+use super::DemuxSocket;
+use crate::stun::message::is_stun_first_byte;
+
+impl DemuxSocket {
+    /// Diverts the STUN segments of datagram `m` (in `buf`) to the STUN channel; true
+    /// when nothing else is left in it.
+    pub(super) fn divert_stun(&self, m: &RecvMeta, buf: &[u8]) -> bool {
+        let stride = m.stride.max(1);
+        let mut all_stun = m.len > 0;
+        for start in (0..m.len).step_by(stride) {
+            let segment = &buf[start..(start + stride).min(m.len)];
+            if segment.first().is_some_and(|b| is_stun_first_byte(*b)) {
+                self.divert(m.addr, segment, false);
+            } else {
+                all_stun = false;
+            }
+        }
+        all_stun
+    }
+}
+
+/// Moves datagram `i` (described by `m`) to position `kept` of the receive batch.
+pub(super) fn keep(
+    bufs: &mut [IoSliceMut<'_>],
+    meta: &mut [RecvMeta],
+    i: usize,
+    kept: usize,
+    m: RecvMeta,
+) {
+    if kept != i {
+        let (head, tail) = bufs.split_at_mut(i);
+        head[kept][..m.len].copy_from_slice(&tail[0][..m.len]);
+    }
+    meta[kept] = m;
+}
