@@ -376,7 +376,9 @@ fn nat(servers: &[String], bind: SocketAddr, json: bool) -> ExitCode {
         .iter()
         .map(|s| s.trim_start_matches("stun:").to_owned())
         .collect();
-    match rt.block_on(stunfwd_core::stun::detect_nat(&servers, bind)) {
+    match rt.block_on(stunfwd_core::stun::detect_nat_and_allocation(
+        &servers, bind,
+    )) {
         Ok(d) => {
             if json {
                 let v = serde_json::json!({
@@ -384,6 +386,7 @@ fn nat(servers: &[String], bind: SocketAddr, json: bool) -> ExitCode {
                     "mapped": d.mapped.iter().map(|(s, m)| serde_json::json!({"server": s, "mapped": m})).collect::<Vec<_>>(),
                     "mapping": d.mapping,
                     "filtering": d.filtering,
+                    "allocation": d.allocation,
                     "nat_type": d.nat,
                     "errors": d.errors,
                 });
@@ -395,7 +398,11 @@ fn nat(servers: &[String], bind: SocketAddr, json: bool) -> ExitCode {
                 for e in &d.errors {
                     println!("no answer: {e}");
                 }
-                println!("mapping:   {}", d.mapping.as_str());
+                println!(
+                    "mapping:   {}, allocation: {}",
+                    d.mapping.as_str(),
+                    d.allocation
+                );
                 println!("filtering: {}", d.filtering.as_str());
                 println!("nat type:  {}", d.nat.as_str());
             }

@@ -87,6 +87,17 @@ impl NatKind {
         }
     }
 
+    /// The port allocation `stunfwd nat` must report here (its display form), for the
+    /// kinds whose rules fix it; `None` for patchbay's own cone NATs.
+    pub fn expected_allocation(self) -> Option<&'static str> {
+        match self {
+            NatKind::Symmetric => Some("random"),
+            NatKind::SymmetricSequential => Some("sequential (+1)"),
+            NatKind::SymmetricPreserving | NatKind::LinuxMasquerade => Some("port-preserving"),
+            _ => None,
+        }
+    }
+
     /// The mapping behaviour (stunfwd's kebab-case name) an RFC 5780 test must find.
     pub fn expected_mapping(self) -> &'static str {
         if self.is_symmetric() {

@@ -360,7 +360,7 @@ fn short_udp_timeout_applies_to_every_kind() {
 }
 
 #[test]
-fn rfc5780_detects_every_kind_and_a_plain_server_cannot() {
+fn rfc5780_detects_every_kind_and_a_plain_server_cannot_and_allocation_is_measured() {
     run(async {
         let world = World::new(WorldOptions::default()).await?;
         let mut specs: Vec<SiteSpec> = NatKind::ALL
@@ -379,7 +379,11 @@ fn rfc5780_detects_every_kind_and_a_plain_server_cannot() {
                 let servers = world.stun_servers(setup);
                 let d = site.devices[0]
                     .spawn(move |_| async move {
-                        stunfwd_core::stun::detect_nat(&servers, "0.0.0.0:0".parse().unwrap()).await
+                        stunfwd_core::stun::detect_nat_and_allocation(
+                            &servers,
+                            "0.0.0.0:0".parse().unwrap(),
+                        )
+                        .await
                     })?
                     .await??;
                 found.push((
@@ -388,6 +392,18 @@ fn rfc5780_detects_every_kind_and_a_plain_server_cannot() {
                     d.mapping.as_str(),
                     d.filtering.as_str(),
                 ));
+                // Port allocation is measured with either server (fresh sockets, one
+                // destination each).
+                if let Some(want) = spec.kind.expected_allocation() {
+                    if d.allocation.to_string() != want {
+                        wrong.push(format!(
+                            "{} ({}): allocation {} instead of {want}",
+                            spec.label(),
+                            setup.name(),
+                            d.allocation
+                        ));
+                    }
+                }
             }
             println!("{:<44} {found:?}", spec.label());
             let (_, nat, _, _) = found[0];
@@ -404,7 +420,62 @@ fn rfc5780_detects_every_kind_and_a_plain_server_cannot() {
                 "a plain STUN server cannot measure filtering: {found:?}"
             );
         }
-        ensure!(wrong.is_empty(), "RFC 5780 detection: {wrong:?}");
+        ensure!(wrong.is_empty(), "detection: {wrong:?}");
+        Ok(())
+    });
+}
+
+/// `stunfwd nat` (the real binary, run behind each symmetric kind) prints the port
+/// allocation next to the mapping behaviour, e.g. `mapping: address-and-port-dependent,
+/// allocation: sequential (+1)`.
+#[test]
+fn stunfwd_nat_reports_port_allocation() {
+    if skip() {
+        return;
+    }
+    if !stunfwd_bin().is_file() {
+        println!(
+            "SKIPPED: {} is not built (cargo build -p stunfwd-cli)",
+            stunfwd_bin().display()
+        );
+        return;
+    }
+    run(async {
+        let world = World::new(WorldOptions::default()).await?;
+        for (i, kind) in [
+            NatKind::SymmetricSequential,
+            NatKind::SymmetricPreserving,
+            NatKind::Symmetric,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let site = world
+                .add_site(SiteSpec::new(&format!("na{i}"), kind))
+                .await?;
+            let mut cmd = tokio::process::Command::new(stunfwd_bin());
+            cmd.arg("nat")
+                .arg("--stun")
+                .arg(world.coturn[0].to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let out = site.devices[0]
+                .spawn_command(cmd)?
+                .wait_with_output()
+                .await?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            println!("{kind}:\n{text}");
+            let want = format!(
+                "mapping:   address-and-port-dependent, allocation: {}",
+                kind.expected_allocation()
+                    .expect("fixed by the kind's rules")
+            );
+            ensure!(
+                out.status.success() && text.lines().any(|l| l == want),
+                "{kind}: expected the line {want:?} in {text:?} (stderr {:?})",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         Ok(())
     });
 }

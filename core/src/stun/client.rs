@@ -252,6 +252,8 @@ pub struct Discovery {
     pub mapping: MappingBehavior,
     /// Filtering behaviour (RFC 5780 tests only).
     pub filtering: FilteringBehavior,
+    /// How the NAT picks public ports ([`detect_nat`] only; `Unknown` elsewhere).
+    pub allocation: super::allocation::Allocation,
 }
 
 impl Discovery {
@@ -433,13 +435,15 @@ pub(crate) async fn discover(
         nat,
         mapping,
         filtering,
+        allocation: super::allocation::Allocation::Unknown,
     }
 }
 
 /// Detects our public address and NAT behaviour from a fresh socket bound to `bind`,
 /// asking `servers` ("host:port"). With a server that supports RFC 5780 (two
 /// addresses, e.g. coturn) the mapping and filtering behaviour are measured; otherwise
-/// the mapping is judged by comparing what the servers saw. Used by `stunfwd nat`.
+/// the mapping is judged by comparing what the servers saw. The engine's background
+/// detection uses it; `stunfwd nat` uses [`detect_nat_and_allocation`].
 pub async fn detect_nat(servers: &[String], bind: SocketAddr) -> crate::Result<Discovery> {
     use crate::socket::{drain, host_candidates, DemuxSocket};
     use quinn::Runtime as _;
@@ -501,6 +505,19 @@ pub async fn detect_nat(servers: &[String], bind: SocketAddr) -> crate::Result<D
             "no STUN server answered: {}",
             d.errors.join("; ")
         )));
+    }
+    Ok(d)
+}
+
+/// [`detect_nat`], then the port allocation measured from a few fresh sockets toward
+/// the first server that answered ([`super::allocation`]; not when there is no NAT).
+pub async fn detect_nat_and_allocation(
+    servers: &[String],
+    bind: SocketAddr,
+) -> crate::Result<Discovery> {
+    let mut d = detect_nat(servers, bind).await?;
+    if let (Some(&(server, _)), false) = (d.mapped.first(), d.nat == NatType::Open) {
+        d.allocation = super::allocation::measure(server, bind.ip()).await;
     }
     Ok(d)
 }
