@@ -191,11 +191,13 @@ export interface EngineState {
   path?: 'direct' | 'lan' | 'relay'
   /** `connected`: the peer's address on that path, `host:port`. */
   peer?: string
+  /** `connected`: how the path was found. */
+  technique?: 'checks' | 'birthday' | 'relay'
   /** `reconnecting`: consecutive failed attempts (0 right after a tunnel was lost). */
   attempt?: number
   /** `reconnecting` and `failed`: what went wrong. */
   reason?: string
-  /** A one-line description, e.g. `connected (lan to 127.0.0.1:40000)`. */
+  /** A one-line description, e.g. `connected (lan to 127.0.0.1:40000, found by checks)`. */
   text: string
 }
 
@@ -213,6 +215,8 @@ export interface EngineStats {
   path: 'direct' | 'lan' | 'relay' | null
   /** The peer's address, when connected. */
   peerAddr: string | null
+  /** How the tunnel's path was found, when connected. */
+  technique: 'checks' | 'birthday' | 'relay' | null
   /** The tunnel socket's local address. */
   localAddr: string
   /** Our public address according to STUN. */
@@ -231,6 +235,10 @@ export interface EngineStats {
   timings: ConnectTimings
   /** Tunnels re-established after loss. */
   reconnects: number
+  /** Sockets birthday punching opened (behind a symmetric NAT), all attempts. */
+  birthdaySockets: number
+  /** Packets birthday punching sent, all attempts. */
+  birthdayPackets: number
   /** STUN discoveries performed (not served from cache). */
   stunDiscoveries: number
   /** HTTP requests sent to the rendezvous server. */

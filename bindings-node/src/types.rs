@@ -298,6 +298,9 @@ pub struct EngineStats {
     pub path: Option<String>,
     /// The peer's address, when connected.
     pub peer_addr: Option<String>,
+    /// How the tunnel's path was found, when connected.
+    #[napi(ts_type = "'checks' | 'birthday' | 'relay'")]
+    pub technique: Option<String>,
     /// The tunnel socket's local address.
     pub local_addr: String,
     /// Our public address according to STUN.
@@ -316,6 +319,10 @@ pub struct EngineStats {
     pub timings: ConnectTimings,
     /// Tunnels re-established after loss.
     pub reconnects: i64,
+    /// Sockets birthday punching opened (behind a symmetric NAT), all attempts.
+    pub birthday_sockets: i64,
+    /// Packets birthday punching sent, all attempts.
+    pub birthday_packets: i64,
     /// STUN discoveries performed (not served from cache).
     pub stun_discoveries: i64,
     /// HTTP requests sent to the rendezvous server.
@@ -337,6 +344,7 @@ impl From<&core::Stats> for EngineStats {
             state: (&s.state).into(),
             path: s.path.map(|p| p.as_str().to_owned()),
             peer_addr: s.peer_addr.map(|a| a.to_string()),
+            technique: s.technique.map(|t| t.as_str().to_owned()),
             local_addr: s.local_addr.to_string(),
             public_addr: s.public_addr.map(|a| a.to_string()),
             nat_type: s.nat_type.as_str().to_owned(),
@@ -360,6 +368,8 @@ impl From<&core::Stats> for EngineStats {
                 time_to_connected_ms: s.timings.time_to_connected_ms,
             },
             reconnects: count(s.reconnects),
+            birthday_sockets: count(s.birthday_sockets),
+            birthday_packets: count(s.birthday_packets),
             stun_discoveries: count(s.stun_discoveries),
             signaling_requests: count(s.signaling_requests),
             offers_rejected: count(s.offers_rejected),

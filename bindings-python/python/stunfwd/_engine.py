@@ -190,13 +190,15 @@ class Engine:
         """A snapshot of the engine's figures, as a dict.
 
         Keys: ``mode``, ``room``, ``insecure`` (no ``secret`` set), ``state`` (``{"state": "connected", "path": ...,
-        "peer": ...}``), ``path``, ``peer_addr``, ``local_addr``, ``public_addr``,
+        "peer": ..., "technique": ...}``), ``path``, ``peer_addr``, ``technique`` (how the
+        path was found: ``checks``, ``birthday`` or ``relay``), ``local_addr``, ``public_addr``,
         ``nat_type``, ``peer_nat_type``, ``rtt_ms``, ``totals`` and, per mapping,
         ``mappings[i]["traffic"]`` (``connections_opened``, ``connections_active``,
         ``connections_failed``, ``bytes_sent``, ``bytes_received``, ``datagrams_sent``,
         ``datagrams_received``, ``refused_by_policy``, ``tunnel_wait_timeouts``),
         ``timings`` (``*_ms``),
-        ``reconnects``, ``stun_discoveries``, ``signaling_requests``,
+        ``reconnects``, ``birthday_sockets``, ``birthday_packets``,
+        ``stun_discoveries``, ``signaling_requests``,
         ``offers_rejected``, ``checks_unauthenticated`` and ``last_error``. Addresses
         are ``"IP:PORT"`` strings; absent values are ``None``.
         """
