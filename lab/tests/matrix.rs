@@ -712,8 +712,13 @@ fn write_doc(tables: &str, runs: usize, took: Duration) {
          **A run.** Fresh engines and a fresh room in the cell's world: the server peer has a TCP echo service, the \
          client peer forwards a local port to it. Time to first byte is measured from starting the client engine until \
          one byte written to the forwarded port comes back echoed through the tunnel; a run succeeds when it does \
-         within {} s and a 64 KiB echo after it is intact. Paths are what the client used at its first byte. Without a \
-         relay, hopeless cells (symmetric with symmetric or port-restricted) stop at their first reported failure, and \
+         within {} s and a 64 KiB echo after it is intact. Paths are what the client used at its first byte; \
+         \"found by\" is the technique its state named at the end of the run (`checks`, `birthday`, `relay`; issue #17, \
+         `docs/architecture.md`). When the first byte went over the relay in a cell that is not hopeless, the run waits \
+         up to 10 s for the client's path to turn direct and the upgrade is timed from the client's start. Conntrack \
+         entries are the UDP entries on the busiest NAT router of each site once connected (every table is flushed \
+         before a run), so they are what one connect costs; birthday packets and sockets are both peers' together. \
+         Without a relay, hopeless cells (symmetric with symmetric) stop at their first reported failure, and \
          run {} times each (`STUNFWD_MATRIX_HOPELESS_RUNS`): each run spends a whole punch timeout failing.\n\n{tables}\n\
          **The detected column** is what each engine reported right after the run's first byte. The quick types \
          (`cone`, `nat`, `symmetric`: servers compared, one round trip) are what an engine knows when it connects; \
