@@ -165,6 +165,9 @@ impl BirthdaySession {
                     // Its reader stops (the tunnel socket reads it now), every other
                     // socket is closed.
                     sockets.readers.abort_all();
+                    // Wait for the aborted readers to let go of their sockets, so the
+                    // losers are closed (their ports free) from here on.
+                    while sockets.readers.join_next().await.is_some() {}
                     let std = sockets.std.swap_remove(reached.socket);
                     match demux.adopt_side(std, reached.remote) {
                         Ok(()) => {
@@ -294,5 +297,185 @@ fn send_with_ttl(
         let sent = sock.send_to(data, to);
         s.set_unicast_hops_v6(normal)?;
         sent.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    use quinn::Runtime as _;
+
+    use super::*;
+
+    /// A tunnel socket with a STUN dispatcher, as an engine has.
+    fn agent() -> Arc<StunAgent> {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_nonblocking(true).expect("non-blocking");
+        let inner = quinn::TokioRuntime.wrap_udp_socket(sock).expect("wrap");
+        let (demux, mut rx) = DemuxSocket::new(inner);
+        let agent = StunAgent::new(demux.clone());
+        crate::spawn(crate::socket::drain(demux));
+        let a = agent.clone();
+        crate::spawn(async move {
+            while let Some(d) = rx.recv().await {
+                if let Some(Parsed::Success {
+                    tid, mapped, other, ..
+                }) = message::parse(&d.data)
+                {
+                    a.on_response(Response {
+                        tid,
+                        from: d.from,
+                        mapped,
+                        other,
+                        success: true,
+                        raw: d.data,
+                    });
+                }
+            }
+        });
+        agent
+    }
+
+    fn recv(sock: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+        sock.set_read_timeout(Some(wait)).expect("timeout");
+        let mut buf = [0u8; 1500];
+        let (n, from) = sock.recv_from(&mut buf).ok()?;
+        Some((buf[..n].to_vec(), from))
+    }
+
+    fn bound(port: u16) -> bool {
+        UdpSocket::bind(("127.0.0.1", port)).is_err()
+    }
+
+    /// The hard side on loopback, with this test as the easy peer: 16 authenticated
+    /// openers from 16 sockets; a probe without the room key is not answered; the
+    /// first authentic probe is answered from the socket it reached, which checks back
+    /// and joins the tunnel socket; the 15 others are closed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_reached_socket_joins_the_tunnel_and_the_others_close() {
+        let easy = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let easy_addr = easy.local_addr().expect("addr");
+        let agent = agent();
+        let demux = agent.socket().clone();
+        let session = BirthdaySession {
+            our_id: "hard".into(),
+            peer_id: "easy".into(),
+            password: "room key".into(),
+            config: BirthdayConfig {
+                side: Side::Hard,
+                peer: easy_addr,
+                sockets: 16,
+                probes: 1,
+                rate: 10_000,
+                opener_ttl: Some(3),
+                lead: Duration::ZERO,
+                timeout: Duration::from_secs(10),
+            },
+            local_ip: "127.0.0.1".parse().expect("ip"),
+            counters: Arc::default(),
+        };
+        let counters = session.counters.clone();
+        let run = tokio::spawn(session.run(agent));
+
+        let easy2 = easy.try_clone().expect("clone");
+        let openers = tokio::task::spawn_blocking(move || {
+            let mut from = Vec::new();
+            while from.len() < 16 {
+                let Some((data, addr)) = recv(&easy2, Duration::from_secs(5)) else {
+                    break;
+                };
+                assert!(
+                    message::verify_integrity(&data, "room key"),
+                    "openers are authenticated"
+                );
+                from.push(addr);
+            }
+            from
+        })
+        .await
+        .expect("openers");
+        assert_eq!(openers.len(), 16, "one opener per socket");
+        assert!(openers.iter().all(|a| bound(a.port())));
+        assert_eq!(counters.sockets.load(Ordering::Relaxed), 16);
+
+        let (easy3, target, forged_target) =
+            (easy.try_clone().expect("clone"), openers[5], openers[3]);
+        let (won_reply, forged_reply) = tokio::task::spawn_blocking(move || {
+            // Without the room key: no answer.
+            let forged = message::check_request(message::new_tid(), "hard:easy", "guess");
+            easy3.send_to(&forged, forged_target).expect("send");
+            let forged_reply = recv(&easy3, Duration::from_millis(300));
+            // Authentic: answered from that very socket, then a check back.
+            let tid = message::new_tid();
+            easy3
+                .send_to(
+                    &message::check_request(tid, "hard:easy", "room key"),
+                    target,
+                )
+                .expect("send");
+            let mut answered = None;
+            for _ in 0..4 {
+                let Some((data, from)) = recv(&easy3, Duration::from_secs(2)) else {
+                    break;
+                };
+                match message::parse(&data) {
+                    Some(Parsed::Success { tid: t, .. }) if t == tid => {
+                        assert!(message::verify_integrity(&data, "room key"));
+                        answered = Some(from);
+                    }
+                    Some(Parsed::Request { tid: back, .. }) => {
+                        assert_eq!(from, target, "the check back comes from the socket reached");
+                        let ok = message::binding_success(back, from, Some("room key"));
+                        easy3.send_to(&ok, from).expect("answer");
+                    }
+                    _ => {}
+                }
+                if answered.is_some() {
+                    // The check back may still be on its way: answer it too.
+                    if let Some((data, from)) = recv(&easy3, Duration::from_millis(500)) {
+                        if let Some(Parsed::Request { tid: back, .. }) = message::parse(&data) {
+                            let ok = message::binding_success(back, from, Some("room key"));
+                            easy3.send_to(&ok, from).expect("answer");
+                        }
+                    }
+                    break;
+                }
+            }
+            (answered, forged_reply)
+        })
+        .await
+        .expect("probe");
+        assert!(
+            forged_reply.is_none(),
+            "a forged probe is not answered: {forged_reply:?}"
+        );
+        assert_eq!(won_reply, Some(target), "answered from the socket reached");
+
+        let report = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the session ends once the check back is answered")
+            .expect("task");
+        assert_eq!(
+            report.won,
+            Some(Won {
+                socket: 5,
+                remote: easy_addr
+            })
+        );
+        assert_eq!(demux.side_peer(), Some(easy_addr));
+        for (i, a) in openers.iter().enumerate() {
+            assert_eq!(
+                bound(a.port()),
+                i == 5,
+                "socket {i} ({a}) open only if it won"
+            );
+        }
+        demux.clear_side();
+        assert!(
+            !bound(target.port()),
+            "the side socket closes with clear_side"
+        );
     }
 }
