@@ -12,7 +12,8 @@
 //! (runs of hopeless cells without a relay, default R), `STUNFWD_MATRIX_FILTER`
 //! (comma-separated substrings of cell names such as
 //! `linux-masquerade~linux-masquerade/no-relay/plain`), `STUNFWD_MATRIX_PARALLEL`
-//! (labs at a time, default 3), `STUNFWD_MATRIX_LOG` (a level: print the engines' logs), `STUNFWD_MATRIX_PUNCH_TTL` (`performance.punchTtl`
+//! (labs at a time, default 3), `STUNFWD_MATRIX_BIRTHDAY` (`SOCKETS,PROBES`: birthday
+//! punching's budget), `STUNFWD_MATRIX_LOG` (a level: print the engines' logs), `STUNFWD_MATRIX_PUNCH_TTL` (`performance.punchTtl`
 //! of every engine; 0 turns punching's openers off), `STUNFWD_WRITE_MATRIX=1` (write
 //! docs/nat-matrix.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -308,6 +309,18 @@ async fn run_once(
         .and_then(|v| v.parse::<u8>().ok())
     {
         extra["performance"] = serde_json::json!({ "punchTtl": ttl });
+    }
+    // `STUNFWD_MATRIX_BIRTHDAY=SOCKETS,PROBES` sets birthday punching's budget (to
+    // measure the success rate against it).
+    if let Some((sockets, probes)) = std::env::var("STUNFWD_MATRIX_BIRTHDAY").ok().and_then(|v| {
+        let (a, b) = v.split_once(',')?;
+        Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?))
+    }) {
+        if !extra["performance"].is_object() {
+            extra["performance"] = serde_json::json!({});
+        }
+        extra["performance"]["birthdaySockets"] = sockets.into();
+        extra["performance"]["birthdayProbes"] = probes.into();
     }
     let server = Arc::new(start_engine(
         sdev,
@@ -781,8 +794,13 @@ fn traversal_matrix() {
                         runs
                     };
                     let cell = measure(spec, n).await;
+                    let first = cell
+                        .runs
+                        .iter()
+                        .filter(|r| r.ok && r.failure.is_none())
+                        .count();
                     println!(
-                        "  {:<62} {}/{n} in {:.1} s",
+                        "  {:<62} {}/{n} in {:.1} s (first attempt {first}/{n})",
                         spec.name(),
                         cell.successes(),
                         t.elapsed().as_secs_f64()
