@@ -913,6 +913,51 @@ mod birthday {
         assert!(b.poll_transmit().is_none(), "stops spraying");
     }
 
+    /// Review of #17: the check list takes a direct answer only from the address it
+    /// checked; the easy side takes any authentic answer's source as the peer's address
+    /// (an on-path replay of the hard side's answer from elsewhere redirects the tunnel).
+    #[test]
+    fn the_easy_side_takes_only_an_answer_from_the_port_it_probed() {
+        let start = Instant::now();
+        let mut b = Birthday::with_seed(config(Side::Easy), start, 5);
+        let sent = drain(&mut b, start, Duration::from_millis(300));
+        let (_, probe) = sent[10];
+        let elsewhere: SocketAddr = "198.51.100.7:9999".parse().expect("addr");
+        b.on_response(probe.tid, 0, elsewhere, true);
+        assert_ne!(
+            b.won().map(|w| w.remote),
+            Some(elsewhere),
+            "the tunnel goes where the answer came from, not where the probe went"
+        );
+    }
+
+    /// Review of #17: the hard side commits to the first socket an authentic check
+    /// reaches, whoever sent it; the probes come from the easy side's public address
+    /// (its NAT keeps one port), so a check from anywhere else is a replay.
+    #[test]
+    fn the_hard_side_takes_checks_only_from_the_peers_public_address() {
+        let start = Instant::now();
+        let mut b = Birthday::with_seed(config(Side::Hard), start, 6);
+        drain(&mut b, start, Duration::from_secs(1));
+        let stranger: SocketAddr = "198.51.100.7:9999".parse().expect("addr");
+        let easy = config(Side::Hard).peer;
+        assert!(!b.on_request(3, stranger), "a stranger's (replayed) check");
+        assert!(b.on_request(4, easy), "the peer's own probe still gets in");
+    }
+
+    /// Review of #17: `birthdayRate` accepts 10-99 packets/s, but a tick sends at least
+    /// one packet, so anything under 100/s goes out at 100/s.
+    #[test]
+    fn a_rate_under_100_per_second_is_kept() {
+        let start = Instant::now();
+        let mut c = config(Side::Hard);
+        c.rate = 10;
+        let mut b = Birthday::with_seed(c, start, 7);
+        let sent = drain(&mut b, start, Duration::from_secs(1));
+        let first_second = sent.iter().filter(|(t, _)| *t < Duration::from_secs(1)).count();
+        assert!(first_second <= 11, "{first_second} packets in the first second at 10/s");
+    }
+
     #[test]
     fn the_budget_gives_the_chances_the_docs_quote() {
         let range = u32::from(u16::MAX - LOWEST_PORT) + 1;
