@@ -57,6 +57,19 @@ pub(crate) struct Report {
     pub won: Option<Won>,
 }
 
+/// The transaction ids a session registered with the tunnel socket's STUN agent,
+/// unregistered on drop.
+struct Registered<'a> {
+    agent: &'a StunAgent,
+    tids: Vec<Tid>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.agent.unregister(&self.tids);
+    }
+}
+
 /// What arrived on one of the hard side's sockets.
 struct Arrival {
     socket: usize,
@@ -149,14 +162,19 @@ impl BirthdaySession {
         let mut state = Birthday::new(config, now());
         let (tx, mut rx) = mpsc::channel::<Response>(256);
         let username = format!("{}:{}", self.peer_id, self.our_id);
-        let mut registered: Vec<Tid> = Vec::new();
+        // Unregistered when the session ends or is dropped mid-way (aborted when the
+        // check list wins or the attempt ends).
+        let mut registered = Registered {
+            agent: &agent,
+            tids: Vec::new(),
+        };
         let mut adopted = false;
         state.handle_timeout(now());
         loop {
             while let Some(p) = state.poll_transmit() {
                 self.counters.packets.fetch_add(1, Ordering::Relaxed);
                 agent.register(p.tid, tx.clone());
-                registered.push(p.tid);
+                registered.tids.push(p.tid);
                 self.send(&demux, &sockets, adopted, &username, p).await;
             }
             if !adopted {
@@ -203,7 +221,7 @@ impl BirthdaySession {
                 }
             }
         }
-        agent.unregister(&registered);
+        drop(registered);
         let report = Report {
             side,
             sockets: state.sockets(),

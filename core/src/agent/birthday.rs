@@ -120,8 +120,8 @@ pub struct Birthday {
     /// Easy: the next port of the near window (offset above the peer's port), counting
     /// down.
     near_next: u16,
-    /// Transaction ids out, with the socket that sent each.
-    tids: std::collections::HashMap<Tid, usize>,
+    /// Transaction ids out, with the socket that sent each and where it went.
+    tids: std::collections::HashMap<Tid, (usize, SocketAddr)>,
     /// Hard: the socket the peer's probe reached first; only it answers from then on.
     reached: Option<Won>,
     won: Option<Won>,
@@ -243,7 +243,14 @@ impl Birthday {
         if now < self.next_tick || !self.budget_left() {
             return;
         }
-        let per_tick = (u64::from(self.config.rate) * TICK.as_millis() as u64 / 1000).max(1);
+        let per_tick = u64::from(self.config.rate) * TICK.as_millis() as u64 / 1000;
+        // Under 100 packets/s a tick's share is less than one: one packet per tick,
+        // with the ticks spaced to keep the rate.
+        let (per_tick, interval) = if per_tick == 0 {
+            (1, Duration::from_secs(1) / self.config.rate.max(1))
+        } else {
+            (per_tick, TICK)
+        };
         for _ in 0..per_tick {
             if !self.budget_left() {
                 break;
@@ -261,7 +268,7 @@ impl Birthday {
                 }
             }
         }
-        self.next_tick = now + TICK;
+        self.next_tick = now + interval;
     }
 
     /// The next port to probe: the near window above the peer's port, from its top
@@ -293,7 +300,7 @@ impl Birthday {
 
     fn push(&mut self, socket: usize, to: SocketAddr, ttl: Option<u8>) {
         let tid: Tid = self.rng.random();
-        self.tids.insert(tid, socket);
+        self.tids.insert(tid, (socket, to));
         self.queue.push_back(Probe {
             tid,
             socket,
@@ -311,6 +318,11 @@ impl Birthday {
         }
         match self.config.side {
             Side::Easy => true,
+            // The probes come from the easy side's public IP (its NAT keeps one port
+            // for every destination, so from `peer` itself unless its router moved
+            // it). An authentic check from any other IP is a replay: checks carry no
+            // freshness, and the easy side sprays thousands of them.
+            Side::Hard if from.ip() != self.config.peer.ip() => false,
             Side::Hard => match self.reached {
                 Some(r) => r.socket == socket,
                 None => {
@@ -335,10 +347,18 @@ impl Birthday {
         from: SocketAddr,
         authentic: bool,
     ) -> bool {
-        let Some(&sent_from) = self.tids.get(&tid) else {
+        let Some(&(sent_from, sent_to)) = self.tids.get(&tid) else {
             return false;
         };
-        if !authentic || sent_from != socket || self.won.is_some() || self.gave_up {
+        // Like the check list's direct checks: only an answer straight back from the
+        // address probed (the hard side answers from the socket the probe reached). An
+        // authentic answer from elsewhere is a replay, or came another way.
+        if !authentic
+            || sent_from != socket
+            || from != sent_to
+            || self.won.is_some()
+            || self.gave_up
+        {
             return true;
         }
         if self.config.side == Side::Hard && self.reached.is_some_and(|r| r.socket != socket) {
