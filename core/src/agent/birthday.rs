@@ -220,7 +220,9 @@ impl Birthday {
 
     fn budget_left(&self) -> bool {
         match self.config.side {
-            Side::Hard => self.openers_sent < self.config.sockets,
+            // Once the peer reached a socket, the openers still to go would reach the
+            // peer through it at full TTL: stop them.
+            Side::Hard => self.openers_sent < self.config.sockets && self.reached.is_none(),
             Side::Easy => self.probed.len() < self.config.probes && self.ports_left(),
         }
     }
@@ -330,6 +332,7 @@ impl Birthday {
                         socket,
                         remote: from,
                     });
+                    self.queue.retain(|p| p.ttl.is_none());
                     self.push(socket, from, None);
                     true
                 }

@@ -954,8 +954,14 @@ mod birthday {
         c.rate = 10;
         let mut b = Birthday::with_seed(c, start, 7);
         let sent = drain(&mut b, start, Duration::from_secs(1));
-        let first_second = sent.iter().filter(|(t, _)| *t < Duration::from_secs(1)).count();
-        assert!(first_second <= 11, "{first_second} packets in the first second at 10/s");
+        let first_second = sent
+            .iter()
+            .filter(|(t, _)| *t < Duration::from_secs(1))
+            .count();
+        assert!(
+            first_second <= 11,
+            "{first_second} packets in the first second at 10/s"
+        );
     }
 
     #[test]

@@ -112,7 +112,9 @@ async fn a_dropped_hard_session_closes_every_socket() {
 async fn a_replayed_probe_from_a_stranger_does_not_take_the_hard_side() {
     let (agent, _rx) = agent();
     // The real easy side: where the openers go (full TTL here, so we see the ports).
-    let easy = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let easy = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let easy_addr = easy.local_addr().expect("addr");
     let mut s = session(Side::Hard, easy_addr, 4, 1);
     s.config.timeout = Duration::from_secs(2);
@@ -127,7 +129,9 @@ async fn a_replayed_probe_from_a_stranger_does_not_take_the_hard_side() {
         hard_ports.push(from);
     }
     // A recorded probe of the easy side (any tid), replayed from elsewhere.
-    let stranger = tokio::net::UdpSocket::bind("127.0.0.3:0").await.expect("bind");
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.3:0")
+        .await
+        .expect("bind");
     let stranger_addr = stranger.local_addr().expect("addr");
     let recorded = message::check_request(message::new_tid(), "hard:easy", PASSWORD);
     stranger
@@ -149,7 +153,10 @@ async fn a_replayed_probe_from_a_stranger_does_not_take_the_hard_side() {
         Some(stranger_addr),
         "a stranger's replay made a side socket that carries the tunnel to it"
     );
-    assert!(answered, "the real peer's probe was refused after the replay");
+    assert!(
+        answered,
+        "the real peer's probe was refused after the replay"
+    );
     assert!(
         report.won.is_none_or(|w| w.remote == easy_addr),
         "a win nobody confirmed: {report:?}"
@@ -176,13 +183,17 @@ async fn fd_exhaustion_leaves_the_engine_descriptors() {
     let during = open_fds();
     // What the engine might need meanwhile: a few sockets (a forwarded UDP flow, a TCP
     // connection to the rendezvous, a DNS lookup).
-    let other: std::io::Result<Vec<std::net::UdpSocket>> =
-        (0..4).map(|_| std::net::UdpSocket::bind("127.0.0.1:0")).collect();
+    let other: std::io::Result<Vec<std::net::UdpSocket>> = (0..4)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect();
     eprintln!(
         "descriptors {before} -> {during}; hard side opened {opened} sockets; another socket: {:?}",
         other.as_ref().map(|_| ()).map_err(|e| e.to_string())
     );
     task.abort();
     let _ = task.await;
-    assert!(other.is_ok(), "the engine has no descriptor left while birthday punching runs");
+    assert!(
+        other.is_ok(),
+        "the engine has no descriptor left while birthday punching runs"
+    );
 }

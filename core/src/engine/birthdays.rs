@@ -130,7 +130,13 @@ impl Birthdays {
                     }
                     checks_done = true;
                 }
-                Some(report) = self.reports.recv(), if self.running > 0 => {
+                report = self.reports.recv(), if self.running > 0 => {
+                    // A session that ended without reporting (it panicked) counts as
+                    // ended: no branch is left disabled for good.
+                    let Some(report) = report else {
+                        self.running = 0;
+                        continue;
+                    };
                     self.running -= 1;
                     if let Some(w) = report.won {
                         self.remember(true);
@@ -150,13 +156,18 @@ impl Birthdays {
     /// without one.
     async fn next_win(&mut self) -> Option<SocketAddr> {
         while self.running > 0 {
-            let report = self.reports.recv().await?;
+            let Some(report) = self.reports.recv().await else {
+                break;
+            };
             self.running -= 1;
             if let Some(w) = report.won {
                 self.remember(true);
                 return Some(w.remote);
             }
         }
+        // Every session ended without a pair (also while a relay carried the tunnel):
+        // the next attempt between these addresses starts with plain checks.
+        self.remember(false);
         None
     }
 
