@@ -5,6 +5,14 @@
 //! it to the engine's STUN dispatcher. Everything the engine sends (STUN requests,
 //! checks, answers) goes out through the same socket, so the address STUN reports is
 //! the address the peer punches to and QUIC later uses.
+//!
+//! The socket is usually one dual-stack IPv6 socket (`[::]`, `IPV6_V6ONLY` off), on
+//! which the kernel names IPv4 peers by IPv4-mapped addresses (`::ffff:a.b.c.d`).
+//! [`DemuxSocket`] is the one place that translates: the STUN code, the relay routes
+//! and the connection agent see only canonical addresses ([`canonical`]; an IPv4 peer
+//! is an IPv4 address), while quinn, which maps IPv4 addresses itself on an IPv6
+//! socket, and the kernel see the mapped form ([`DemuxSocket::wire`]). Code that reads
+//! a QUIC connection's address canonicalises it with [`peer_addr`].
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -87,6 +95,8 @@ pub(crate) struct DemuxSocket {
     /// A second handle on the real socket, for datagrams with their own TTL
     /// ([`DemuxSocket::send_opener`]); unset when the socket is not a plain UDP socket.
     raw: std::sync::OnceLock<std::net::UdpSocket>,
+    /// The socket is IPv6 (dual-stack or not): IPv4 destinations go out IPv4-mapped.
+    v6: bool,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -99,6 +109,7 @@ impl DemuxSocket {
     /// Wraps `inner`; STUN datagrams arrive on the returned receiver.
     pub fn new(inner: Arc<dyn AsyncUdpSocket>) -> (Arc<Self>, mpsc::Receiver<StunDatagram>) {
         let (stun_tx, stun_rx) = mpsc::channel(1024);
+        let v6 = inner.local_addr().is_ok_and(|a| a.is_ipv6());
         (
             Arc::new(DemuxSocket {
                 inner,
@@ -110,9 +121,21 @@ impl DemuxSocket {
                 has_unwrapped: AtomicBool::new(false),
                 relayed_peers_added: Notify::new(),
                 raw: std::sync::OnceLock::new(),
+                v6,
             }),
             stun_rx,
         )
+    }
+
+    /// `addr` as the kernel and quinn name it on this socket: IPv4-mapped on an IPv6
+    /// socket, unchanged otherwise.
+    pub(crate) fn wire(&self, addr: SocketAddr) -> SocketAddr {
+        match addr {
+            SocketAddr::V4(a) if self.v6 => {
+                SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
+            }
+            other => other,
+        }
     }
 
     /// Changes the routes (under the write lock) and keeps `routed` in step.
@@ -132,31 +155,31 @@ impl DemuxSocket {
 
     /// Uses `server` as our TURN relay (None: no allocation, all routes direct).
     pub fn set_relay_server(&self, server: Option<SocketAddr>) {
-        self.update(|r| r.set_relay_server(server));
+        self.update(|r| r.set_relay_server(server.map(canonical)));
     }
 
     /// The peers with a permission on our allocation: only their Data indications are
     /// accepted from now on.
     pub fn set_permitted(&self, ips: &[IpAddr]) {
-        self.update(|r| r.permitted = ips.iter().copied().collect());
+        self.update(|r| r.permitted = ips.iter().map(|ip| ip.to_canonical()).collect());
     }
 
     /// Sends to `peer` through the relay from now on. False when it already was, there
     /// is no relay, or [`MAX_RELAYED_PEERS`](routes::MAX_RELAYED_PEERS) are relayed already.
     pub fn route_via_relay(&self, peer: SocketAddr) -> bool {
-        self.update(|r| r.route_via_relay(peer))
+        self.update(|r| r.route_via_relay(canonical(peer)))
     }
 
     /// `peer` sent an authentic connectivity check that arrived directly (not through
     /// the relay): its direct QUIC packets may now move it off the relay.
     pub fn direct_path_proven(&self, peer: SocketAddr) {
-        self.update(|r| r.direct_path_proven(peer));
+        self.update(|r| r.direct_path_proven(canonical(peer)));
     }
 
     /// Packets to `peer` go straight from now on, and its relayed packets no longer
     /// route it through the relay (the tunnel runs on a direct pair we nominated).
     pub fn route_direct(&self, peer: SocketAddr) {
-        self.update(|r| r.route_direct(peer));
+        self.update(|r| r.route_direct(canonical(peer)));
     }
 
     /// Forgets the direct pin of a tunnel that ended (see [`DemuxSocket::route_direct`]).
@@ -168,7 +191,7 @@ impl DemuxSocket {
     /// presented as coming from `conn_addr`: how a relayed connection moves to a direct
     /// path without the QUIC connection noticing on our side.
     pub fn alias(&self, conn_addr: SocketAddr, real: SocketAddr) {
-        self.update(|r| r.alias(conn_addr, real));
+        self.update(|r| r.alias(canonical(conn_addr), canonical(real)));
     }
 
     /// Gives the socket a second handle on the real UDP socket (a `try_clone` of the
@@ -182,7 +205,7 @@ impl DemuxSocket {
     /// peer's router. Without a raw handle it goes straight with the normal TTL.
     pub async fn send_opener(&self, data: &[u8], to: SocketAddr, ttl: u8) -> io::Result<()> {
         match self.raw.get() {
-            Some(raw) => ttl::send_with_ttl(raw, data, to, ttl),
+            Some(raw) => ttl::send_with_ttl(raw, data, self.wire(to), ttl),
             None => self.send_raw(data, to).await,
         }
     }
@@ -195,12 +218,13 @@ impl DemuxSocket {
 
     /// True when packets to `peer` go through the relay.
     pub fn is_via_relay(&self, peer: SocketAddr) -> bool {
-        self.routes().is_some_and(|r| r.via.contains(&peer))
+        self.routes()
+            .is_some_and(|r| r.via.contains(&canonical(peer)))
     }
 
     /// Records a bound channel.
     pub fn set_channel(&self, peer: SocketAddr, channel: u16) {
-        self.update(|r| r.set_channel(peer, channel));
+        self.update(|r| r.set_channel(canonical(peer), channel));
     }
 
     /// Waits until Data indications have routed new peers through the relay (then
@@ -220,6 +244,7 @@ impl DemuxSocket {
         if data.is_empty() {
             return Ok(());
         }
+        let to = canonical(to);
         let hop = self.routes().map_or(Hop::Direct(to), |r| r.stun_hop(to));
         match hop {
             Hop::Direct(to) => self.send_raw(data, to).await,
@@ -234,7 +259,7 @@ impl DemuxSocket {
 
     async fn send_raw(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
         let transmit = Transmit {
-            destination: to,
+            destination: self.wire(to),
             ecn: None,
             contents: data,
             segment_size: None,
@@ -357,7 +382,7 @@ impl DemuxSocket {
             let len = data.len().min(bufs[n].len());
             bufs[n][..len].copy_from_slice(&data[..len]);
             meta[n] = RecvMeta {
-                addr: from,
+                addr: self.wire(from),
                 len,
                 stride: len,
                 ..RecvMeta::default()
@@ -377,12 +402,14 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let to = transmit.destination;
+        let to = canonical(transmit.destination);
         let hop = self.routes().map_or(Hop::Direct(to), |r| r.quic_hop(to));
         match hop {
-            Hop::Direct(to) if to == transmit.destination => self.inner.try_send(transmit),
+            Hop::Direct(to) if self.wire(to) == transmit.destination => {
+                self.inner.try_send(transmit)
+            }
             Hop::Direct(to) => self.inner.try_send(&Transmit {
-                destination: to,
+                destination: self.wire(to),
                 ecn: transmit.ecn,
                 contents: transmit.contents,
                 segment_size: transmit.segment_size,
@@ -399,7 +426,7 @@ impl AsyncUdpSocket for DemuxSocket {
                     .max(1);
                 for chunk in transmit.contents.chunks(segment) {
                     self.inner.try_send(&Transmit {
-                        destination: server,
+                        destination: self.wire(server),
                         ecn: transmit.ecn,
                         contents: &frame(peer, channel, chunk),
                         segment_size: None,
@@ -430,6 +457,9 @@ impl AsyncUdpSocket for DemuxSocket {
             let mut kept = 0;
             for i in 0..n {
                 let mut m = meta[i];
+                // Everything below works on canonical addresses; what goes on to
+                // quinn is put back in the socket's form at the end.
+                m.addr = canonical(m.addr);
                 let mut through_relay = false;
                 if let Some(server) = relay.filter(|s| *s == m.addr) {
                     let stride = m.stride.max(1);
@@ -492,8 +522,9 @@ impl AsyncUdpSocket for DemuxSocket {
                 }
                 if !through_relay && Some(m.addr) != relay {
                     self.direct_arrival(&mut m);
-                    meta[i] = m;
                 }
+                m.addr = self.wire(m.addr);
+                meta[i] = m;
                 if kept != i {
                     let (head, tail) = bufs.split_at_mut(i);
                     head[kept][..m.len].copy_from_slice(&tail[0][..m.len]);
@@ -555,25 +586,115 @@ impl DemuxSocket {
     }
 }
 
-/// Our host candidates: the bound address, or every interface address of the socket's
-/// family when bound to the unspecified address.
+/// `addr` with an IPv4-mapped IPv6 address turned back into IPv4 (how a dual-stack
+/// socket names an IPv4 peer); anything else unchanged.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// A QUIC connection's peer address, canonical (see [`canonical`]): quinn names an
+/// IPv4 peer by its IPv4-mapped address on our dual-stack socket.
+pub(crate) fn peer_addr(conn: &quinn::Connection) -> SocketAddr {
+    canonical(conn.remote_address())
+}
+
+/// A non-blocking UDP socket bound to `addr`; on the IPv6 unspecified address a
+/// dual-stack one (`IPV6_V6ONLY` off explicitly: the system default,
+/// `net.ipv6.bindv6only`, may say otherwise). `buffer`: the least send and receive
+/// buffer size to ask for.
+pub(crate) fn bind_udp(addr: SocketAddr, buffer: Option<usize>) -> io::Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        s.set_only_v6(false)?;
+    }
+    if let Some(buffer) = buffer {
+        let _ = s.set_recv_buffer_size(buffer);
+        let _ = s.set_send_buffer_size(buffer);
+    }
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// A non-blocking TCP listener on `addr`, dual-stack on the IPv6 unspecified address
+/// (see [`bind_udp`]).
+#[cfg(feature = "server")]
+pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        s.set_only_v6(false)?;
+    }
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// True when a socket bound to `local` can send to `to`: the same family, or any
+/// family from the IPv6 unspecified address (the engine binds that dual-stack).
+pub(crate) fn reaches(local: SocketAddr, to: SocketAddr) -> bool {
+    let to = canonical(to);
+    match local {
+        SocketAddr::V4(_) => to.is_ipv4(),
+        SocketAddr::V6(l) if l.ip().is_unspecified() => true,
+        SocketAddr::V6(l) if l.ip().to_ipv4_mapped().is_some() => to.is_ipv4(),
+        SocketAddr::V6(_) => to.is_ipv6(),
+    }
+}
+
+/// A global unicast IPv6 address (2000::/3, RFC 4291): one a peer across the
+/// internet can reach. Link-local (fe80::/10) needs a scope and is useless beyond the
+/// link; unique-local (fc00::/7) is not routed between sites, and where two peers
+/// share one, they share an IPv4 LAN too; loopback and IPv4-mapped are not interface
+/// addresses worth offering.
+pub fn is_global_v6(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xe000) == 0x2000)
+}
+
+/// Our host candidates: the bound address, or every interface address the socket can
+/// use when bound to the unspecified address (for `[::]`, dual-stack, the global IPv6
+/// ones and the IPv4 ones). Global IPv6 addresses come first, so a working IPv6
+/// direct path is the one nominated (RFC 8421 prefers IPv6 likewise), then IPv4,
+/// loopback last.
 pub(crate) fn host_candidates(local: SocketAddr) -> Vec<SocketAddr> {
     if !local.ip().is_unspecified() {
-        return vec![local];
+        return vec![canonical(local)];
     }
-    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
+    let addrs = if_addrs::get_if_addrs()
         .unwrap_or_default()
         .into_iter()
         .map(|i| i.ip())
-        .filter(|ip| ip.is_ipv4() == local.is_ipv4())
+        .collect::<Vec<_>>();
+    host_candidates_from(local, &addrs)
+}
+
+/// [`host_candidates`] from a given list of interface addresses.
+fn host_candidates_from(local: SocketAddr, addrs: &[IpAddr]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = addrs
+        .iter()
+        .copied()
         .filter(|ip| match ip {
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80, // no link-local
-            IpAddr::V4(_) => true,
+            IpAddr::V4(_) => local.is_ipv4() || reaches(local, SocketAddr::new(*ip, 1)),
+            IpAddr::V6(_) => local.is_ipv6() && is_global_v6(*ip),
         })
         .map(|ip| SocketAddr::new(ip, local.port()))
-        .collect();
-    // Non-loopback first: they are the useful ones across hosts.
-    out.sort_by_key(|a| a.ip().is_loopback());
+        .fold(Vec::new(), |mut seen, a| {
+            if !seen.contains(&a) {
+                seen.push(a);
+            }
+            seen
+        });
+    // IPv6 first, then IPv4; loopback last (it is only useful on one host).
+    out.sort_by_key(|a| (a.ip().is_loopback(), a.is_ipv4()));
     out
 }
 
@@ -674,6 +795,150 @@ mod tests {
             (2000, 0),
             "received {got} of 2000, {lost} packets lost"
         );
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn canonical_unmaps_ipv4_and_leaves_the_rest() {
+        assert_eq!(canonical(addr("[::ffff:10.0.0.2]:5")), addr("10.0.0.2:5"));
+        assert_eq!(canonical(addr("10.0.0.2:5")), addr("10.0.0.2:5"));
+        assert_eq!(canonical(addr("[2001:db8::1]:5")), addr("[2001:db8::1]:5"));
+        // IPv4-compatible (deprecated ::a.b.c.d) is not IPv4-mapped.
+        assert_eq!(canonical(addr("[::1]:5")), addr("[::1]:5"));
+    }
+
+    #[test]
+    fn a_dual_stack_socket_reaches_both_families_others_their_own() {
+        let (v4, v6) = (addr("192.0.2.1:1"), addr("[2001:db8::1]:1"));
+        assert!(reaches(addr("[::]:0"), v4) && reaches(addr("[::]:0"), v6));
+        assert!(reaches(addr("0.0.0.0:0"), v4) && !reaches(addr("0.0.0.0:0"), v6));
+        assert!(!reaches(addr("[2001:db8::2]:0"), v4) && reaches(addr("[2001:db8::2]:0"), v6));
+        assert!(reaches(addr("0.0.0.0:0"), addr("[::ffff:192.0.2.1]:1")));
+    }
+
+    /// Only global unicast IPv6 (2000::/3) is offered: not link-local, unique-local,
+    /// loopback or mapped. IPv6 leads, loopback trails; an IPv4 socket offers IPv4 only.
+    #[test]
+    fn host_candidates_offer_global_ipv6_first() {
+        let ips: Vec<IpAddr> = [
+            "127.0.0.1",
+            "10.0.0.2",
+            "::1",
+            "fe80::1",
+            "fd00::2",
+            "2001:db8:1:1::2",
+            "::ffff:10.0.0.3",
+            "10.0.0.2",
+        ]
+        .iter()
+        .map(|s| s.parse().expect("ip"))
+        .collect();
+        assert_eq!(
+            host_candidates_from(addr("[::]:4000"), &ips),
+            [
+                addr("[2001:db8:1:1::2]:4000"),
+                addr("10.0.0.2:4000"),
+                addr("127.0.0.1:4000")
+            ]
+        );
+        assert_eq!(
+            host_candidates_from(addr("0.0.0.0:4000"), &ips),
+            [addr("10.0.0.2:4000"), addr("127.0.0.1:4000")]
+        );
+        assert!(is_global_v6("2001:db8::1".parse().expect("ip")));
+        assert!(!is_global_v6("fd10::1".parse().expect("ip")));
+        assert!(!is_global_v6("10.0.0.1".parse().expect("ip")));
+        assert_eq!(
+            host_candidates(addr("[::ffff:127.0.0.1]:9")),
+            [addr("127.0.0.1:9")]
+        );
+    }
+
+    /// On a dual-stack socket the kernel names an IPv4 peer `::ffff:a.b.c.d`: the STUN
+    /// side sees the IPv4 address, quinn the mapped one (as its own `connect` maps),
+    /// and sends to an IPv4 address (STUN, openers, QUIC) go out; an IPv6 peer is
+    /// reached on the same socket.
+    #[tokio::test]
+    async fn a_dual_stack_socket_speaks_canonical_addresses_above_and_mapped_below() {
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let sock = bind_udp(addr("[::]:0"), None).expect("bind [::]");
+        let port = sock.local_addr().expect("addr").port();
+        let raw = sock.try_clone().expect("clone");
+        let (demux, mut stun_rx) = DemuxSocket::new(runtime.wrap_udp_socket(sock).expect("wrap"));
+        demux.set_raw(raw);
+        let peer4 = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind v4 peer");
+        let peer6 = std::net::UdpSocket::bind("[::1]:0").expect("bind v6 peer");
+        for p in [&peer4, &peer6] {
+            p.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+        }
+        let (p4, p6) = (
+            peer4.local_addr().expect("addr"),
+            peer6.local_addr().expect("addr"),
+        );
+        let mut buf = [0u8; 64];
+        // STUN out to both families, plain and as an opener with its own TTL.
+        for p in [p4, p6] {
+            demux.send_to(&[0x00, 1, 2], p).await.expect("send");
+            demux.send_opener(&[0x00, 3], p, 5).await.expect("opener");
+        }
+        for p in [&peer4, &peer6] {
+            assert_eq!(p.recv_from(&mut buf).expect("stun").0, 3);
+            assert_eq!(p.recv_from(&mut buf).expect("opener").0, 2);
+        }
+        // STUN in: canonical addresses for the dispatcher.
+        let drainer = tokio::spawn(drain(demux.clone()));
+        peer4
+            .send_to(&[0x01, 1], SocketAddr::from(([127, 0, 0, 1], port)))
+            .expect("send");
+        peer6
+            .send_to(
+                &[0x01, 1],
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+            )
+            .expect("send");
+        let mut froms = Vec::new();
+        for _ in 0..2 {
+            let d = tokio::time::timeout(Duration::from_secs(2), stun_rx.recv())
+                .await
+                .expect("a STUN datagram")
+                .expect("channel open");
+            froms.push(d.from);
+        }
+        froms.sort();
+        assert_eq!(froms, [p4, p6]);
+        drainer.abort();
+        // QUIC in: quinn sees the mapped form; QUIC out to the mapped or plain form goes.
+        peer4
+            .send_to(&[0x40; 20], SocketAddr::from(([127, 0, 0, 1], port)))
+            .expect("send");
+        let mut storage = vec![0u8; 2048];
+        let mut meta = [RecvMeta::default()];
+        let mut bufs = [IoSliceMut::new(&mut storage)];
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            poll_fn(|cx| demux.poll_recv(cx, &mut bufs, &mut meta)),
+        )
+        .await
+        .expect("a datagram")
+        .expect("received");
+        assert_eq!(meta[0].addr, demux.wire(p4));
+        assert_eq!(canonical(meta[0].addr), p4);
+        for to in [demux.wire(p4), p4] {
+            demux
+                .try_send(&Transmit {
+                    destination: to,
+                    ecn: None,
+                    contents: &[0x40; 20],
+                    segment_size: None,
+                    src_ip: None,
+                })
+                .expect("QUIC send");
+            assert_eq!(peer4.recv_from(&mut buf).expect("quic").0, 20);
+        }
     }
 
     /// Issue #14, finding 6: a packet "from" a relayed peer's address that arrives

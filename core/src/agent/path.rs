@@ -134,13 +134,16 @@ pub fn direct_candidates(peer: &Offer) -> &[SocketAddr] {
 
 /// What kind of path `selected` is: relay when our packets to it go through our own
 /// relay (`via_our_relay`) or it is one of the peer's relayed addresses, LAN when it is
-/// one of the peer's interface addresses, direct otherwise.
+/// one of the peer's interface addresses (but a global IPv6 one, which is reached
+/// across the internet like a server-reflexive address), direct otherwise.
 pub fn path_kind(peer: &Offer, selected: SocketAddr, via_our_relay: bool) -> PathKind {
     if via_our_relay {
         return PathKind::Relay;
     }
     match peer.candidates.iter().position(|c| *c == selected) {
-        Some(i) if i < peer.host_count => PathKind::Lan,
+        Some(i) if i < peer.host_count && !crate::socket::is_global_v6(selected.ip()) => {
+            PathKind::Lan
+        }
         Some(i) if i >= peer.candidates.len() - peer.relay_count => PathKind::Relay,
         _ => PathKind::Direct,
     }

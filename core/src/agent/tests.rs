@@ -656,3 +656,32 @@ fn failed_punches_lengthen_the_opener_lead() {
         Some(MAX_OPENER_LEAD)
     );
 }
+
+/// Issue #17: from a dual-stack `[::]` socket both families are checked, in the
+/// peer's order (its global IPv6 host candidate first, so a working IPv6 path is
+/// nominated at once); a global IPv6 host candidate is a direct path, not a LAN one.
+#[test]
+fn a_dual_stack_socket_checks_ipv6_and_ipv4_and_calls_global_ipv6_direct() {
+    let peer = offer(
+        "port-restricted",
+        &["[2001:db8:1:2::2]:4000", "10.0.2.2:4000", "198.18.0.9:4000"],
+        2,
+        0,
+        false,
+    );
+    assert_eq!(
+        usable_candidates(a("[::]:4000"), &peer.candidates),
+        peer.candidates
+    );
+    assert_eq!(
+        usable_candidates(a("0.0.0.0:4000"), &peer.candidates),
+        &peer.candidates[1..]
+    );
+    assert_eq!(
+        path_kind(&peer, a("[2001:db8:1:2::2]:4000"), false),
+        PathKind::Direct
+    );
+    assert_eq!(path_kind(&peer, a("10.0.2.2:4000"), false), PathKind::Lan);
+    let ula = offer("port-restricted", &["[fd10::2]:4000"], 1, 0, false);
+    assert_eq!(path_kind(&ula, a("[fd10::2]:4000"), false), PathKind::Lan);
+}

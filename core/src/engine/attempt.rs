@@ -117,7 +117,9 @@ pub(crate) fn detect_in_background(shared: &Arc<Shared>) {
     });
 }
 
-/// The configured STUN servers, resolved, of our socket's family.
+/// The configured STUN servers, resolved, one address each that our socket reaches:
+/// IPv4 where there is one (NAT behaviour is an IPv4 matter, and comparing mappings
+/// across families would look like a symmetric NAT), else IPv6.
 async fn stun_servers(shared: &Shared) -> Vec<SocketAddr> {
     let mut servers = Vec::new();
     for s in &shared.config.stun_servers {
@@ -125,15 +127,20 @@ async fn stun_servers(shared: &Shared) -> Vec<SocketAddr> {
             .await
         {
             Ok(Ok(addrs)) => {
-                if let Some(a) = addrs
-                    .filter(|a| a.is_ipv4() == shared.local_addr.is_ipv4())
-                    .find(|a| !shared.local_addr.ip().is_loopback() || a.ip().is_loopback())
-                {
+                let mut usable: Vec<SocketAddr> = addrs
+                    .filter(|a| crate::socket::reaches(shared.local_addr, *a))
+                    .filter(|a| !shared.local_addr.ip().is_loopback() || a.ip().is_loopback())
+                    .collect();
+                usable.sort_by_key(|a| a.is_ipv6());
+                if let Some(&a) = usable.first() {
                     servers.push(a);
                 }
             }
             _ => tracing::warn!(server = %s, "cannot resolve STUN server"),
         }
+    }
+    if servers.iter().any(SocketAddr::is_ipv4) {
+        servers.retain(SocketAddr::is_ipv4);
     }
     servers
 }
@@ -489,7 +496,7 @@ pub(crate) async fn connect_once(
                     )));
                 }
             };
-            let addr = conn.remote_address();
+            let addr = crate::socket::peer_addr(&conn);
             if !plan.always && !shared.agent.socket().is_via_relay(addr) {
                 // It came straight: keep answering it straight, whatever relayed
                 // checks of the client still arrive.

@@ -27,7 +27,7 @@ pub(crate) async fn run_connected(
     incoming: &mut Incoming,
 ) -> String {
     loop {
-        let peer = conn.remote_address();
+        let peer = crate::socket::peer_addr(&conn);
         {
             let mut p = lock(&shared.peer);
             p.path = Some(path);
@@ -109,7 +109,7 @@ pub(crate) async fn run_connected(
                     }
                     // quinn follows a peer whose NAT mapping changed (QUIC migration);
                     // report the new address and count the change.
-                    let now = conn.remote_address();
+                    let now = crate::socket::peer_addr(&conn);
                     let (offer, reported) = {
                         let p = lock(&shared.peer);
                         (p.offer.clone(), p.path)
@@ -142,9 +142,11 @@ pub(crate) async fn run_connected(
         match outcome {
             Err(reason) => return reason,
             Ok(new_conn) => {
-                tracing::info!(old = %peer, new = %new_conn.remote_address(), "peer reconnected; switching tunnel");
-                tracing::Span::current()
-                    .record("peer", tracing::field::display(new_conn.remote_address()));
+                tracing::info!(old = %peer, new = %crate::socket::peer_addr(&new_conn), "peer reconnected; switching tunnel");
+                tracing::Span::current().record(
+                    "peer",
+                    tracing::field::display(crate::socket::peer_addr(&new_conn)),
+                );
                 conn.close(0u32.into(), b"replaced");
                 shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 conn = new_conn;
@@ -201,7 +203,7 @@ pub(crate) async fn upgrade_to_direct(
             continue;
         }
         if let Some(sel) = found {
-            let conn_addr = conn.remote_address();
+            let conn_addr = crate::socket::peer_addr(&conn);
             shared.agent.socket().alias(conn_addr, sel.remote);
             let path = shared.path_kind(&offer, sel.remote);
             tracing::info!(from = %conn_addr, to = %sel.remote, "tunnel upgraded from relay to a direct path");
