@@ -111,6 +111,18 @@ pub fn plan_path(
     }
 }
 
+/// Both offers carry a global IPv6 host candidate: a firewall without NAT lets the
+/// answer to our own packet in, so the pair is punchable whatever the IPv4 NAT types
+/// say (issue #17), and [`plan_path`]'s verdict on them does not apply.
+pub fn both_on_global_ipv6(ours: &Offer, peer: &Offer) -> bool {
+    let has = |o: &Offer| {
+        o.candidates[..o.host_count.min(o.candidates.len())]
+            .iter()
+            .any(|c| crate::socket::is_global_v6(c.ip()))
+    };
+    has(ours) && has(peer)
+}
+
 /// The peer's candidates this attempt checks: all of them, or under policy `always`
 /// only its relayed ones (reached over the path to the TURN server; with none, the
 /// peer's checks through our relay give us its address).

@@ -324,14 +324,19 @@ pub(crate) async fn connect_once(
         p.nat = Some(NatType::from_name(&peer.nat));
         p.set_offer_id(Some(peer.id.clone()));
     }
-    match path::plan_path(
-        shared.role,
-        disc.nat,
-        offer.relay_count,
-        &peer,
-        plan,
-        policy,
-    ) {
+    let path_plan = if path::both_on_global_ipv6(&offer, &peer) {
+        PathPlan::Punch
+    } else {
+        path::plan_path(
+            shared.role,
+            disc.nat,
+            offer.relay_count,
+            &peer,
+            plan,
+            policy,
+        )
+    };
+    match path_plan {
         PathPlan::Punch => {}
         PathPlan::AllocateRelay => {
             let turn = ensure_relay(shared).await?;
