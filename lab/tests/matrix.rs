@@ -40,6 +40,9 @@ enum Side {
     Double,
     /// Both peers behind one port-restricted NAT, hairpinning on or off.
     SameNat { hairpin: bool },
+    /// Dual-stack (issue #17): IPv4 behind a NAT of this kind, and a global IPv6
+    /// address behind a stateful firewall that lets in only return traffic.
+    V6(NatKind),
 }
 
 impl Side {
@@ -49,13 +52,18 @@ impl Side {
             Side::Double => "double-nat".into(),
             Side::SameNat { hairpin: true } => "same-nat-hairpin".into(),
             Side::SameNat { hairpin: false } => "same-nat-no-hairpin".into(),
+            Side::V6(k) => format!("{}+v6", k.name()),
         }
+    }
+
+    fn v6(self) -> bool {
+        matches!(self, Side::V6(_))
     }
 
     /// The NAT type an RFC 5780 test finds on this side.
     fn nat_type(self) -> &'static str {
         match self {
-            Side::Nat(k) => k.expected_type(),
+            Side::Nat(k) | Side::V6(k) => k.expected_type(),
             Side::Double | Side::SameNat { .. } => "port-restricted",
         }
     }
@@ -73,6 +81,7 @@ impl Side {
             Side::SameNat { hairpin } => SiteSpec::new(name, NatKind::PortRestricted)
                 .devices(2)
                 .hairpin(hairpin),
+            Side::V6(k) => SiteSpec::new(name, k).ipv6(true),
         }
     }
 }
@@ -96,6 +105,11 @@ impl CellSpec {
         )
     }
 
+    /// Both sides have global IPv6 (issue #17): the tunnel must run over it.
+    fn both_v6(&self) -> bool {
+        self.server.v6() && self.client.v6()
+    }
+
     fn same_nat(&self) -> bool {
         matches!(self.server, Side::SameNat { .. })
     }
@@ -103,8 +117,13 @@ impl CellSpec {
     /// Issue #16's "hopeless": symmetric on both sides, or symmetric with a
     /// port-restricted NAT (a Linux masquerade router and double NAT are
     /// port-restricted). Sequential and preserving symmetric NATs count as symmetric.
+    /// Never when both sides have IPv6: firewalls without NAT are punched whatever the
+    /// IPv4 NATs are.
     fn hopeless(&self) -> bool {
         let (a, b) = (self.server, self.client);
+        if self.both_v6() {
+            return false;
+        }
         let pr = |s: Side| s.nat_type() == "port-restricted";
         !self.same_nat()
             && ((a.symmetric() && b.symmetric())
@@ -120,6 +139,8 @@ struct Run {
     ok: bool,
     ttfb: Option<Duration>,
     path: Option<PathKind>,
+    /// The client's peer address at the end of the run was IPv6.
+    over_v6: bool,
     /// NAT types the engines reported (server, client).
     detected: (String, String),
     /// The first failure the client reported (state reason or wait error), and when.
@@ -152,11 +173,16 @@ impl Cell {
         t
     }
 
-    fn paths(&self) -> BTreeMap<&'static str, usize> {
+    fn paths(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for r in self.runs.iter().filter(|r| r.ok) {
             if let Some(p) = r.path {
-                *m.entry(p.as_str()).or_insert(0) += 1;
+                let key = if r.over_v6 {
+                    format!("{} over IPv6", p.as_str())
+                } else {
+                    p.as_str().to_owned()
+                };
+                *m.entry(key).or_insert(0) += 1;
             }
         }
         m
@@ -197,6 +223,12 @@ fn all_cells() -> Vec<CellSpec> {
     for hairpin in [true, false] {
         sides.push((Side::SameNat { hairpin }, Side::SameNat { hairpin }));
     }
+    // IPv6 behind firewalls (issue #17): both sides dual-stack (also with symmetric
+    // IPv4 NATs, hopeless over IPv4), and one side IPv4 only.
+    let pr = NatKind::PortRestricted;
+    sides.push((Side::V6(pr), Side::V6(pr)));
+    sides.push((Side::V6(NatKind::Symmetric), Side::V6(NatKind::Symmetric)));
+    sides.push((Side::V6(pr), Side::Nat(pr)));
     let mut cells = Vec::new();
     for relay in [false, true] {
         for stun in StunSetup::ALL {
@@ -318,12 +350,14 @@ async fn run_once(
         server.stats().nat_type.as_str().to_owned(),
         client.stats().nat_type.as_str().to_owned(),
     );
+    let over_v6 = client.stats().peer_addr.is_some_and(|a| a.is_ipv6());
     stop_engine(client).await;
     stop_engine(server).await;
     Ok(Run {
         ok,
         ttfb,
         path,
+        over_v6,
         detected,
         failure,
         detail,
@@ -445,6 +479,25 @@ fn check_targets(cells: &[Cell], runs: usize) -> Vec<String> {
                 ));
             }
         };
+        // Issue #17: with IPv6 on both sides the tunnel runs on it, directly, relay or
+        // not; with one side IPv4 only, over IPv4 (through the relay too when one
+        // is configured: it is checked in parallel).
+        if c.spec.server.v6() || c.spec.client.v6() {
+            let want_v6 = c.spec.both_v6();
+            let relay_ok = c.spec.relay && !want_v6;
+            for r in c.runs.iter().filter(|r| r.ok) {
+                let path_ok = r.path == Some(PathKind::Direct)
+                    || (relay_ok && r.path == Some(PathKind::Relay));
+                if r.over_v6 != want_v6 || !path_ok {
+                    bad.push(format!(
+                        "{name}: wanted a direct path over IPv{}, got {:?} over IPv{}",
+                        if want_v6 { 6 } else { 4 },
+                        r.path,
+                        if r.over_v6 { 6 } else { 4 }
+                    ));
+                }
+            }
+        }
         let only = |bad: &mut Vec<String>, path: PathKind, why: &str| {
             if paths.iter().any(|p| *p != Some(path)) {
                 bad.push(format!("{name}: {why} ({} path): {paths:?}", path.as_str()));
