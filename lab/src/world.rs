@@ -68,6 +68,10 @@ pub struct WorldOptions {
     pub coturn_args: Vec<String>,
     /// The STUN servers [`World::config`] gives the peers.
     pub stun: StunSetup,
+    /// coturn also listens on the server's IPv6 address ([`World::coturn_v6`]). Off by
+    /// default: the README's command has two IPv4 addresses, and the RFC 5780 tests
+    /// run against exactly that.
+    pub coturn_v6: bool,
 }
 
 /// One site: devices behind a NAT router (itself behind a CGNAT for double NAT),
@@ -232,6 +236,8 @@ pub struct World {
     pub server_v6: Ipv6Addr,
     /// The STUN set-up [`World::config`] uses.
     pub stun: StunSetup,
+    /// coturn's IPv6 STUN/TURN address (port 3478), with [`WorldOptions::coturn_v6`].
+    pub coturn_v6: Option<SocketAddr>,
     /// coturn's command line as started (README command + lab files + extras).
     pub coturn_argv: Vec<String>,
     signal: Option<SignalServer>,
@@ -295,6 +301,10 @@ impl World {
         // coturn exactly as the README prints it; the lab only adds its own files.
         let mut argv = coturn::argv(coturn::README, ip0.into(), ip1.into(), TURN_PASSWORD)?;
         argv.extend(coturn::lab_extras(&dir));
+        let coturn_v6 = opts.coturn_v6.then(|| SocketAddr::from((server_v6, 3478)));
+        if let Some(v6) = coturn_v6 {
+            argv.extend(["--listening-ip".into(), v6.ip().to_string()]);
+        }
         argv.extend(opts.coturn_args.iter().cloned());
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
@@ -311,6 +321,7 @@ impl World {
             coturn,
             plain_stun: stun,
             server_v6,
+            coturn_v6,
             stun: opts.stun,
             coturn_argv: argv,
             signal: Some(signal),

@@ -5,7 +5,8 @@
 //! - Two such sites connect directly over IPv6 by punching, even with symmetric
 //!   IPv4 NATs (hopeless over IPv4) and no relay.
 //! - A dual-stack site and an IPv4-only one connect over IPv4.
-//! - The rendezvous server, its STUN responder and coturn answer over IPv6.
+//! - The rendezvous server and its STUN responder answer over IPv6, and so does
+//!   coturn when asked to listen there too.
 //!
 //!   cargo test -p stunfwd-lab --test ipv6 -- --nocapture
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -72,7 +73,11 @@ async fn stop(engines: [Arc<Engine>; 2]) {
 #[test]
 fn dual_stack_sites_have_global_ipv6_behind_a_stateful_firewall() {
     run(async {
-        let world = World::new(WorldOptions::default()).await?;
+        let world = World::new(WorldOptions {
+            coturn_v6: true,
+            ..WorldOptions::default()
+        })
+        .await?;
         let a = world
             .add_site(SiteSpec::new("fa", NatKind::PortRestricted).ipv6(true))
             .await?;
@@ -88,9 +93,17 @@ fn dual_stack_sites_have_global_ipv6_behind_a_stateful_firewall() {
         // The rendezvous server's STUN responder over IPv6 sees the device's own address.
         let sa = udp_socket(&a.devices[0], "[::]:0".parse()?).await?;
         let stun6 = SocketAddr::from((world.server_v6, 3480));
-        let answer = in_ns(&a.devices[0], move || stun_query(&sa, stun6)).await?;
-        println!("STUN over IPv6 from fa: mapped {}", answer.mapped);
+        let coturn6 = world.coturn_v6.unwrap();
+        let (answer, turn) = in_ns(&a.devices[0], move || {
+            Ok((stun_query(&sa, stun6)?, stun_query(&sa, coturn6)?))
+        })
+        .await?;
+        println!(
+            "STUN over IPv6 from fa: rendezvous says {}, coturn at {coturn6} says {}",
+            answer.mapped, turn.mapped
+        );
         assert_eq!(answer.mapped.ip(), IpAddr::V6(a6), "no NAT66");
+        assert_eq!(turn.mapped, answer.mapped);
         // Unsolicited from fb to fa: dropped by fa's firewall.
         let ra = udp_socket(&a.devices[0], SocketAddr::from((a6, 4000))).await?;
         let sb = udp_socket(&b.devices[0], SocketAddr::from((b6, 4001))).await?;
