@@ -576,7 +576,9 @@ fn write_doc(tables: &str, runs: usize, took: Duration) {
          **NAT kinds.** full-cone, address-restricted, port-restricted and symmetric are patchbay's; linux-masquerade is \
          nftables `masquerade` with no input filter (packets for the router's closed ports leave UNREPLIED conntrack \
          entries, issue #16); symmetric-sequential hands out consecutive ports; symmetric-preserving keeps the port for \
-         the first destination only.\n\n\
+         the first destination only. A `+v6` site is dual-stack (issue #17): IPv4 behind the NAT named, and a global \
+         IPv6 address (2001:db8:1:N::/64) behind a stateful firewall on the same router that forwards only return \
+         traffic (no NAT66); paths marked `over IPv6` ran on it.\n\n\
          **A run.** Fresh engines and a fresh room in the cell's world: the server peer has a TCP echo service, the \
          client peer forwards a local port to it. Time to first byte is measured from starting the client engine until \
          one byte written to the forwarded port comes back echoed through the tunnel; a run succeeds when it does \
