@@ -49,11 +49,11 @@ enum Command {
     },
     /// Run the rendezvous (signaling) server and its STUN responder.
     Signal {
-        /// HTTP address to listen on.
-        #[arg(long, default_value = "0.0.0.0:8080")]
+        /// HTTP address to listen on (`[::]`: IPv4 and IPv6).
+        #[arg(long, default_value = "[::]:8080")]
         http: SocketAddr,
-        /// UDP address of the STUN responder.
-        #[arg(long, default_value = "0.0.0.0:3478")]
+        /// UDP address of the STUN responder (`[::]`: IPv4 and IPv6).
+        #[arg(long, default_value = "[::]:3478")]
         stun: SocketAddr,
         #[command(flatten)]
         options: Box<SignalOptions>,

@@ -5,6 +5,15 @@
 //! it to the engine's STUN dispatcher. Everything the engine sends (STUN requests,
 //! checks, answers) goes out through the same socket, so the address STUN reports is
 //! the address the peer punches to and QUIC later uses.
+//!
+//! The socket is usually one dual-stack IPv6 socket (`[::]`, `IPV6_V6ONLY` off), on
+//! which the kernel names IPv4 peers by IPv4-mapped addresses (`::ffff:a.b.c.d`).
+//! [`DemuxSocket`] is the one place that translates: the STUN code, the relay routes
+//! and the connection agent see only canonical addresses ([`canonical`]; an IPv4 peer
+//! is an IPv4 address), while quinn, which maps IPv4 addresses itself on an IPv6
+//! socket, and the kernel see the mapped form ([`DemuxSocket::wire`]). Code that reads
+//! a QUIC connection's address canonicalises it with [`peer_addr`]. A side socket
+//! (birthday punching) has the peer's own family and sees canonical addresses.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -27,10 +36,16 @@ use crate::turn::wire;
 use routes::{frame, Hop, Routes};
 use side::Side;
 
+mod addr;
 mod batch;
 mod routes;
 mod side;
 mod ttl;
+
+#[cfg(feature = "server")]
+pub(crate) use addr::bind_tcp;
+pub(crate) use addr::{bind_udp, host_candidates, peer_addr, reaches};
+pub use addr::{canonical, is_global_v6};
 
 /// A STUN datagram taken off the shared socket.
 #[derive(Debug)]
@@ -101,6 +116,8 @@ pub(crate) struct DemuxSocket {
     /// The last receive read the side socket: the next reads the main one first, so a
     /// busy tunnel on the side socket never starves STUN and TURN on the main one.
     side_last: AtomicBool,
+    /// The socket is IPv6 (dual-stack or not): IPv4 destinations go out IPv4-mapped.
+    v6: bool,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -113,6 +130,7 @@ impl DemuxSocket {
     /// Wraps `inner`; STUN datagrams arrive on the returned receiver.
     pub fn new(inner: Arc<dyn AsyncUdpSocket>) -> (Arc<Self>, mpsc::Receiver<StunDatagram>) {
         let (stun_tx, stun_rx) = mpsc::channel(1024);
+        let v6 = inner.local_addr().is_ok_and(|a| a.is_ipv6());
         (
             Arc::new(DemuxSocket {
                 inner,
@@ -128,9 +146,21 @@ impl DemuxSocket {
                 has_side: AtomicBool::new(false),
                 recv_waker: atomic_waker::AtomicWaker::new(),
                 side_last: AtomicBool::new(false),
+                v6,
             }),
             stun_rx,
         )
+    }
+
+    /// `addr` as the kernel and quinn name it on this socket: IPv4-mapped on an IPv6
+    /// socket, unchanged otherwise.
+    pub(crate) fn wire(&self, addr: SocketAddr) -> SocketAddr {
+        match addr {
+            SocketAddr::V4(a) if self.v6 => {
+                SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
+            }
+            other => other,
+        }
     }
 
     /// Changes the routes (under the write lock) and keeps `routed` in step.
@@ -150,31 +180,31 @@ impl DemuxSocket {
 
     /// Uses `server` as our TURN relay (None: no allocation, all routes direct).
     pub fn set_relay_server(&self, server: Option<SocketAddr>) {
-        self.update(|r| r.set_relay_server(server));
+        self.update(|r| r.set_relay_server(server.map(canonical)));
     }
 
     /// The peers with a permission on our allocation: only their Data indications are
     /// accepted from now on.
     pub fn set_permitted(&self, ips: &[IpAddr]) {
-        self.update(|r| r.permitted = ips.iter().copied().collect());
+        self.update(|r| r.permitted = ips.iter().map(|ip| ip.to_canonical()).collect());
     }
 
     /// Sends to `peer` through the relay from now on. False when it already was, there
     /// is no relay, or [`MAX_RELAYED_PEERS`](routes::MAX_RELAYED_PEERS) are relayed already.
     pub fn route_via_relay(&self, peer: SocketAddr) -> bool {
-        self.update(|r| r.route_via_relay(peer))
+        self.update(|r| r.route_via_relay(canonical(peer)))
     }
 
     /// `peer` sent an authentic connectivity check that arrived directly (not through
     /// the relay): its direct QUIC packets may now move it off the relay.
     pub fn direct_path_proven(&self, peer: SocketAddr) {
-        self.update(|r| r.direct_path_proven(peer));
+        self.update(|r| r.direct_path_proven(canonical(peer)));
     }
 
     /// Packets to `peer` go straight from now on, and its relayed packets no longer
     /// route it through the relay (the tunnel runs on a direct pair we nominated).
     pub fn route_direct(&self, peer: SocketAddr) {
-        self.update(|r| r.route_direct(peer));
+        self.update(|r| r.route_direct(canonical(peer)));
     }
 
     /// Forgets the direct pin of a tunnel that ended (see [`DemuxSocket::route_direct`]).
@@ -186,7 +216,7 @@ impl DemuxSocket {
     /// presented as coming from `conn_addr`: how a relayed connection moves to a direct
     /// path without the QUIC connection noticing on our side.
     pub fn alias(&self, conn_addr: SocketAddr, real: SocketAddr) {
-        self.update(|r| r.alias(conn_addr, real));
+        self.update(|r| r.alias(canonical(conn_addr), canonical(real)));
     }
 
     /// Gives the socket a second handle on the real UDP socket (a `try_clone` of the
@@ -200,7 +230,7 @@ impl DemuxSocket {
     /// peer's router. Without a raw handle it goes straight with the normal TTL.
     pub async fn send_opener(&self, data: &[u8], to: SocketAddr, ttl: u8) -> io::Result<()> {
         match self.raw.get() {
-            Some(raw) => ttl::send_with_ttl(raw, data, to, ttl),
+            Some(raw) => ttl::send_with_ttl(raw, data, self.wire(to), ttl),
             None => self.send_raw(data, to).await,
         }
     }
@@ -213,12 +243,13 @@ impl DemuxSocket {
 
     /// True when packets to `peer` go through the relay.
     pub fn is_via_relay(&self, peer: SocketAddr) -> bool {
-        self.routes().is_some_and(|r| r.via.contains(&peer))
+        self.routes()
+            .is_some_and(|r| r.via.contains(&canonical(peer)))
     }
 
     /// Records a bound channel.
     pub fn set_channel(&self, peer: SocketAddr, channel: u16) {
-        self.update(|r| r.set_channel(peer, channel));
+        self.update(|r| r.set_channel(canonical(peer), channel));
     }
 
     /// Waits until Data indications have routed new peers through the relay (then
@@ -238,6 +269,7 @@ impl DemuxSocket {
         if data.is_empty() {
             return Ok(());
         }
+        let to = canonical(to);
         let hop = self.routes().map_or(Hop::Direct(to), |r| r.stun_hop(to));
         match hop {
             Hop::Direct(to) => self.send_raw(data, to).await,
@@ -251,16 +283,26 @@ impl DemuxSocket {
     }
 
     async fn send_raw(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
+        let to = canonical(to);
+        if let Some(sent) = self.try_send_side(
+            &Transmit {
+                destination: to,
+                ecn: None,
+                contents: data,
+                segment_size: None,
+                src_ip: None,
+            },
+            to,
+        ) {
+            return sent;
+        }
         let transmit = Transmit {
-            destination: to,
+            destination: self.wire(to),
             ecn: None,
             contents: data,
             segment_size: None,
             src_ip: None,
         };
-        if let Some(sent) = self.try_send_side(&transmit) {
-            return sent;
-        }
         let mut poller = None;
         for _ in 0..64 {
             match self.inner.try_send(&transmit) {
@@ -378,7 +420,7 @@ impl DemuxSocket {
             let len = data.len().min(bufs[n].len());
             bufs[n][..len].copy_from_slice(&data[..len]);
             meta[n] = RecvMeta {
-                addr: from,
+                addr: self.wire(from),
                 len,
                 stride: len,
                 ..RecvMeta::default()
@@ -398,27 +440,28 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        if let Some(sent) = self.try_send_side(transmit) {
+        let to = canonical(transmit.destination);
+        if let Some(sent) = self.try_send_side(transmit, to) {
             return sent;
         }
-        let to = transmit.destination;
         let hop = self.routes().map_or(Hop::Direct(to), |r| r.quic_hop(to));
         match hop {
-            Hop::Direct(to) if to == transmit.destination => self.inner.try_send(transmit),
+            Hop::Direct(to) if self.wire(to) == transmit.destination => {
+                self.inner.try_send(transmit)
+            }
             Hop::Direct(to) => {
-                let aliased = Transmit {
-                    destination: to,
+                // An alias may point at the side socket's peer (a relayed tunnel that
+                // birthday punching moved to a direct path).
+                if let Some(sent) = self.try_send_side(transmit, to) {
+                    return sent;
+                }
+                self.inner.try_send(&Transmit {
+                    destination: self.wire(to),
                     ecn: transmit.ecn,
                     contents: transmit.contents,
                     segment_size: transmit.segment_size,
                     src_ip: transmit.src_ip,
-                };
-                // An alias may point at the side socket's peer (a relayed tunnel that
-                // birthday punching moved to a direct path).
-                match self.try_send_side(&aliased) {
-                    Some(sent) => sent,
-                    None => self.inner.try_send(&aliased),
-                }
+                })
             }
             Hop::Relay {
                 server,
@@ -431,7 +474,7 @@ impl AsyncUdpSocket for DemuxSocket {
                     .max(1);
                 for chunk in transmit.contents.chunks(segment) {
                     self.inner.try_send(&Transmit {
-                        destination: server,
+                        destination: self.wire(server),
                         ecn: transmit.ecn,
                         contents: &frame(peer, channel, chunk),
                         segment_size: None,
@@ -485,6 +528,9 @@ impl AsyncUdpSocket for DemuxSocket {
             let mut kept = 0;
             for i in 0..n {
                 let mut m = meta[i];
+                // Everything below works on canonical addresses; what goes on to
+                // quinn is put back in the socket's form at the end.
+                m.addr = canonical(m.addr);
                 let mut through_relay = false;
                 if let Some(server) = relay.filter(|s| *s == m.addr) {
                     let stride = m.stride.max(1);
@@ -536,8 +582,9 @@ impl AsyncUdpSocket for DemuxSocket {
                 }
                 if !through_relay && Some(m.addr) != relay {
                     self.direct_arrival(&mut m);
-                    meta[i] = m;
                 }
+                m.addr = self.wire(m.addr);
+                meta[i] = m;
                 batch::keep(bufs, meta, i, kept, m);
                 kept += 1;
             }
@@ -593,28 +640,6 @@ impl DemuxSocket {
             m.addr = conn_addr;
         }
     }
-}
-
-/// Our host candidates: the bound address, or every interface address of the socket's
-/// family when bound to the unspecified address.
-pub(crate) fn host_candidates(local: SocketAddr) -> Vec<SocketAddr> {
-    if !local.ip().is_unspecified() {
-        return vec![local];
-    }
-    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|i| i.ip())
-        .filter(|ip| ip.is_ipv4() == local.is_ipv4())
-        .filter(|ip| match ip {
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80, // no link-local
-            IpAddr::V4(_) => true,
-        })
-        .map(|ip| SocketAddr::new(ip, local.port()))
-        .collect();
-    // Non-loopback first: they are the useful ones across hosts.
-    out.sort_by_key(|a| a.ip().is_loopback());
-    out
 }
 
 /// Drains a [`DemuxSocket`] that has no QUIC endpoint on it, so that its STUN datagrams

@@ -32,7 +32,7 @@ def main() -> int:
                         help="local TCP port to listen on (2222; 0 for any)")
     parser.add_argument("--remote-port", type=int, default=22,
                         help="the port exposed on the other side (22)")
-    parser.add_argument("--bind", default="0.0.0.0:0", help="the tunnel's UDP socket")
+    parser.add_argument("--bind", default="[::]:0", help="the tunnel's UDP socket (default: IPv4 and IPv6)")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds to wait for the tunnel (60)")
     args = parser.parse_args()

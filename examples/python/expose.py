@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--secret", default=os.environ.get("STUNFWD_SECRET"),
                         help="shared secret (default: $STUNFWD_SECRET)")
     parser.add_argument("--port", type=int, default=22, help="local TCP port to expose (22)")
-    parser.add_argument("--bind", default="0.0.0.0:0", help="the tunnel's UDP socket")
+    parser.add_argument("--bind", default="[::]:0", help="the tunnel's UDP socket (default: IPv4 and IPv6)")
     args = parser.parse_args()
     if not args.secret:
         parser.error("set a secret with --secret or $STUNFWD_SECRET")

@@ -8,17 +8,25 @@
 //!                                              "inet" router ── rendezvous + coturn
 //! ```
 //!
+//! The IX, the "inet" router and the servers are dual-stack (2001:db8::/32, inside
+//! the namespaces only). A site built with [`SiteSpec::ipv6`] is dual-stack too: its
+//! devices keep IPv4 behind the NAT and also get a global IPv6 address, behind a
+//! stateful firewall on the same router that lets in only return traffic (no NAT66,
+//! like a home router by RFC 6092). Other sites are IPv4 only.
+//!
 //! Between two sites' outermost NAT routers a packet crosses three routers that
 //! decrement its TTL: the sender's ISP router, the IX's routing namespace and the
 //! receiver's ISP router.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use patchbay::{Device, Ipv4Net, Lab, LinkCondition, LinkDirection, Nat, Router, RouterPreset};
+use patchbay::{
+    Device, Ipv4Net, Ipv6Profile, Lab, LinkCondition, LinkDirection, Nat, Router, RouterPreset,
+};
 use stunfwd_core::{Config, SignalServer, SignalServerConfig};
 
 use crate::nat::NatKind;
@@ -60,6 +68,10 @@ pub struct WorldOptions {
     pub coturn_args: Vec<String>,
     /// The STUN servers [`World::config`] gives the peers.
     pub stun: StunSetup,
+    /// coturn also listens on the server's IPv6 address ([`World::coturn_v6`]). Off by
+    /// default: the README's command has two IPv4 addresses, and the RFC 5780 tests
+    /// run against exactly that.
+    pub coturn_v6: bool,
 }
 
 /// One site: devices behind a NAT router (itself behind a CGNAT for double NAT),
@@ -79,6 +91,9 @@ pub struct SiteSpec {
     /// A carrier-grade NAT between the site's NAT and its ISP (double NAT), with
     /// its downstream in 100.64.0.0/10.
     pub cgnat: Option<NatKind>,
+    /// Dual-stack: the devices also get a global IPv6 address (2001:db8:1::/48),
+    /// behind a stateful firewall ([`ipv6_firewall_rules`]) on the NAT router.
+    pub ipv6: bool,
 }
 
 impl SiteSpec {
@@ -91,7 +106,14 @@ impl SiteSpec {
             udp_timeout: None,
             hairpin: false,
             cgnat: None,
+            ipv6: false,
         }
+    }
+
+    /// Dual-stack: global IPv6 behind a stateful firewall next to the IPv4 NAT.
+    pub fn ipv6(mut self, on: bool) -> SiteSpec {
+        self.ipv6 = on;
+        self
     }
 
     /// `n` devices behind the NAT.
@@ -140,11 +162,17 @@ impl SiteSpec {
         }
     }
 
-    /// A short description: the kind, or `double(home/cgnat)`.
+    /// A short description: the kind, `double(home/cgnat)`, with `+v6` for a
+    /// dual-stack site.
     pub fn label(&self) -> String {
-        match self.cgnat {
+        let v4 = match self.cgnat {
             Some(cg) => format!("double({}/{})", self.kind.name(), cg.name()),
             None => self.kind.name().to_owned(),
+        };
+        if self.ipv6 {
+            format!("{v4}+v6")
+        } else {
+            v4
         }
     }
 }
@@ -174,6 +202,11 @@ impl Site {
         self.outer().uplink_ip().expect("NAT router has an uplink")
     }
 
+    /// Device `i`'s global IPv6 address (dual-stack sites only).
+    pub fn device_v6(&self, i: usize) -> Option<Ipv6Addr> {
+        self.devices.get(i).and_then(|d| d.ip6())
+    }
+
     /// Every NAT router of the site, nearest to the devices first.
     pub fn nat_routers(&self) -> Vec<&Router> {
         std::iter::once(&self.router)
@@ -198,8 +231,13 @@ pub struct World {
     pub coturn: [SocketAddr; 2],
     /// The rendezvous server's plain STUN responder (no RFC 5780).
     pub plain_stun: SocketAddr,
+    /// The rendezvous device's IPv6 address on eth0: the rendezvous server (HTTP on
+    /// port 8080) and its STUN responder (3480) listen there too.
+    pub server_v6: Ipv6Addr,
     /// The STUN set-up [`World::config`] uses.
     pub stun: StunSetup,
+    /// coturn's IPv6 STUN/TURN address (port 3478), with [`WorldOptions::coturn_v6`].
+    pub coturn_v6: Option<SocketAddr>,
     /// coturn's command line as started (README command + lab files + extras).
     pub coturn_argv: Vec<String>,
     signal: Option<SignalServer>,
@@ -213,10 +251,16 @@ impl World {
     /// Builds the internet part. Must run inside a tokio runtime.
     pub async fn new(opts: WorldOptions) -> Result<World> {
         let id = WORLD.fetch_add(1, Ordering::Relaxed);
-        let lab = Lab::builder().allow_real_root().build().await?;
+        // Static IPv6 (no DAD, no router advertisements): addresses are usable the
+        // moment a namespace is built, so no test waits out a tentative address.
+        let lab = Lab::builder()
+            .allow_real_root()
+            .ipv6_profile(Ipv6Profile::Deterministic)
+            .build()
+            .await?;
         let inet = lab
             .add_router("inet")
-            .preset(RouterPreset::PublicV4)
+            .preset(RouterPreset::Public)
             .build()
             .await?;
         let server = lab
@@ -233,24 +277,34 @@ impl World {
             .iface("eth1")
             .and_then(|i| i.ip())
             .context("eth1 ip")?;
-        let http: SocketAddr = (ip0, 8080).into();
+        let server_v6 = server
+            .iface("eth0")
+            .and_then(|i| i.ip6())
+            .context("eth0 IPv6 address")?;
+        // Both listen on `[::]` (dual-stack), as `stunfwd signal` does by default.
+        let http: SocketAddr = (Ipv6Addr::UNSPECIFIED, 8080).into();
+        let stun_any: SocketAddr = (Ipv6Addr::UNSPECIFIED, 3480).into();
         let stun: SocketAddr = (ip0, 3480).into();
         let signal = server
             .spawn(move |_| async move {
                 SignalServer::start(SignalServerConfig {
                     http,
-                    stun: Some(stun),
+                    stun: Some(stun_any),
                     ..SignalServerConfig::default()
                 })
                 .await
             })?
             .await??;
-        let signal_url = signal.url();
+        let signal_url = format!("http://{ip0}:8080/");
         let dir = std::env::temp_dir().join(format!("stunfwd-lab-{}-{id}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         // coturn exactly as the README prints it; the lab only adds its own files.
         let mut argv = coturn::argv(coturn::README, ip0.into(), ip1.into(), TURN_PASSWORD)?;
         argv.extend(coturn::lab_extras(&dir));
+        let coturn_v6 = opts.coturn_v6.then(|| SocketAddr::from((server_v6, 3478)));
+        if let Some(v6) = coturn_v6 {
+            argv.extend(["--listening-ip".into(), v6.ip().to_string()]);
+        }
         argv.extend(opts.coturn_args.iter().cloned());
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
@@ -266,6 +320,8 @@ impl World {
             signal_url,
             coturn,
             plain_stun: stun,
+            server_v6,
+            coturn_v6,
             stun: opts.stun,
             coturn_argv: argv,
             signal: Some(signal),
@@ -314,10 +370,17 @@ impl World {
     /// and the devices.
     pub async fn add_site(&self, spec: SiteSpec) -> Result<Site> {
         let n = self.sites.fetch_add(1, Ordering::Relaxed);
+        if spec.ipv6 && spec.cgnat.is_some() {
+            bail!("a dual-stack site behind a CGNAT is not built (patchbay routes IPv6 to one level of routers below the IX)");
+        }
         let isp = self
             .lab
             .add_router(&format!("{}-isp", spec.name))
-            .preset(RouterPreset::PublicV4)
+            .preset(if spec.ipv6 {
+                RouterPreset::Public
+            } else {
+                RouterPreset::PublicV4
+            })
             .build()
             .await?;
         // Routers ignore ICMP redirects, so every packet between sites takes the
@@ -348,9 +411,16 @@ impl World {
                 spec.kind
             );
         }
-        let router = self
-            .lab
-            .add_router(&spec.name)
+        let mut builder = self.lab.add_router(&spec.name);
+        if spec.ipv6 {
+            // `Public` for its global IPv6 downstream (a /64 of 2001:db8:1::/48, routed
+            // from the IX) and dual stack; IPv4 stays private and NATed as on any site
+            // (10.200.N.0/24, which no other namespace routes).
+            builder = builder
+                .preset(RouterPreset::Public)
+                .downstream_cidr(Ipv4Net::new(Ipv4Addr::new(10, 200, n as u8, 0), 24)?);
+        }
+        let router = builder
             .nat(Nat::Custom(
                 spec.kind.config_with(spec.udp_timeout, spec.hairpin),
             ))
@@ -358,6 +428,9 @@ impl World {
             .build()
             .await?;
         apply_kind(&router, spec.kind, spec.udp_timeout).await?;
+        if spec.ipv6 {
+            nft(&router, &ipv6_firewall_rules(&wan_name(&router)?)).await?;
+        }
         let mut devices = Vec::new();
         for i in 0..spec.devices {
             devices.push(
@@ -524,13 +597,29 @@ impl World {
     }
 }
 
-/// Replaces patchbay's NAT rules of `router` with `kind`'s own, when it has some.
-async fn apply_kind(router: &Router, kind: NatKind, udp_timeout: Option<u32>) -> Result<()> {
-    let wan = router
+/// The nftables rules of a dual-stack site's IPv6 firewall on interface `wan`: a
+/// stateful filter that forwards what the devices send and only the return traffic
+/// of it (RFC 6092's "simple security"), and drops every other packet from outside;
+/// no NAT66. Packets for the router itself (ICMPv6, neighbour discovery) are left
+/// alone.
+pub fn ipv6_firewall_rules(wan: &str) -> String {
+    format!(
+        "table ip6 stunfwd_fw6 {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  iif \"{wan}\" ct state established,related accept\n  iif \"{wan}\" drop\n }}\n}}\n"
+    )
+}
+
+/// The uplink interface's name of `router`.
+fn wan_name(router: &Router) -> Result<String> {
+    router
         .interfaces()
         .first()
         .map(|i| i.name().to_owned())
-        .context("router without uplink")?;
+        .context("router without uplink")
+}
+
+/// Replaces patchbay's NAT rules of `router` with `kind`'s own, when it has some.
+async fn apply_kind(router: &Router, kind: NatKind, udp_timeout: Option<u32>) -> Result<()> {
+    let wan = wan_name(router)?;
     let wan_ip = router
         .uplink_ip()
         .context("router without uplink address")?;

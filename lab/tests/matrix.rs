@@ -46,6 +46,9 @@ enum Side {
     Double,
     /// Both peers behind one port-restricted NAT, hairpinning on or off.
     SameNat { hairpin: bool },
+    /// Dual-stack (issue #17): IPv4 behind a NAT of this kind, and a global IPv6
+    /// address behind a stateful firewall that lets in only return traffic.
+    V6(NatKind),
 }
 
 impl Side {
@@ -55,13 +58,18 @@ impl Side {
             Side::Double => "double-nat".into(),
             Side::SameNat { hairpin: true } => "same-nat-hairpin".into(),
             Side::SameNat { hairpin: false } => "same-nat-no-hairpin".into(),
+            Side::V6(k) => format!("{}+v6", k.name()),
         }
+    }
+
+    fn v6(self) -> bool {
+        matches!(self, Side::V6(_))
     }
 
     /// The NAT type an RFC 5780 test finds on this side.
     fn nat_type(self) -> &'static str {
         match self {
-            Side::Nat(k) => k.expected_type(),
+            Side::Nat(k) | Side::V6(k) => k.expected_type(),
             Side::Double | Side::SameNat { .. } => "port-restricted",
         }
     }
@@ -79,6 +87,7 @@ impl Side {
             Side::SameNat { hairpin } => SiteSpec::new(name, NatKind::PortRestricted)
                 .devices(2)
                 .hairpin(hairpin),
+            Side::V6(k) => SiteSpec::new(name, k).ipv6(true),
         }
     }
 }
@@ -102,6 +111,11 @@ impl CellSpec {
         )
     }
 
+    /// Both sides have global IPv6 (issue #17): the tunnel must run over it.
+    fn both_v6(&self) -> bool {
+        self.server.v6() && self.client.v6()
+    }
+
     fn same_nat(&self) -> bool {
         matches!(self.server, Side::SameNat { .. })
     }
@@ -109,9 +123,13 @@ impl CellSpec {
     /// "Hopeless" (issue #17): symmetric on both sides. A symmetric NAT with a
     /// port-restricted one (a Linux masquerade router and double NAT are
     /// port-restricted) is birthday punching's cell. Sequential and preserving
-    /// symmetric NATs count as symmetric.
+    /// symmetric NATs count as symmetric. Never when both sides have IPv6: firewalls
+    /// without NAT are punched whatever the IPv4 NATs are.
     fn hopeless(&self) -> bool {
         let (a, b) = (self.server, self.client);
+        if self.both_v6() {
+            return false;
+        }
         !self.same_nat() && a.symmetric() && b.symmetric()
     }
 }
@@ -123,6 +141,8 @@ struct Run {
     ok: bool,
     ttfb: Option<Duration>,
     path: Option<PathKind>,
+    /// The client's peer address at the end of the run was IPv6.
+    over_v6: bool,
     /// NAT types the engines reported (server, client).
     detected: (String, String),
     /// The first failure the client reported (state reason or wait error), and when.
@@ -176,21 +196,26 @@ impl Cell {
         }
     }
 
-    fn techniques(&self) -> BTreeMap<&'static str, usize> {
+    fn techniques(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for r in self.runs.iter().filter(|r| r.ok) {
             if let Some(t) = r.technique {
-                *m.entry(t).or_insert(0) += 1;
+                *m.entry(t.to_owned()).or_insert(0) += 1;
             }
         }
         m
     }
 
-    fn paths(&self) -> BTreeMap<&'static str, usize> {
+    fn paths(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for r in self.runs.iter().filter(|r| r.ok) {
             if let Some(p) = r.path {
-                *m.entry(p.as_str()).or_insert(0) += 1;
+                let key = if r.over_v6 {
+                    format!("{} over IPv6", p.as_str())
+                } else {
+                    p.as_str().to_owned()
+                };
+                *m.entry(key).or_insert(0) += 1;
             }
         }
         m
@@ -231,6 +256,12 @@ fn all_cells() -> Vec<CellSpec> {
     for hairpin in [true, false] {
         sides.push((Side::SameNat { hairpin }, Side::SameNat { hairpin }));
     }
+    // IPv6 behind firewalls (issue #17): both sides dual-stack (also with symmetric
+    // IPv4 NATs, hopeless over IPv4), and one side IPv4 only.
+    let pr = NatKind::PortRestricted;
+    sides.push((Side::V6(pr), Side::V6(pr)));
+    sides.push((Side::V6(NatKind::Symmetric), Side::V6(NatKind::Symmetric)));
+    sides.push((Side::V6(pr), Side::Nat(pr)));
     let mut cells = Vec::new();
     for relay in [false, true] {
         for stun in StunSetup::ALL {
@@ -423,12 +454,14 @@ async fn run_once(
         ss.nat_type.as_str().to_owned(),
         cs.nat_type.as_str().to_owned(),
     );
+    let over_v6 = client.stats().peer_addr.is_some_and(|a| a.is_ipv6());
     stop_engine(client).await;
     stop_engine(server).await;
     Ok(Run {
         ok,
         ttfb,
         path,
+        over_v6,
         detected,
         failure,
         detail,
@@ -531,7 +564,7 @@ fn table(cells: &[&Cell]) -> String {
             }
             _ => (c.spec.server.name(), c.spec.client.name()),
         };
-        let join = |m: BTreeMap<&'static str, usize>| {
+        let join = |m: BTreeMap<String, usize>| {
             let s = m
                 .iter()
                 .map(|(p, n)| format!("{p} {n}"))
@@ -617,6 +650,25 @@ fn check_targets(cells: &[Cell], runs: usize) -> Vec<String> {
                 ));
             }
         };
+        // Issue #17: with IPv6 on both sides the tunnel runs on it, directly, relay or
+        // not; with one side IPv4 only, over IPv4 (through the relay too when one
+        // is configured: it is checked in parallel).
+        if c.spec.server.v6() || c.spec.client.v6() {
+            let want_v6 = c.spec.both_v6();
+            let relay_ok = c.spec.relay && !want_v6;
+            for r in c.runs.iter().filter(|r| r.ok) {
+                let path_ok = r.path == Some(PathKind::Direct)
+                    || (relay_ok && r.path == Some(PathKind::Relay));
+                if r.over_v6 != want_v6 || !path_ok {
+                    bad.push(format!(
+                        "{name}: wanted a direct path over IPv{}, got {:?} over IPv{}",
+                        if want_v6 { 6 } else { 4 },
+                        r.path,
+                        if r.over_v6 { 6 } else { 4 }
+                    ));
+                }
+            }
+        }
         let only = |bad: &mut Vec<String>, path: PathKind, why: &str| {
             if paths.iter().any(|p| *p != Some(path)) {
                 bad.push(format!("{name}: {why} ({} path): {paths:?}", path.as_str()));
@@ -721,7 +773,9 @@ fn write_doc(tables: &str, runs: usize, took: Duration) {
          **NAT kinds.** full-cone, address-restricted, port-restricted and symmetric are patchbay's; linux-masquerade is \
          nftables `masquerade` with no input filter (packets for the router's closed ports leave UNREPLIED conntrack \
          entries, issue #16); symmetric-sequential hands out consecutive ports; symmetric-preserving keeps the port for \
-         the first destination only.\n\n\
+         the first destination only. A `+v6` site is dual-stack (issue #17): IPv4 behind the NAT named, and a global \
+         IPv6 address (2001:db8:1:N::/64) behind a stateful firewall on the same router that forwards only return \
+         traffic (no NAT66); paths marked `over IPv6` ran on it.\n\n\
          **A run.** Fresh engines and a fresh room in the cell's world: the server peer has a TCP echo service, the \
          client peer forwards a local port to it. Time to first byte is measured from starting the client engine until \
          one byte written to the forwarded port comes back echoed through the tunnel; a run succeeds when it does \

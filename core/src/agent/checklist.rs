@@ -330,11 +330,12 @@ pub fn choose(
 }
 
 /// Orders candidates for checking and drops duplicates and ones we cannot reach from a
-/// socket of `local`'s family / scope; at most [`MAX_CANDIDATES`].
+/// socket bound to `local` (its family, or both from a dual-stack `[::]`; its scope);
+/// at most [`MAX_CANDIDATES`].
 pub fn usable_candidates(local: SocketAddr, remote: &[SocketAddr]) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
     for &c in remote {
-        if c.is_ipv4() != local.is_ipv4() || c.port() == 0 || c.ip().is_unspecified() {
+        if !crate::socket::reaches(local, c) || c.port() == 0 || c.ip().is_unspecified() {
             continue;
         }
         // A socket bound to loopback can only reach loopback.

@@ -120,6 +120,18 @@ pub fn plan_path(
     }
 }
 
+/// Both offers carry a global IPv6 host candidate: a firewall without NAT lets the
+/// answer to our own packet in, so the pair is punchable whatever the IPv4 NAT types
+/// say (issue #17), and [`plan_path`]'s verdict on them does not apply.
+pub fn both_on_global_ipv6(ours: &Offer, peer: &Offer) -> bool {
+    let has = |o: &Offer| {
+        o.candidates[..o.host_count.min(o.candidates.len())]
+            .iter()
+            .any(|c| crate::socket::is_global_v6(c.ip()))
+    };
+    has(ours) && has(peer)
+}
+
 /// The peer's candidates this attempt checks: all of them, or under policy `always`
 /// only its relayed ones (reached over the path to the TURN server; with none, the
 /// peer's checks through our relay give us its address).
@@ -143,13 +155,16 @@ pub fn direct_candidates(peer: &Offer) -> &[SocketAddr] {
 
 /// What kind of path `selected` is: relay when our packets to it go through our own
 /// relay (`via_our_relay`) or it is one of the peer's relayed addresses, LAN when it is
-/// one of the peer's interface addresses, direct otherwise.
+/// one of the peer's interface addresses (but a global IPv6 one, which is reached
+/// across the internet like a server-reflexive address), direct otherwise.
 pub fn path_kind(peer: &Offer, selected: SocketAddr, via_our_relay: bool) -> PathKind {
     if via_our_relay {
         return PathKind::Relay;
     }
     match peer.candidates.iter().position(|c| *c == selected) {
-        Some(i) if i < peer.host_count => PathKind::Lan,
+        Some(i) if i < peer.host_count && !crate::socket::is_global_v6(selected.ip()) => {
+            PathKind::Lan
+        }
         Some(i) if i >= peer.candidates.len() - peer.relay_count => PathKind::Relay,
         _ => PathKind::Direct,
     }

@@ -973,3 +973,74 @@ mod birthday {
         assert!((p2000 - 0.9996).abs() < 0.0002, "{p2000}");
     }
 }
+
+/// Issue #17: from a dual-stack `[::]` socket both families are checked, in the
+/// peer's order (its global IPv6 host candidate first, so a working IPv6 path is
+/// nominated at once); a global IPv6 host candidate is a direct path, not a LAN one.
+#[test]
+fn a_dual_stack_socket_checks_ipv6_and_ipv4_and_calls_global_ipv6_direct() {
+    let peer = offer(
+        "port-restricted",
+        &["[2001:db8:1:2::2]:4000", "10.0.2.2:4000", "198.18.0.9:4000"],
+        2,
+        0,
+        false,
+    );
+    assert_eq!(
+        usable_candidates(a("[::]:4000"), &peer.candidates),
+        peer.candidates
+    );
+    assert_eq!(
+        usable_candidates(a("0.0.0.0:4000"), &peer.candidates),
+        &peer.candidates[1..]
+    );
+    assert_eq!(
+        path_kind(&peer, a("[2001:db8:1:2::2]:4000"), false),
+        PathKind::Direct
+    );
+    assert_eq!(path_kind(&peer, a("10.0.2.2:4000"), false), PathKind::Lan);
+    let ula = offer("port-restricted", &["[fd10::2]:4000"], 1, 0, false);
+    assert_eq!(path_kind(&ula, a("[fd10::2]:4000"), false), PathKind::Lan);
+}
+
+/// Issue #17: two symmetric IPv4 NATs are hopeless, but not when both peers also offer
+/// a global IPv6 host address (a stateful firewall without NAT is punched like a
+/// full cone); a ULA or one-sided IPv6 changes nothing.
+#[test]
+fn global_ipv6_on_both_sides_makes_any_nat_pair_punchable() {
+    let v6 = offer(
+        "symmetric",
+        &["[2001:db8:1:3::2]:4000", "10.0.0.2:4000", "198.18.0.5:5000"],
+        2,
+        0,
+        false,
+    );
+    let v4 = offer(
+        "symmetric",
+        &["10.0.1.2:4000", "198.18.0.6:5000"],
+        1,
+        0,
+        false,
+    );
+    let ula = offer(
+        "symmetric",
+        &["[fd10::2]:4000", "198.18.0.7:5000"],
+        1,
+        0,
+        false,
+    );
+    let srflx6 = offer(
+        "symmetric",
+        &["10.0.1.2:4000", "[2001:db8::9]:4000"],
+        1,
+        0,
+        false,
+    );
+    assert!(super::path::both_on_global_ipv6(&v6, &v6));
+    assert!(!super::path::both_on_global_ipv6(&v6, &v4));
+    assert!(!super::path::both_on_global_ipv6(&ula, &v6));
+    assert!(
+        !super::path::both_on_global_ipv6(&v6, &srflx6),
+        "host candidates only"
+    );
+}

@@ -24,7 +24,7 @@ mod schema;
 mod values;
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -122,7 +122,9 @@ pub struct Config {
     /// `allow`: which targets a client may reach on this server; loopback only
     /// ([`AllowRule::default_rules`]) when the key is absent, nothing when it is `[]`.
     pub allow: Vec<AllowRule>,
-    /// `bind`: local address of the engine's one UDP socket. Default `0.0.0.0:0`.
+    /// `bind`: local address of the engine's one UDP socket. Default `[::]:0`: one
+    /// dual-stack socket for IPv4 and IPv6 peers (`0.0.0.0:0` where the host has no
+    /// IPv6); `0.0.0.0:PORT` keeps the engine on IPv4 only.
     pub bind: SocketAddr,
     /// `relay`: optional TURN fallback.
     pub relay: Option<RelayConfig>,
@@ -296,7 +298,7 @@ impl Config {
         };
 
         let bind = match top.get(&BIND)? {
-            None => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            None => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
             Some((key, v)) => parse_socket_addr(&key, v)?,
         };
 
@@ -472,7 +474,7 @@ mod tests {
         assert!(c.stun_servers.is_empty());
         assert!(c.mappings.is_empty());
         assert_eq!(c.allow, AllowRule::default_rules());
-        assert_eq!(c.bind, "0.0.0.0:0".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(c.bind, "[::]:0".parse::<SocketAddr>().expect("addr"));
         assert_eq!(c.relay, None);
         assert_eq!(c.metrics_addr, None);
         assert_eq!(c.punch_timeout, Duration::from_secs(10));

@@ -43,7 +43,7 @@ pub(crate) async fn accept_loop(
         let (tx, shared, held, token) = (tx.clone(), shared.clone(), held.clone(), token.clone());
         crate::spawn(async move {
             if shared.pinned.get().is_none() {
-                let from = incoming.remote_address();
+                let from = crate::socket::canonical(incoming.remote_address());
                 // A handshake from where authentic checks came is the peer's: always
                 // held. Others share MAX_HELD places, so a flood cannot crowd it out.
                 let known = lock(&shared.check_sources)

@@ -118,7 +118,9 @@ pub(crate) fn detect_in_background(shared: &Arc<Shared>) {
     });
 }
 
-/// The configured STUN servers, resolved, of our socket's family.
+/// The configured STUN servers, resolved, one address each that our socket reaches:
+/// IPv4 where there is one (NAT behaviour is an IPv4 matter, and comparing mappings
+/// across families would look like a symmetric NAT), else IPv6.
 async fn stun_servers(shared: &Shared) -> Vec<SocketAddr> {
     let mut servers = Vec::new();
     for s in &shared.config.stun_servers {
@@ -126,15 +128,20 @@ async fn stun_servers(shared: &Shared) -> Vec<SocketAddr> {
             .await
         {
             Ok(Ok(addrs)) => {
-                if let Some(a) = addrs
-                    .filter(|a| a.is_ipv4() == shared.local_addr.is_ipv4())
-                    .find(|a| !shared.local_addr.ip().is_loopback() || a.ip().is_loopback())
-                {
+                let mut usable: Vec<SocketAddr> = addrs
+                    .filter(|a| crate::socket::reaches(shared.local_addr, *a))
+                    .filter(|a| !shared.local_addr.ip().is_loopback() || a.ip().is_loopback())
+                    .collect();
+                usable.sort_by_key(|a| a.is_ipv6());
+                if let Some(&a) = usable.first() {
                     servers.push(a);
                 }
             }
             _ => tracing::warn!(server = %s, "cannot resolve STUN server"),
         }
+    }
+    if servers.iter().any(SocketAddr::is_ipv4) {
+        servers.retain(SocketAddr::is_ipv4);
     }
     servers
 }
@@ -321,15 +328,20 @@ pub(crate) async fn connect_once(
         p.set_offer_id(Some(peer.id.clone()));
     }
     let birthday = shared.config.performance.birthday() && !plan.always;
-    match path::plan_path(
-        shared.role,
-        disc.nat,
-        offer.relay_count,
-        &peer,
-        plan,
-        policy,
-        birthday,
-    ) {
+    let path_plan = if path::both_on_global_ipv6(&offer, &peer) {
+        PathPlan::Punch
+    } else {
+        path::plan_path(
+            shared.role,
+            disc.nat,
+            offer.relay_count,
+            &peer,
+            plan,
+            policy,
+            birthday,
+        )
+    };
+    match path_plan {
         PathPlan::Punch => {}
         PathPlan::AllocateRelay => {
             let turn = ensure_relay(shared).await?;
@@ -520,7 +532,7 @@ pub(crate) async fn connect_once(
                     )));
                 }
             };
-            let addr = conn.remote_address();
+            let addr = crate::socket::peer_addr(&conn);
             let by_birthday =
                 won.contains(&addr) || shared.agent.socket().side_peer() == Some(addr);
             lock(&shared.peer).technique = Some(if by_birthday {

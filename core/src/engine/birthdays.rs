@@ -86,7 +86,14 @@ pub(crate) fn start_birthdays(
                 lead: crate::agent::checklist::OPENER_LEAD,
                 timeout: shared.config.punch_timeout.saturating_sub(start.after),
             },
-            local_ip: shared.local_addr.ip(),
+            // The tunnel socket is usually dual-stack `[::]`; plain sockets of the
+            // peer's own family are simpler and keep the TTL option the right one.
+            local_ip: match (target, shared.local_addr.ip()) {
+                (SocketAddr::V4(_), std::net::IpAddr::V6(_)) => {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                }
+                (_, ip) => ip,
+            },
             counters: shared.birthday_counters.clone(),
         };
         tracing::info!(

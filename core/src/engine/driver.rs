@@ -67,7 +67,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, mut incoming: Incoming) {
                 // Every task of this tunnel logs with the peer's address and the path.
                 let span = tracing::info_span!(
                     "tunnel",
-                    peer = %conn.remote_address(),
+                    peer = %crate::socket::peer_addr(&conn),
                     path = path.as_str(),
                 );
                 let mut restarted = false;

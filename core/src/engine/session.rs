@@ -27,7 +27,7 @@ pub(crate) async fn run_connected(
     incoming: &mut Incoming,
 ) -> String {
     loop {
-        let peer = conn.remote_address();
+        let peer = crate::socket::peer_addr(&conn);
         {
             let mut p = lock(&shared.peer);
             p.path = Some(path);
@@ -114,7 +114,7 @@ pub(crate) async fn run_connected(
                     }
                     // quinn follows a peer whose NAT mapping changed (QUIC migration);
                     // report the new address and count the change.
-                    let now = conn.remote_address();
+                    let now = crate::socket::peer_addr(&conn);
                     let (offer, reported) = {
                         let p = lock(&shared.peer);
                         (p.offer.clone(), p.path)
@@ -152,9 +152,11 @@ pub(crate) async fn run_connected(
         match outcome {
             Err(reason) => return reason,
             Ok(new_conn) => {
-                tracing::info!(old = %peer, new = %new_conn.remote_address(), "peer reconnected; switching tunnel");
-                tracing::Span::current()
-                    .record("peer", tracing::field::display(new_conn.remote_address()));
+                tracing::info!(old = %peer, new = %crate::socket::peer_addr(&new_conn), "peer reconnected; switching tunnel");
+                tracing::Span::current().record(
+                    "peer",
+                    tracing::field::display(crate::socket::peer_addr(&new_conn)),
+                );
                 conn.close(0u32.into(), b"replaced");
                 shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 conn = new_conn;
@@ -243,7 +245,7 @@ pub(crate) fn switch_to_direct(
     let Some(offer) = lock(&shared.peer).offer.clone() else {
         return;
     };
-    let conn_addr = conn.remote_address();
+    let conn_addr = crate::socket::peer_addr(conn);
     shared.agent.socket().alias(conn_addr, remote);
     let path = shared.path_kind(&offer, remote);
     tracing::info!(from = %conn_addr, to = %remote, technique = found_by.as_str(), "tunnel upgraded from relay to a direct path");

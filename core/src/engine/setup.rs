@@ -175,15 +175,23 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
     Ok((shared, incoming_rx))
 }
 
+/// Binds the engine's one UDP socket. The IPv6 unspecified address (the default,
+/// `[::]`) gives a dual-stack socket (`IPV6_V6ONLY` off) that reaches IPv4 and IPv6
+/// peers alike; where that fails for any reason but a port in use (IPv6 not in the
+/// kernel: `EAFNOSUPPORT`; disabled: `EADDRNOTAVAIL`), it falls back to `0.0.0.0` on
+/// the same port. Any other address binds exactly that.
 pub(crate) fn bind_tunnel_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket> {
-    let domain = socket2::Domain::for_address(addr);
-    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
-        .map_err(|e| Error::io("tunnel socket", &e))?;
-    let _ = s.set_recv_buffer_size(buffer.max(2 << 20));
-    let _ = s.set_send_buffer_size(buffer.max(2 << 20));
-    s.bind(&addr.into())
-        .map_err(|e| Error::bind("tunnel socket (bind)", addr, &e))?;
-    s.set_nonblocking(true)
-        .map_err(|e| Error::io("tunnel socket", &e))?;
-    Ok(s.into())
+    match crate::socket::bind_udp(addr, Some(buffer.max(2 << 20))) {
+        Err(e)
+            if addr.ip().is_unspecified()
+                && addr.is_ipv6()
+                && e.kind() != std::io::ErrorKind::AddrInUse =>
+        {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::info!(error = %e, "no IPv6 on this host: the tunnel socket is IPv4 only");
+            crate::socket::bind_udp(v4, Some(buffer.max(2 << 20)))
+                .map_err(|e| Error::bind("tunnel socket (bind)", v4, &e))
+        }
+        r => r.map_err(|e| Error::bind("tunnel socket (bind)", addr, &e)),
+    }
 }

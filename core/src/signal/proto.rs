@@ -466,12 +466,16 @@ impl Offer {
         let candidates = candidates
             .iter()
             .map(|c| {
-                c.parse::<SocketAddr>().map_err(|_| {
-                    malformed(format!(
-                        "candidate `{}` is not an ip:port address",
-                        truncate(c, 64).escape_debug()
-                    ))
-                })
+                // An IPv4-mapped IPv6 candidate is the IPv4 address it maps (how a
+                // dual-stack socket may name it): compared and checked as IPv4.
+                c.parse::<SocketAddr>()
+                    .map(crate::socket::canonical)
+                    .map_err(|_| {
+                        malformed(format!(
+                            "candidate `{}` is not an ip:port address",
+                            truncate(c, 64).escape_debug()
+                        ))
+                    })
             })
             .collect::<Result<Vec<SocketAddr>, OfferError>>()?;
 
@@ -739,6 +743,39 @@ mod tests {
         empty.host_count = 0;
         empty.nat = String::new();
         assert_eq!(decode(&empty.encode(&key(), ROOM)).unwrap(), empty);
+    }
+
+    /// IPv6 candidates travel as `[ip]:port` and come back as the same addresses; an
+    /// IPv4-mapped one is read as the IPv4 address it maps, so that it compares equal
+    /// to what our sockets report for that peer.
+    #[test]
+    fn ipv6_candidates_round_trip_and_mapped_ones_read_as_ipv4() {
+        let mut o = offer();
+        o.candidates = vec![
+            "[2001:db8:1:2::10]:40000".parse().unwrap(),
+            "10.0.0.2:40000".parse().unwrap(),
+            "[::ffff:203.0.113.7]:51234".parse().unwrap(),
+        ];
+        o.host_count = 2;
+        let encoded = o.encode(&key(), ROOM);
+        assert!(
+            encoded.contains("\"[2001:db8:1:2::10]:40000\""),
+            "{encoded}"
+        );
+        assert!(
+            encoded.contains("\"[::ffff:203.0.113.7]:51234\""),
+            "{encoded}"
+        );
+        let back = decode(&encoded).unwrap();
+        assert_eq!(
+            back.candidates,
+            [
+                "[2001:db8:1:2::10]:40000".parse::<SocketAddr>().unwrap(),
+                "10.0.0.2:40000".parse().unwrap(),
+                "203.0.113.7:51234".parse().unwrap(),
+            ]
+        );
+        assert_eq!(back.host_count, 2);
     }
 
     /// The canonical bytes as docs/protocol.md §3 specifies them, built independently.

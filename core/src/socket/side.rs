@@ -44,6 +44,10 @@ impl DemuxSocket {
     /// relay framing). Replaces an earlier side socket.
     pub fn adopt_side(&self, socket: std::net::UdpSocket, peer: SocketAddr) -> io::Result<()> {
         let side = Side::new(socket, peer)?;
+        let side = Side {
+            peer: super::canonical(side.peer),
+            ..side
+        };
         *write(&self.side) = Some(side);
         self.has_side.store(true, Ordering::Release);
         self.recv_waker.wake();
@@ -67,13 +71,25 @@ impl DemuxSocket {
     /// Sends `transmit` through the side socket when it is for the side's peer;
     /// `None` when it is not. A full socket buffer drops the packet (QUIC recovers it)
     /// rather than make quinn wait on the main socket's writability.
-    pub(super) fn try_send_side(&self, transmit: &Transmit) -> Option<io::Result<()>> {
+    pub(super) fn try_send_side(
+        &self,
+        transmit: &Transmit,
+        to: SocketAddr,
+    ) -> Option<io::Result<()>> {
         if !self.has_side.load(Ordering::Acquire) {
             return None;
         }
         let side = read(&self.side);
-        let side = side.as_ref().filter(|s| s.peer == transmit.destination)?;
-        Some(match side.socket.try_send(transmit) {
+        let side = side.as_ref().filter(|s| s.peer == to)?;
+        // The side socket has the peer's own family: canonical addresses.
+        let transmit = Transmit {
+            destination: to,
+            ecn: transmit.ecn,
+            contents: transmit.contents,
+            segment_size: transmit.segment_size,
+            src_ip: None,
+        };
+        Some(match side.socket.try_send(&transmit) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
             other => other,
         })
@@ -100,10 +116,12 @@ impl DemuxSocket {
         let mut kept = 0;
         for i in 0..n {
             let mut m = meta[i];
+            m.addr = super::canonical(m.addr);
             if self.divert_stun(&m, &bufs[i]) {
                 continue;
             }
             self.direct_arrival(&mut m);
+            m.addr = self.wire(m.addr);
             super::batch::keep(bufs, meta, i, kept, m);
             kept += 1;
         }

@@ -488,7 +488,12 @@ pub async fn detect_nat(servers: &[String], bind: SocketAddr) -> crate::Result<D
                 .await
                 .map_err(|_| Error::Stun(format!("resolving {s} timed out")))?
                 .map_err(|e| Error::Stun(format!("cannot resolve {s}: {e}")))?;
-        match addrs.into_iter().find(|a| a.is_ipv4() == local.is_ipv4()) {
+        let mut usable: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|a| crate::socket::reaches(local, *a))
+            .collect();
+        usable.sort_by_key(|a| a.is_ipv6());
+        match usable.first().copied() {
             Some(a) => resolved.push(a),
             None => {
                 return Err(Error::Stun(format!(

@@ -24,9 +24,10 @@ pub struct StunResponder {
 
 impl StunResponder {
     /// Binds `addr` (UDP) and answers Binding requests on the current tokio runtime.
+    /// `[::]:PORT` answers IPv4 and IPv6 clients alike (dual-stack).
     pub async fn bind(addr: SocketAddr) -> Result<StunResponder> {
-        let socket = UdpSocket::bind(addr)
-            .await
+        let socket = crate::socket::bind_udp(addr, None)
+            .and_then(UdpSocket::from_std)
             .map_err(|e| Error::bind("stun responder", addr, &e))?;
         let local_addr = socket
             .local_addr()
@@ -82,10 +83,13 @@ async fn serve(socket: UdpSocket, answered: Arc<AtomicU64>) {
             ..
         }) = message::parse(&buf[..n])
         {
-            let reply = message::binding_success(tid, from, None);
+            // A dual-stack socket names an IPv4 client by its IPv4-mapped address;
+            // the client wants to hear its IPv4 address.
+            let mapped = crate::socket::canonical(from);
+            let reply = message::binding_success(tid, mapped, None);
             // Never amplify: the answer is the request's header plus where it came from.
             if !reply.is_empty()
-                && reply.len() <= n + xor_mapped_len(from)
+                && reply.len() <= n + xor_mapped_len(mapped)
                 && socket.send_to(&reply, from).await.is_ok()
             {
                 answered.fetch_add(1, Ordering::Relaxed);

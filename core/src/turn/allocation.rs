@@ -76,13 +76,23 @@ impl RelayAllocation {
         }
         let cfg = self.config.as_ref().ok_or(AllocError::NotConfigured)?;
         let socket = self.agent.socket().clone();
-        let ipv4 = socket.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+        let local = socket
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
         let host_port = cfg.url.host_port();
         let server = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&host_port))
             .await
             .ok()
             .and_then(|r| r.ok())
-            .and_then(|mut addrs| addrs.find(|a| a.is_ipv4() == ipv4))
+            .and_then(|addrs| {
+                // IPv4 first: the relayed address is IPv4 (RFC 5766's default family),
+                // which every peer reaches, whatever our socket's family.
+                let mut usable: Vec<SocketAddr> = addrs
+                    .filter(|a| crate::socket::reaches(local, *a))
+                    .collect();
+                usable.sort_by_key(|a| a.is_ipv6());
+                usable.first().copied()
+            })
             .ok_or(AllocError::Unresolved(host_port))?;
         let (username, password) = credentials(cfg);
         let target = RelayTarget {

@@ -43,6 +43,8 @@ pub(super) async fn accept_loop(
                 continue;
             }
         };
+        // An IPv4 client of a dual-stack listener, named as itself (limits, logs).
+        let peer = crate::socket::canonical(peer);
         // Connection caps count the TCP peer: X-Forwarded-For is per request.
         let slot = match shared.connections.take(peer.ip()) {
             Ok(slot) => slot,

@@ -82,8 +82,8 @@ impl SignalServer {
         let notifier = Arc::new(Notifier::default());
         let store = open_store(&config, notifier.clone()).await?;
 
-        let listener = tokio::net::TcpListener::bind(config.http)
-            .await
+        let listener = crate::socket::bind_tcp(config.http)
+            .and_then(tokio::net::TcpListener::from_std)
             .map_err(|e| Error::bind("rendezvous http", config.http, &e))?;
         let http_addr = listener
             .local_addr()
