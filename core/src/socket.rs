@@ -46,6 +46,7 @@ mod ttl;
 pub(crate) use addr::bind_tcp;
 pub(crate) use addr::{bind_udp, host_candidates, peer_addr, reaches};
 pub use addr::{canonical, is_global_v6};
+pub(crate) use batch::drain;
 
 /// A STUN datagram taken off the shared socket.
 #[derive(Debug)]
@@ -638,22 +639,6 @@ impl DemuxSocket {
         }
         if let Some(conn_addr) = alias {
             m.addr = conn_addr;
-        }
-    }
-}
-
-/// Drains a [`DemuxSocket`] that has no QUIC endpoint on it, so that its STUN datagrams
-/// reach the STUN channel (the endpoint driver does this in an engine).
-pub(crate) async fn drain(socket: Arc<DemuxSocket>) {
-    let mut storage = vec![0u8; 65_536];
-    loop {
-        let mut meta = [RecvMeta::default()];
-        let mut bufs = [IoSliceMut::new(&mut storage)];
-        if poll_fn(|cx| socket.poll_recv(cx, &mut bufs, &mut meta))
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 }

@@ -1,7 +1,11 @@
 //! Receive batches: taking STUN out of a batch quinn is about to read, and closing
-//! the gaps it leaves.
+//! the gaps it leaves; draining a socket that has no QUIC endpoint.
 
+use std::future::poll_fn;
 use std::io::IoSliceMut;
+use std::sync::Arc;
+
+use quinn::AsyncUdpSocket;
 
 use quinn::udp::RecvMeta;
 
@@ -39,4 +43,20 @@ pub(super) fn keep(
         head[kept][..m.len].copy_from_slice(&tail[0][..m.len]);
     }
     meta[kept] = m;
+}
+
+/// Drains a [`DemuxSocket`] that has no QUIC endpoint on it, so that its STUN datagrams
+/// reach the STUN channel (the endpoint driver does this in an engine).
+pub(crate) async fn drain(socket: Arc<DemuxSocket>) {
+    let mut storage = vec![0u8; 65_536];
+    loop {
+        let mut meta = [RecvMeta::default()];
+        let mut bufs = [IoSliceMut::new(&mut storage)];
+        if poll_fn(|cx| socket.poll_recv(cx, &mut bufs, &mut meta))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
