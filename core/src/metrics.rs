@@ -499,6 +499,7 @@ mod tests {
             offers_rejected: 0,
             checks_unauthenticated: 0,
             last_error: None,
+            port_mapping: Default::default(),
         }
     }
 

@@ -25,6 +25,7 @@ mod accept;
 mod attempt;
 mod driver;
 mod mappings;
+mod portmap;
 mod responder;
 mod session;
 mod setup;
