@@ -49,7 +49,7 @@ impl PortMapper {
     pub fn start(setting: PortMapping, local: SocketAddr, stop: CancellationToken) -> PortMapper {
         let (probed, _) = watch::channel(false);
         let skip = match setting {
-            PortMapping::Off => Some("off (portMapping: off)"),
+            PortMapping::Off => Some("portMapping: off"),
             PortMapping::Auto if local.ip().is_loopback() => {
                 Some("the tunnel socket is bound to loopback")
             }
