@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use patchbay::{Device, Ipv4Net, Lab, LinkCondition, LinkDirection, Nat, Router, RouterPreset};
 use stunfwd_core::{Config, SignalServer, SignalServerConfig};
 
+use crate::miniupnpd::{self, Miniupnpd, Service};
 use crate::nat::NatKind;
 use crate::net::{nft, sysctl};
 use crate::{coturn, TURN_PASSWORD, TURN_USER};
@@ -79,6 +80,9 @@ pub struct SiteSpec {
     /// A carrier-grade NAT between the site's NAT and its ISP (double NAT), with
     /// its downstream in 100.64.0.0/10.
     pub cgnat: Option<NatKind>,
+    /// A miniupnpd on the NAT next to the devices, serving this protocol; the site's
+    /// public addresses are then outside the reserved ranges miniupnpd refuses.
+    pub port_mapper: Option<Service>,
 }
 
 impl SiteSpec {
@@ -91,7 +95,14 @@ impl SiteSpec {
             udp_timeout: None,
             hairpin: false,
             cgnat: None,
+            port_mapper: None,
         }
+    }
+
+    /// A miniupnpd serving `service` on the NAT next to the devices.
+    pub fn port_mapper(mut self, service: Service) -> SiteSpec {
+        self.port_mapper = Some(service);
+        self
     }
 
     /// `n` devices behind the NAT.
@@ -140,11 +151,16 @@ impl SiteSpec {
         }
     }
 
-    /// A short description: the kind, or `double(home/cgnat)`.
+    /// A short description: the kind, or `double(home/cgnat)`; `+upnp`, `+natpmp` or
+    /// `+pcp` with a port mapper.
     pub fn label(&self) -> String {
-        match self.cgnat {
+        let nat = match self.cgnat {
             Some(cg) => format!("double({}/{})", self.kind.name(), cg.name()),
             None => self.kind.name().to_owned(),
+        };
+        match self.port_mapper {
+            Some(s) => format!("{nat}+{}", s.name()),
+            None => nat,
         }
     }
 }
@@ -161,6 +177,8 @@ pub struct Site {
     pub router: Router,
     /// The devices behind it.
     pub devices: Vec<Device>,
+    /// The miniupnpd on `router`, when the spec asks for one.
+    pub miniupnpd: Option<Miniupnpd>,
 }
 
 impl Site {
@@ -314,12 +332,15 @@ impl World {
     /// and the devices.
     pub async fn add_site(&self, spec: SiteSpec) -> Result<Site> {
         let n = self.sites.fetch_add(1, Ordering::Relaxed);
-        let isp = self
+        let mut isp = self
             .lab
             .add_router(&format!("{}-isp", spec.name))
-            .preset(RouterPreset::PublicV4)
-            .build()
-            .await?;
+            .preset(RouterPreset::PublicV4);
+        if spec.port_mapper.is_some() {
+            let [a, b] = miniupnpd::PUBLIC_BASE;
+            isp = isp.downstream_cidr(Ipv4Net::new(Ipv4Addr::new(a, b, n as u8, 0), 24)?);
+        }
+        let isp = isp.build().await?;
         // Routers ignore ICMP redirects, so every packet between sites takes the
         // routed path through the IX's namespace (hop counts stay fixed).
         sysctl(&isp, "net.ipv4.conf.all.accept_redirects", "0").await?;
@@ -368,12 +389,20 @@ impl World {
                     .await?,
             );
         }
+        let miniupnpd = match spec.port_mapper {
+            Some(service) => {
+                let dir = self.dir.join(format!("miniupnpd-{}", spec.name));
+                Some(Miniupnpd::start(&router, service, dir).await?)
+            }
+            None => None,
+        };
         Ok(Site {
             spec,
             isp,
             cgnat,
             router,
             devices,
+            miniupnpd,
         })
     }
 
