@@ -6,7 +6,11 @@ use std::net::Ipv4Addr;
 /// default route, or another OS: no port mapping there yet).
 pub fn default_gateway() -> Option<Ipv4Addr> {
     if cfg!(target_os = "linux") {
-        let table = std::fs::read_to_string("/proc/net/route").ok()?;
+        // `/proc/net` is the network namespace of the process's main thread; the
+        // calling thread's may differ (an engine started inside a namespace).
+        let table = std::fs::read_to_string("/proc/thread-self/net/route")
+            .or_else(|_| std::fs::read_to_string("/proc/net/route"))
+            .ok()?;
         parse_proc_net_route(&table)
     } else {
         None
