@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use patchbay::Device;
 use stunfwd_core::{Engine, PathKind, State};
+use stunfwd_lab::miniupnpd::Service;
 use stunfwd_lab::*;
 
 /// How long one run may take before it counts as failed.
@@ -40,6 +41,8 @@ enum Side {
     Double,
     /// Both peers behind one port-restricted NAT, hairpinning on or off.
     SameNat { hairpin: bool },
+    /// A NAT of this kind whose router maps ports (miniupnpd) with this protocol.
+    Mapped(NatKind, Service),
 }
 
 impl Side {
@@ -49,13 +52,16 @@ impl Side {
             Side::Double => "double-nat".into(),
             Side::SameNat { hairpin: true } => "same-nat-hairpin".into(),
             Side::SameNat { hairpin: false } => "same-nat-no-hairpin".into(),
+            Side::Mapped(k, s) => format!("{}+{}", k.name(), s.name()),
         }
     }
 
-    /// The NAT type an RFC 5780 test finds on this side.
+    /// The NAT type an RFC 5780 test finds on this side; behind a router that maps our
+    /// port, the type the engine offers (anyone reaches the mapped port).
     fn nat_type(self) -> &'static str {
         match self {
             Side::Nat(k) => k.expected_type(),
+            Side::Mapped(..) => "full-cone",
             Side::Double | Side::SameNat { .. } => "port-restricted",
         }
     }
@@ -73,6 +79,7 @@ impl Side {
             Side::SameNat { hairpin } => SiteSpec::new(name, NatKind::PortRestricted)
                 .devices(2)
                 .hairpin(hairpin),
+            Side::Mapped(k, s) => SiteSpec::new(name, k).port_mapper(s),
         }
     }
 }
@@ -196,6 +203,17 @@ fn all_cells() -> Vec<CellSpec> {
     sides.push((Side::Double, Side::Double));
     for hairpin in [true, false] {
         sides.push((Side::SameNat { hairpin }, Side::SameNat { hairpin }));
+    }
+    // One router maps ports (issue #17): the pairs that are hopeless without it.
+    for s in Service::ALL {
+        sides.push((
+            Side::Mapped(NatKind::PortRestricted, s),
+            Side::Nat(NatKind::Symmetric),
+        ));
+        sides.push((
+            Side::Nat(NatKind::Symmetric),
+            Side::Mapped(NatKind::Symmetric, s),
+        ));
     }
     let mut cells = Vec::new();
     for relay in [false, true] {
@@ -338,13 +356,14 @@ async fn measure(spec: CellSpec, runs: usize) -> Cell {
     };
     let result = async {
         let world = World::new(WorldOptions::default()).await?;
-        let (sdev, cdev) = if spec.same_nat() {
+        // The sites live as long as the cell: a site's miniupnpd stops with it.
+        let (sdev, cdev, _sites) = if spec.same_nat() {
             let site = world.add_site(spec.server.spec("lan")).await?;
-            (site.devices[0].clone(), site.devices[1].clone())
+            (site.devices[0].clone(), site.devices[1].clone(), vec![site])
         } else {
             let s = world.add_site(spec.server.spec("ss")).await?;
             let c = world.add_site(spec.client.spec("cc")).await?;
-            (s.devices[0].clone(), c.devices[0].clone())
+            (s.devices[0].clone(), c.devices[0].clone(), vec![s, c])
         };
         let echo = tcp_echo(&sdev).await?;
         for rep in 0..runs {
