@@ -284,10 +284,16 @@ pub(crate) async fn connect_once(
     } else {
         RELAY_GATHER_WAIT
     };
-    // The router's first answer is waited for alongside the relay, as briefly.
-    let portmap_probed = shared
-        .portmap
-        .wait_probed(super::portmap::PORTMAP_GATHER_WAIT);
+    // The router's first answer is waited for alongside the relay, as briefly; except
+    // behind a symmetric NAT with no relay allowed, where without a mapping the attempt
+    // would most likely end in NoPath: there the router's answer decides whether a
+    // direct path exists at all (a UPnP router may delay its search answer up to 3 s).
+    let portmap_wait = if disc.nat == NatType::Symmetric && !plan.allowed {
+        portmap::PROBE_TIMEOUT
+    } else {
+        super::portmap::PORTMAP_GATHER_WAIT
+    };
+    let portmap_probed = shared.portmap.wait_probed(portmap_wait);
     let relay_allocated = async {
         match allocation {
             Some(task) => Some(tokio::time::timeout(wait, task).await),

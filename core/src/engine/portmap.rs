@@ -15,8 +15,9 @@ use crate::portmap::{self, Lease, PortMapStatus};
 use crate::sync::lock;
 
 /// How long an attempt waits, once discovery is done, for the first answer of the
-/// router: PCP and NAT-PMP answer in one LAN round trip and UPnP in three (search, two
-/// HTTP requests), milliseconds all; the relay's wait is as long and runs alongside.
+/// router: PCP answers in one LAN round trip; UPnP's search answer may come up to 3 s
+/// late (`portmap::PROBE_TIMEOUT`), and is then offered by the next attempt. The
+/// relay's wait is as long and runs alongside.
 pub(crate) const PORTMAP_GATHER_WAIT: Duration = Duration::from_millis(500);
 
 /// After a router gave no mapping, when to ask again (a router rebooting or UPnP

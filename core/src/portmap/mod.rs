@@ -30,10 +30,14 @@ const DESCRIPTION: &str = "stunfwd";
 /// LAN answers within milliseconds, and the two tries fit in [`PROBE_TIMEOUT`].
 const PMP_FIRST_WAIT: Duration = Duration::from_millis(250);
 
-/// The budget of one attempt to map a port, all protocols together. An attempt never
-/// waits for this (it offers what it has after at most `PORTMAP_GATHER_WAIT`); a
-/// mapping that arrives later is offered by the next attempt.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The budget of one attempt to map a port, all protocols together: a UPnP device may
+/// delay its answer to a search by up to the search's MX, 3 s in igd-next's (against
+/// miniupnpd in the lab the UPnP mapping took over 500 ms in 16 runs of 20), and two
+/// HTTP requests follow.
+/// Attempts wait for this only behind a symmetric NAT without a relay; otherwise they
+/// offer what they have after `PORTMAP_GATHER_WAIT`, and a mapping that arrives later
+/// is offered by the next attempt.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The protocol a router mapped our port with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -215,8 +219,13 @@ pub async fn map_udp(gateway: Ipv4Addr, port: u16, budget: Duration) -> Result<L
         return Err("the tunnel socket has no port".into());
     };
     let work = async {
-        let pmp = map_pmp(gateway, local, port);
-        let upnp = search_upnp(gateway, local, budget);
+        let pmp = or_refused(map_pmp(gateway, local, port), gateway, PMP_PORT, &[0, 0]);
+        let upnp = or_refused(
+            search_upnp(gateway, local, budget),
+            gateway,
+            SSDP_PORT,
+            SSDP_SEARCH,
+        );
         tokio::pin!(pmp, upnp);
         // PCP/NAT-PMP first: one UDP round trip and no HTTP. The UPnP search runs
         // alongside and is used only when PCP/NAT-PMP failed.
@@ -248,6 +257,53 @@ pub async fn map_udp(gateway: Ipv4Addr, port: u16, budget: Duration) -> Result<L
         Ok(r) => r,
         Err(_) => Err(format!("no answer from {gateway} within {budget:?}")),
     }
+}
+
+/// NAT-PMP and PCP's port on the gateway.
+const PMP_PORT: u16 = 5351;
+/// UPnP's search port on the gateway.
+const SSDP_PORT: u16 = 1900;
+/// A search for an IGD, as igd-next sends it.
+const SSDP_SEARCH: &[u8] = b"M-SEARCH * HTTP/1.1\r\nHost:239.255.255.250:1900\r\n\
+    ST:urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nMan:\"ssdp:discover\"\r\nMX:3\r\n\r\n";
+
+/// `work`, or an error as soon as the gateway refuses `probe` sent to its `port` (an
+/// ICMP port unreachable: nothing listens there). The crates' sockets do not see such
+/// refusals, so without this a router with no UPnP would cost the whole budget.
+async fn or_refused<T>(
+    work: impl std::future::Future<Output = Result<T, String>>,
+    gateway: Ipv4Addr,
+    port: u16,
+    probe: &[u8],
+) -> Result<T, String> {
+    let refused = async {
+        let Ok(socket) = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
+            return std::future::pending().await;
+        };
+        if socket.connect((gateway, port)).await.is_err() || socket.send(probe).await.is_err() {
+            return std::future::pending().await;
+        }
+        let mut buf = [0u8; 1500];
+        // A connected socket gets the ICMP error on its next receive; an answer means
+        // something listens, and `work` goes on.
+        match socket.recv(&mut buf).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        () = refused => Err(format!("{gateway}:{port} refused (nothing listens)")),
+    }
+}
+
+/// A PCP ANNOUNCE request from `client` (RFC 6887 §14.1): harmless, and refused by a
+/// router that refuses PCP.
+fn pcp_announce(client: Ipv4Addr) -> [u8; 24] {
+    let mut p = [0u8; 24];
+    p[0] = 2;
+    p[8..24].copy_from_slice(&client.to_ipv6_mapped().octets());
+    p
 }
 
 /// What `stunfwd nat` prints: a mapping made (and deleted again at once) for a fresh
@@ -283,7 +339,7 @@ pub async fn probe() -> PortMapStatus {
 /// sends nothing).
 fn local_ip_towards(gateway: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
     let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-    s.connect((gateway, crab_nat::GATEWAY_PORT))?;
+    s.connect((gateway, PMP_PORT))?;
     match s.local_addr()?.ip() {
         IpAddr::V4(ip) => Ok(ip),
         IpAddr::V6(_) => Err(std::io::Error::other("an IPv6 route")),
@@ -305,7 +361,12 @@ async fn map_pmp(gateway: Ipv4Addr, local: Ipv4Addr, port: NonZeroU16) -> Result
     let request = crab_nat::pcp::BaseMapRequest::new(gateway.into(), local.into(), udp, port);
     // NAT-PMP after any PCP failure, not only after a NAT-PMP router's "unsupported
     // version" answer: some routers without PCP drop or refuse its packets instead.
-    let mapping = match crab_nat::pcp::port_mapping(request, None, None, options).await {
+    let pcp = async {
+        crab_nat::pcp::port_mapping(request, None, None, options)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let mapping = match or_refused(pcp, gateway, PMP_PORT, &pcp_announce(local)).await {
         Ok(m) => m,
         Err(pcp) => crab_nat::natpmp::port_mapping(gateway.into(), udp, port, options)
             .await
