@@ -219,12 +219,19 @@ pub async fn map_udp(gateway: Ipv4Addr, port: u16, budget: Duration) -> Result<L
         return Err("the tunnel socket has no port".into());
     };
     let work = async {
-        let pmp = or_refused(map_pmp(gateway, local, port), gateway, PMP_PORT, &[0, 0]);
-        let upnp = or_refused(
+        let pmp = or_absent(
+            map_pmp(gateway, local, port),
+            gateway,
+            PMP_PORT,
+            &[0, 0],
+            Some(PMP_FIRST_WAIT * 3),
+        );
+        let upnp = or_absent(
             search_upnp(gateway, local, budget),
             gateway,
             SSDP_PORT,
             SSDP_SEARCH,
+            Some(SSDP_PRESENCE_WAIT),
         );
         tokio::pin!(pmp, upnp);
         // PCP/NAT-PMP first: one UDP round trip and no HTTP. The UPnP search runs
@@ -263,18 +270,23 @@ pub async fn map_udp(gateway: Ipv4Addr, port: u16, budget: Duration) -> Result<L
 const PMP_PORT: u16 = 5351;
 /// UPnP's search port on the gateway.
 const SSDP_PORT: u16 = 1900;
-/// A search for an IGD, as igd-next sends it.
+/// A search for an IGD with an MX of 1 s: its answer comes within 1 s, where igd-next's
+/// own search (MX 3) may wait 3 s for the answer that tells whether UPnP is there.
 const SSDP_SEARCH: &[u8] = b"M-SEARCH * HTTP/1.1\r\nHost:239.255.255.250:1900\r\n\
-    ST:urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nMan:\"ssdp:discover\"\r\nMX:3\r\n\r\n";
+    ST:urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nMan:\"ssdp:discover\"\r\nMX:1\r\n\r\n";
+/// How long [`SSDP_SEARCH`] may go unanswered before UPnP counts as absent.
+const SSDP_PRESENCE_WAIT: Duration = Duration::from_millis(1200);
 
-/// `work`, or an error as soon as the gateway refuses `probe` sent to its `port` (an
-/// ICMP port unreachable: nothing listens there). The crates' sockets do not see such
-/// refusals, so without this a router with no UPnP would cost the whole budget.
-async fn or_refused<T>(
+/// `work`, or an error as soon as `probe`, sent to the gateway's `port`, shows nothing
+/// listens there: refused (an ICMP port unreachable, which the crates' sockets never
+/// see), or, with `answer_within`, not answered in that time. Routers rate-limit ICMP
+/// and firewalls drop silently, so silence must count too; an answer lets `work` go on.
+async fn or_absent<T>(
     work: impl std::future::Future<Output = Result<T, String>>,
     gateway: Ipv4Addr,
     port: u16,
     probe: &[u8],
+    answer_within: Option<Duration>,
 ) -> Result<T, String> {
     let refused = async {
         let Ok(socket) = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
@@ -284,16 +296,17 @@ async fn or_refused<T>(
             return std::future::pending().await;
         }
         let mut buf = [0u8; 1500];
-        // A connected socket gets the ICMP error on its next receive; an answer means
-        // something listens, and `work` goes on.
-        match socket.recv(&mut buf).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        // A connected socket gets the ICMP error on its next receive.
+        let wait = answer_within.unwrap_or(Duration::MAX);
+        match tokio::time::timeout(wait, socket.recv(&mut buf)).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
+            Err(_) => "no answer",
             _ => std::future::pending().await,
         }
     };
     tokio::select! {
         r = work => r,
-        () = refused => Err(format!("{gateway}:{port} refused (nothing listens)")),
+        why = refused => Err(format!("{gateway}:{port}: {why}")),
     }
 }
 
@@ -366,7 +379,7 @@ async fn map_pmp(gateway: Ipv4Addr, local: Ipv4Addr, port: NonZeroU16) -> Result
             .await
             .map_err(|e| e.to_string())
     };
-    let mapping = match or_refused(pcp, gateway, PMP_PORT, &pcp_announce(local)).await {
+    let mapping = match or_absent(pcp, gateway, PMP_PORT, &pcp_announce(local), None).await {
         Ok(m) => m,
         Err(pcp) => crab_nat::natpmp::port_mapping(gateway.into(), udp, port, options)
             .await
