@@ -60,7 +60,8 @@ enum Command {
     },
     /// Detect this host's NAT: public address, mapping and filtering behaviour.
     /// With a server that supports RFC 5780 (two addresses, e.g. coturn) both are
-    /// measured; a second server cross-checks the mapping.
+    /// measured; a second server cross-checks the mapping. Also asks the default
+    /// gateway for a port mapping (PCP, NAT-PMP, UPnP-IGD) and deletes it again.
     Nat {
         /// A STUN server, host:port (repeat for more).
         #[arg(long = "stun", required = true)]
@@ -71,6 +72,9 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Do not ask the router for a port mapping.
+        #[arg(long)]
+        no_port_mapping: bool,
     },
     /// Run a rendezvous server and two peers in this process on loopback, forward a TCP
     /// and a UDP echo through the tunnel, and check that everything arrives intact.
@@ -130,12 +134,17 @@ fn main() -> ExitCode {
             init_logs(cli.log_format, &cli.log);
             signal(http, stun, *options)
         }
-        Command::Nat { stun, bind, json } => {
+        Command::Nat {
+            stun,
+            bind,
+            json,
+            no_port_mapping,
+        } => {
             init_logs(
                 cli.log_format,
                 &format!("warn,{}", cli.log.replace("info", "warn")),
             );
-            nat(&stun, bind, json)
+            nat(&stun, bind, json, !no_port_mapping)
         }
         Command::Demo { bytes } => {
             init_logs(
@@ -361,7 +370,7 @@ fn signal(http: SocketAddr, stun: SocketAddr, options: SignalOptions) -> ExitCod
     ExitCode::SUCCESS
 }
 
-fn nat(servers: &[String], bind: SocketAddr, json: bool) -> ExitCode {
+fn nat(servers: &[String], bind: SocketAddr, json: bool, port_mapping: bool) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -376,9 +385,21 @@ fn nat(servers: &[String], bind: SocketAddr, json: bool) -> ExitCode {
         .iter()
         .map(|s| s.trim_start_matches("stun:").to_owned())
         .collect();
-    match rt.block_on(stunfwd_core::stun::detect_nat_and_allocation(
-        &servers, bind,
-    )) {
+    // The router is asked alongside the STUN tests, from a socket of its own.
+    let (detected, mapping) = rt.block_on(async {
+        let mapping = async {
+            if port_mapping {
+                stunfwd_core::portmap::probe().await
+            } else {
+                stunfwd_core::portmap::PortMapStatus::none(None, "not asked (--no-port-mapping)")
+            }
+        };
+        tokio::join!(
+            stunfwd_core::stun::detect_nat_and_allocation(&servers, bind),
+            mapping
+        )
+    });
+    match detected {
         Ok(d) => {
             if json {
                 let v = serde_json::json!({
@@ -388,6 +409,7 @@ fn nat(servers: &[String], bind: SocketAddr, json: bool) -> ExitCode {
                     "filtering": d.filtering,
                     "allocation": d.allocation,
                     "nat_type": d.nat,
+                    "port_mapping": mapping,
                     "errors": d.errors,
                 });
                 println!("{v}");
@@ -405,6 +427,7 @@ fn nat(servers: &[String], bind: SocketAddr, json: bool) -> ExitCode {
                 );
                 println!("filtering: {}", d.filtering.as_str());
                 println!("nat type:  {}", d.nat.as_str());
+                println!("port mapping: {}", mapping.describe());
             }
             ExitCode::SUCCESS
         }

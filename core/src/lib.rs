@@ -22,6 +22,7 @@ pub mod error;
 pub mod forward;
 pub mod logging;
 pub mod metrics;
+pub mod portmap;
 pub mod punch;
 pub mod redact;
 pub mod room;

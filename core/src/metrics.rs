@@ -513,6 +513,7 @@ mod tests {
             offers_rejected: 0,
             checks_unauthenticated: 0,
             last_error: None,
+            port_mapping: Default::default(),
         }
     }
 

@@ -228,4 +228,7 @@ pub struct Stats {
     pub checks_unauthenticated: u64,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// Our router port mapping (`portMapping`): its protocol and public address, or
+    /// why there is none.
+    pub port_mapping: crate::portmap::PortMapStatus,
 }

@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod coturn;
+pub mod miniupnpd;
 pub mod nat;
 pub mod net;
 pub mod turn;

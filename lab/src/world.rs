@@ -29,6 +29,7 @@ use patchbay::{
 };
 use stunfwd_core::{Config, SignalServer, SignalServerConfig};
 
+use crate::miniupnpd::{self, Miniupnpd, Service};
 use crate::nat::NatKind;
 use crate::net::{nft, sysctl};
 use crate::{coturn, TURN_PASSWORD, TURN_USER};
@@ -94,6 +95,9 @@ pub struct SiteSpec {
     /// Dual-stack: the devices also get a global IPv6 address (2001:db8:1::/48),
     /// behind a stateful firewall ([`ipv6_firewall_rules`]) on the NAT router.
     pub ipv6: bool,
+    /// A miniupnpd on the NAT next to the devices, serving this protocol; the site's
+    /// public addresses are then outside the reserved ranges miniupnpd refuses.
+    pub port_mapper: Option<Service>,
 }
 
 impl SiteSpec {
@@ -107,12 +111,19 @@ impl SiteSpec {
             hairpin: false,
             cgnat: None,
             ipv6: false,
+            port_mapper: None,
         }
     }
 
     /// Dual-stack: global IPv6 behind a stateful firewall next to the IPv4 NAT.
     pub fn ipv6(mut self, on: bool) -> SiteSpec {
         self.ipv6 = on;
+        self
+    }
+
+    /// A miniupnpd serving `service` on the NAT next to the devices.
+    pub fn port_mapper(mut self, service: Service) -> SiteSpec {
+        self.port_mapper = Some(service);
         self
     }
 
@@ -162,17 +173,20 @@ impl SiteSpec {
         }
     }
 
-    /// A short description: the kind, `double(home/cgnat)`, with `+v6` for a
-    /// dual-stack site.
+    /// A short description: the kind, or `double(home/cgnat)`; `+upnp`, `+natpmp` or
+    /// `+pcp` with a port mapper, `+v6` for a dual-stack site.
     pub fn label(&self) -> String {
-        let v4 = match self.cgnat {
+        let mut nat = match self.cgnat {
             Some(cg) => format!("double({}/{})", self.kind.name(), cg.name()),
             None => self.kind.name().to_owned(),
         };
+        if let Some(s) = self.port_mapper {
+            nat = format!("{nat}+{}", s.name());
+        }
         if self.ipv6 {
-            format!("{v4}+v6")
+            format!("{nat}+v6")
         } else {
-            v4
+            nat
         }
     }
 }
@@ -189,6 +203,8 @@ pub struct Site {
     pub router: Router,
     /// The devices behind it.
     pub devices: Vec<Device>,
+    /// The miniupnpd on `router`, when the spec asks for one.
+    pub miniupnpd: Option<Miniupnpd>,
 }
 
 impl Site {
@@ -373,16 +389,19 @@ impl World {
         if spec.ipv6 && spec.cgnat.is_some() {
             bail!("a dual-stack site behind a CGNAT is not built (patchbay routes IPv6 to one level of routers below the IX)");
         }
-        let isp = self
+        let mut isp = self
             .lab
             .add_router(&format!("{}-isp", spec.name))
             .preset(if spec.ipv6 {
                 RouterPreset::Public
             } else {
                 RouterPreset::PublicV4
-            })
-            .build()
-            .await?;
+            });
+        if spec.port_mapper.is_some() {
+            let [a, b] = miniupnpd::PUBLIC_BASE;
+            isp = isp.downstream_cidr(Ipv4Net::new(Ipv4Addr::new(a, b, n as u8, 0), 24)?);
+        }
+        let isp = isp.build().await?;
         // Routers ignore ICMP redirects, so every packet between sites takes the
         // routed path through the IX's namespace (hop counts stay fixed).
         sysctl(&isp, "net.ipv4.conf.all.accept_redirects", "0").await?;
@@ -441,12 +460,20 @@ impl World {
                     .await?,
             );
         }
+        let miniupnpd = match spec.port_mapper {
+            Some(service) => {
+                let dir = self.dir.join(format!("miniupnpd-{}", spec.name));
+                Some(Miniupnpd::start(&router, service, dir).await?)
+            }
+            None => None,
+        };
         Ok(Site {
             spec,
             isp,
             cgnat,
             router,
             devices,
+            miniupnpd,
         })
     }
 

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use patchbay::{Device, Router};
 use stunfwd_core::{Engine, PathKind, State};
+use stunfwd_lab::miniupnpd::Service;
 use stunfwd_lab::*;
 
 /// How long one run may take before it counts as failed.
@@ -49,6 +50,8 @@ enum Side {
     /// Dual-stack (issue #17): IPv4 behind a NAT of this kind, and a global IPv6
     /// address behind a stateful firewall that lets in only return traffic.
     V6(NatKind),
+    /// A NAT of this kind whose router maps ports (miniupnpd) with this protocol.
+    Mapped(NatKind, Service),
 }
 
 impl Side {
@@ -59,6 +62,7 @@ impl Side {
             Side::SameNat { hairpin: true } => "same-nat-hairpin".into(),
             Side::SameNat { hairpin: false } => "same-nat-no-hairpin".into(),
             Side::V6(k) => format!("{}+v6", k.name()),
+            Side::Mapped(k, s) => format!("{}+{}", k.name(), s.name()),
         }
     }
 
@@ -66,10 +70,12 @@ impl Side {
         matches!(self, Side::V6(_))
     }
 
-    /// The NAT type an RFC 5780 test finds on this side.
+    /// The NAT type an RFC 5780 test finds on this side; behind a router that maps our
+    /// port, the type the engine offers (anyone reaches the mapped port).
     fn nat_type(self) -> &'static str {
         match self {
             Side::Nat(k) | Side::V6(k) => k.expected_type(),
+            Side::Mapped(..) => "full-cone",
             Side::Double | Side::SameNat { .. } => "port-restricted",
         }
     }
@@ -88,6 +94,7 @@ impl Side {
                 .devices(2)
                 .hairpin(hairpin),
             Side::V6(k) => SiteSpec::new(name, k).ipv6(true),
+            Side::Mapped(k, s) => SiteSpec::new(name, k).port_mapper(s),
         }
     }
 }
@@ -262,6 +269,17 @@ fn all_cells() -> Vec<CellSpec> {
     sides.push((Side::V6(pr), Side::V6(pr)));
     sides.push((Side::V6(NatKind::Symmetric), Side::V6(NatKind::Symmetric)));
     sides.push((Side::V6(pr), Side::Nat(pr)));
+    // One router maps ports (issue #17): the pairs that are hopeless without it.
+    for s in Service::ALL {
+        sides.push((
+            Side::Mapped(NatKind::PortRestricted, s),
+            Side::Nat(NatKind::Symmetric),
+        ));
+        sides.push((
+            Side::Nat(NatKind::Symmetric),
+            Side::Mapped(NatKind::Symmetric, s),
+        ));
+    }
     let mut cells = Vec::new();
     for relay in [false, true] {
         for stun in StunSetup::ALL {
@@ -485,7 +503,8 @@ async fn measure(spec: CellSpec, runs: usize) -> Cell {
     let result = async {
         let world = World::new(WorldOptions::default()).await?;
         let routers = |s: &Site| -> Vec<Router> { s.nat_routers().into_iter().cloned().collect() };
-        let (sdev, cdev, srouters, crouters) = if spec.same_nat() {
+        // The sites live as long as the cell: a site's miniupnpd stops with it.
+        let (sdev, cdev, srouters, crouters, _sites) = if spec.same_nat() {
             let site = world.add_site(spec.server.spec("lan")).await?;
             let r = routers(&site);
             (
@@ -493,6 +512,7 @@ async fn measure(spec: CellSpec, runs: usize) -> Cell {
                 site.devices[1].clone(),
                 r.clone(),
                 r,
+                vec![site],
             )
         } else {
             let s = world.add_site(spec.server.spec("ss")).await?;
@@ -502,6 +522,7 @@ async fn measure(spec: CellSpec, runs: usize) -> Cell {
                 c.devices[0].clone(),
                 routers(&s),
                 routers(&c),
+                vec![s, c],
             )
         };
         let echo = tcp_echo(&sdev).await?;

@@ -199,7 +199,8 @@ class Engine:
         ``timings`` (``*_ms``),
         ``reconnects``, ``birthday_sockets``, ``birthday_packets``,
         ``stun_discoveries``, ``signaling_requests``,
-        ``offers_rejected``, ``checks_unauthenticated`` and ``last_error``. Addresses
+        ``offers_rejected``, ``checks_unauthenticated``, ``last_error`` and
+        ``port_mapping`` (``protocol``, ``gateway``, ``external``, ``reason``). Addresses
         are ``"IP:PORT"`` strings; absent values are ``None``.
         """
         stats: Dict[str, Any] = json.loads(self._native.stats_json())

@@ -19,6 +19,7 @@ mod endpoints;
 mod lexical;
 mod mapping;
 mod performance;
+mod portmap;
 mod relay;
 mod schema;
 mod values;
@@ -33,6 +34,7 @@ use serde_json::{Map, Value};
 pub use self::allow::AllowRule;
 pub use self::mapping::{Mapping, Proto};
 pub use self::performance::{default_workers, Performance};
+pub use self::portmap::PortMapping;
 pub use self::relay::{RelayConfig, RelayPolicy, TurnUrl};
 pub use crate::room::{RoomName, MAX_ROOM_LEN};
 
@@ -46,8 +48,9 @@ use self::mapping::{check_duplicate_listeners, check_mapping, parse_mappings};
 use self::performance::parse_performance;
 use self::relay::{check_relay, parse_relay};
 use self::schema::{
-    Fields, ALLOW, BIND, INSECURE, MAPPINGS, METRICS_ADDR, MODE, PERFORMANCE, PUNCH_TIMEOUT, RELAY,
-    RELAY_POLICY, ROOM, SECRET, SIGNAL_CA_FILE, SIGNAL_URL, STUN_SERVERS, TOP_FIELDS,
+    Fields, ALLOW, BIND, INSECURE, MAPPINGS, METRICS_ADDR, MODE, PERFORMANCE, PORT_MAPPING,
+    PUNCH_TIMEOUT, RELAY, RELAY_POLICY, ROOM, SECRET, SIGNAL_CA_FILE, SIGNAL_URL, STUN_SERVERS,
+    TOP_FIELDS,
 };
 use self::values::{check_duration, expect_str, fmt_duration, parse_duration};
 use crate::error::{Error, Result};
@@ -130,6 +133,9 @@ pub struct Config {
     pub relay: Option<RelayConfig>,
     /// `relayPolicy`: `auto` (default), `never` or `always` (needs `relay`).
     pub relay_policy: RelayPolicy,
+    /// `portMapping`: `auto` (default) asks the default gateway to forward a port to
+    /// the tunnel socket (PCP, NAT-PMP or UPnP-IGD); `off` sends it nothing.
+    pub port_mapping: PortMapping,
     /// `metricsAddr`: where to serve Prometheus metrics, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     /// `punchTimeout`: how long hole punching may take. Default 10 s, 1 s-300 s.
@@ -153,6 +159,7 @@ impl fmt::Debug for Config {
             .field("bind", &self.bind)
             .field("relay", &self.relay)
             .field("relay_policy", &self.relay_policy)
+            .field("port_mapping", &self.port_mapping)
             .field("metrics_addr", &self.metrics_addr)
             .field("punch_timeout", &self.punch_timeout)
             .field("performance", &self.performance)
@@ -312,6 +319,11 @@ impl Config {
             Some((key, v)) => RelayPolicy::from_value(&key, v)?,
         };
 
+        let port_mapping = match top.get(&PORT_MAPPING)? {
+            None => PortMapping::Auto,
+            Some((key, v)) => PortMapping::from_value(&key, v)?,
+        };
+
         let metrics_addr = match top.get(&METRICS_ADDR)? {
             None => None,
             Some((key, v)) => Some(parse_socket_addr(&key, v)?),
@@ -340,6 +352,7 @@ impl Config {
             bind,
             relay,
             relay_policy,
+            port_mapping,
             metrics_addr,
             punch_timeout,
             performance,

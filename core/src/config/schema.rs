@@ -41,6 +41,7 @@ pub(super) const ALLOW: Field = field("allow");
 pub(super) const BIND: Field = field("bind");
 pub(super) const RELAY: Field = field("relay");
 pub(super) const RELAY_POLICY: Field = field("relayPolicy");
+pub(super) const PORT_MAPPING: Field = field("portMapping");
 pub(super) const METRICS_ADDR: Field = field("metricsAddr");
 pub(super) const PUNCH_TIMEOUT: Field = field("punchTimeout");
 pub(super) const PERFORMANCE: Field = field("performance");
@@ -57,6 +58,7 @@ pub(super) const TOP_FIELDS: &[Field] = &[
     BIND,
     RELAY,
     RELAY_POLICY,
+    PORT_MAPPING,
     METRICS_ADDR,
     PUNCH_TIMEOUT,
     PERFORMANCE,

@@ -12,6 +12,7 @@ use super::birthdays::{pair_key, start_birthdays, Birthdays};
 use super::shared::{Incoming, Shared};
 use crate::agent::path::{self, PathPlan, RelayPlan};
 use crate::error::{Error, Result};
+use crate::portmap;
 use crate::punch::{self, ChecklistConfig, Punch};
 use crate::signal::proto::{unix_now, Offer, Role};
 use crate::stats::Timings;
@@ -153,9 +154,14 @@ pub(crate) fn build_offer(
     relayed: Option<SocketAddr>,
     plan: RelayPlan,
 ) -> Offer {
+    // The router's mapping leads the server-reflexive candidates: it takes packets
+    // from anyone, where the STUN-mapped address only passes what punching opened.
+    let router = shared.portmap.external();
     let gathered = path::gather(
         &shared.host_candidates,
-        disc.mapped.iter().map(|(_, m)| *m),
+        router
+            .into_iter()
+            .chain(disc.mapped.iter().map(|(_, m)| *m)),
         relayed,
         plan.always,
     );
@@ -169,8 +175,14 @@ pub(crate) fn build_offer(
         relay_count: gathered.relay_count,
         turn: plan.allowed,
         fp: shared.identity.fingerprint().to_hex(),
-        nat: disc.nat.as_str().to_owned(),
+        nat: our_nat(shared, disc).as_str().to_owned(),
     }
+}
+
+/// The NAT type we offer and plan with: full-cone while the router maps our port on
+/// our public address ([`portmap::effective_nat`]); stats keep the measured type.
+fn our_nat(shared: &Shared, disc: &Discovery) -> NatType {
+    portmap::effective_nat(disc.nat, shared.portmap.external(), disc.public_addr())
 }
 
 /// Waits for an authentic, fresh peer offer that `want` accepts. Rejected offers are
@@ -282,8 +294,25 @@ pub(crate) async fn connect_once(
     } else {
         RELAY_GATHER_WAIT
     };
-    let allocated = match allocation {
-        Some(task) => match tokio::time::timeout(wait, task).await {
+    // The router's first answer is waited for alongside the relay, as briefly; except
+    // behind a symmetric NAT with no relay allowed, where without a mapping the attempt
+    // would most likely end in NoPath: there the router's answer decides whether a
+    // direct path exists at all (a UPnP router may delay its search answer up to 3 s).
+    let portmap_wait = if disc.nat == NatType::Symmetric && !plan.allowed {
+        portmap::PROBE_TIMEOUT
+    } else {
+        super::portmap::PORTMAP_GATHER_WAIT
+    };
+    let portmap_probed = shared.portmap.wait_probed(portmap_wait);
+    let relay_allocated = async {
+        match allocation {
+            Some(task) => Some(tokio::time::timeout(wait, task).await),
+            None => None,
+        }
+    };
+    let ((), allocated) = tokio::join!(portmap_probed, relay_allocated);
+    let allocated = match allocated {
+        Some(waited) => match waited {
             Ok(Ok(r)) => Some(r),
             Ok(Err(_)) => Some(Err(Attempt::Retry(
                 "the relay allocation task ended".into(),
@@ -333,7 +362,7 @@ pub(crate) async fn connect_once(
     } else {
         path::plan_path(
             shared.role,
-            disc.nat,
+            our_nat(shared, &disc),
             offer.relay_count,
             &peer,
             plan,

@@ -26,6 +26,7 @@ mod attempt;
 mod birthdays;
 mod driver;
 mod mappings;
+mod portmap;
 mod responder;
 mod session;
 mod setup;

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::accept::accept_loop;
+use super::portmap::PortMapper;
 use super::responder::stun_dispatch;
 use super::shared::{Incoming, PeerInfo, RejectionReports, Shared, StateCell};
 use super::snapshot::snapshot;
@@ -77,6 +78,7 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
     let agent = StunAgent::new(demux);
     let root = CancellationToken::new();
     let turn = RelayAllocation::new(agent.clone(), config.relay.clone(), root.clone());
+    let portmap = PortMapper::start(config.port_mapping, local_addr, root.clone());
 
     let signaling_requests = Arc::new(AtomicU64::new(0));
     // With a secret the rendezvous sees a name derived from the room key, so knowing
@@ -149,6 +151,7 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         birthday_counters: Arc::default(),
         birthday_failed: Mutex::new(std::collections::HashSet::new()),
         turn,
+        portmap,
         auth_failed: AtomicBool::new(false),
         metrics_addr,
         span,

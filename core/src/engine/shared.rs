@@ -167,6 +167,8 @@ pub(crate) struct Shared {
         Mutex<std::collections::HashSet<(std::net::IpAddr, std::net::IpAddr)>>,
     /// Our TURN allocation: made on first need, released at stop.
     pub(crate) turn: RelayAllocation,
+    /// Our router port mapping (`portMapping`): made at start, deleted at stop.
+    pub(crate) portmap: super::portmap::PortMapper,
     /// The last attempt failed on a certificate check.
     pub(crate) auth_failed: AtomicBool,
     /// Where `/metrics` is served, when `metricsAddr` is set (port 0 resolved).

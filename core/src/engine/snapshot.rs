@@ -22,6 +22,12 @@ pub(crate) async fn shutdown(shared: &Arc<Shared>, timeout: Duration) {
     }
     shared.endpoint.close(0u32.into(), b"stopped");
     let _ = tokio::time::timeout(budget, shared.endpoint.wait_idle()).await;
+    // The router's mapping goes last: its deletion, started by the cancel above, has
+    // usually finished by now.
+    shared
+        .portmap
+        .stopped(super::portmap::RELEASE_TIMEOUT)
+        .await;
 }
 
 pub(crate) fn snapshot(shared: &Shared) -> Stats {
@@ -74,5 +80,6 @@ pub(crate) fn snapshot(shared: &Shared) -> Stats {
         offers_rejected: shared.offers_rejected.load(Ordering::Relaxed),
         checks_unauthenticated: shared.checks_unauthenticated.load(Ordering::Relaxed),
         last_error: lock(&shared.last_error).clone(),
+        port_mapping: shared.portmap.status(),
     }
 }
