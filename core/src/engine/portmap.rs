@@ -46,7 +46,7 @@ pub(crate) struct PortMapper {
 
 impl PortMapper {
     /// Starts keeping a mapping of `local`'s port unless `setting` is off or the socket
-    /// cannot be mapped (IPv6, loopback); ends at `stop`. Must run inside the runtime.
+    /// cannot be mapped (bound to one IPv6 address, loopback); ends at `stop`. Must run inside the runtime.
     pub fn start(setting: PortMapping, local: SocketAddr, stop: CancellationToken) -> PortMapper {
         let (probed, _) = watch::channel(false);
         let skip = match setting {
@@ -54,7 +54,11 @@ impl PortMapper {
             PortMapping::Auto if local.ip().is_loopback() => {
                 Some("the tunnel socket is bound to loopback")
             }
-            PortMapping::Auto if !local.is_ipv4() => Some("IPv6 socket (no mapping needed)"),
+            // A dual-stack `[::]` socket receives the IPv4 the router forwards; a socket
+            // bound to one IPv6 address has no IPv4 to map.
+            PortMapping::Auto if !local.is_ipv4() && !local.ip().is_unspecified() => {
+                Some("IPv6-only socket (no mapping needed)")
+            }
             PortMapping::Auto => None,
         };
         let mapper = PortMapper {
