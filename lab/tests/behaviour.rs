@@ -127,7 +127,7 @@ fn nat_cli_reports_each_nat_type() {
             );
             let (mapping, filtering) = (kind.expected_mapping(), kind.expected_filtering());
             anyhow::ensure!(
-                text.contains(&format!("mapping:   {mapping}\n")),
+                text.contains(&format!("mapping:   {mapping}, allocation: ")),
                 "mapping behind {}",
                 kind.name()
             );
