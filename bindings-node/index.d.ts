@@ -192,7 +192,7 @@ export interface EngineState {
   /** `connected`: the peer's address on that path, `host:port`. */
   peer?: string
   /** `connected`: how the path was found. */
-  technique?: 'checks' | 'birthday' | 'relay'
+  technique?: 'checks' | 'birthday' | 'prediction' | 'relay'
   /** `reconnecting`: consecutive failed attempts (0 right after a tunnel was lost). */
   attempt?: number
   /** `reconnecting` and `failed`: what went wrong. */
@@ -216,7 +216,7 @@ export interface EngineStats {
   /** The peer's address, when connected. */
   peerAddr: string | null
   /** How the tunnel's path was found, when connected. */
-  technique: 'checks' | 'birthday' | 'relay' | null
+  technique: 'checks' | 'birthday' | 'prediction' | 'relay' | null
   /** The tunnel socket's local address. */
   localAddr: string
   /** Our public address according to STUN. */

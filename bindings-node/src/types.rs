@@ -22,7 +22,7 @@ pub struct EngineState {
     /// `connected`: the peer's address on that path, `host:port`.
     pub peer: Option<String>,
     /// `connected`: how the path was found.
-    #[napi(ts_type = "'checks' | 'birthday' | 'relay'")]
+    #[napi(ts_type = "'checks' | 'birthday' | 'prediction' | 'relay'")]
     pub technique: Option<String>,
     /// `reconnecting`: consecutive failed attempts (0 right after a tunnel was lost).
     pub attempt: Option<u32>,
@@ -299,7 +299,7 @@ pub struct EngineStats {
     /// The peer's address, when connected.
     pub peer_addr: Option<String>,
     /// How the tunnel's path was found, when connected.
-    #[napi(ts_type = "'checks' | 'birthday' | 'relay'")]
+    #[napi(ts_type = "'checks' | 'birthday' | 'prediction' | 'relay'")]
     pub technique: Option<String>,
     /// The tunnel socket's local address.
     pub local_addr: String,

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::agent::birthday::{Birthday, BirthdayConfig, Probe, Side, Won};
 use crate::socket::DemuxSocket;
+use crate::status::Technique;
 use crate::stun::client::{Response, StunAgent};
 use crate::stun::message::{self, Parsed, Tid};
 
@@ -32,6 +33,11 @@ pub(crate) struct BirthdaySession {
     pub local_ip: IpAddr,
     /// The engine's running totals.
     pub counters: Arc<Counters>,
+    /// Hard side: sockets opened (and their openers sent) before the session, used
+    /// instead of opening `config.sockets` new ones (port prediction's comb).
+    pub premade: Vec<std::net::UdpSocket>,
+    /// What a pair found here is reported as.
+    pub technique: Technique,
 }
 
 /// What birthday punching has cost an engine so far (stats).
@@ -55,6 +61,8 @@ pub(crate) struct Report {
     /// The pair that worked; on the hard side the socket the peer reached, now the
     /// tunnel's side socket.
     pub won: Option<Won>,
+    /// The technique that found it.
+    pub technique: Technique,
 }
 
 /// The transaction ids a session registered with the tunnel socket's STUN agent,
@@ -77,6 +85,26 @@ struct Arrival {
     data: Vec<u8>,
 }
 
+/// Opens up to `n` non-blocking sockets on `ip`; fewer when the process runs out of
+/// descriptors (what could be opened is used).
+pub(crate) fn open_sockets(n: usize, ip: IpAddr) -> Vec<std::net::UdpSocket> {
+    let mut out = Vec::with_capacity(n);
+    for index in 0..n {
+        let opened = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).and_then(|sock| {
+            sock.set_nonblocking(true)?;
+            Ok(sock)
+        });
+        match opened {
+            Ok(sock) => out.push(sock),
+            Err(e) => {
+                tracing::warn!(opened = index, wanted = n, error = %e, "hard-NAT punching: cannot open more sockets");
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// The hard side's sockets: the std handles (for TTL and adoption) and their readers.
 struct Sockets {
     std: Vec<std::net::UdpSocket>,
@@ -85,25 +113,24 @@ struct Sockets {
 }
 
 impl Sockets {
-    /// Opens up to `n` sockets on `ip`; fewer when the process runs out of descriptors
-    /// (what could be opened is used).
-    fn open(n: usize, ip: IpAddr, tx: &mpsc::Sender<Arrival>) -> Sockets {
+    /// Starts a reader on each of `opened` (sockets that cannot get one are closed).
+    fn listen(opened: Vec<std::net::UdpSocket>, tx: &mpsc::Sender<Arrival>) -> Sockets {
+        let n = opened.len();
         let mut s = Sockets {
             std: Vec::with_capacity(n),
             tokio: Vec::with_capacity(n),
             readers: JoinSet::new(),
         };
-        for index in 0..n {
-            let opened = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).and_then(|sock| {
-                sock.set_nonblocking(true)?;
-                let clone = sock.try_clone()?;
-                Ok((sock, tokio::net::UdpSocket::from_std(clone)?))
-            });
-            let (std_sock, tokio_sock) = match opened {
-                Ok(pair) => pair,
+        for std_sock in opened {
+            let index = s.std.len();
+            let tokio_sock = match std_sock
+                .try_clone()
+                .and_then(tokio::net::UdpSocket::from_std)
+            {
+                Ok(t) => t,
                 Err(e) => {
-                    tracing::warn!(opened = index, wanted = n, error = %e, "birthday punching: cannot open more sockets");
-                    break;
+                    tracing::warn!(socket = index, error = %e, "hard-NAT punching: cannot read a socket");
+                    continue;
                 }
             };
             let tokio_sock = Arc::new(tokio_sock);
@@ -142,14 +169,16 @@ impl Sockets {
 impl BirthdaySession {
     /// Runs the session until a pair works, the budget and timeout are spent, or it is
     /// dropped (every socket but an adopted one is closed then).
-    pub async fn run(self, agent: Arc<StunAgent>) -> Report {
+    pub async fn run(mut self, agent: Arc<StunAgent>) -> Report {
         let demux = agent.socket().clone();
         let side = self.config.side;
         let (arrivals_tx, mut arrivals) = mpsc::channel::<Arrival>(256);
-        let mut sockets = match side {
-            Side::Hard => Sockets::open(self.config.sockets, self.local_ip, &arrivals_tx),
-            Side::Easy => Sockets::open(0, self.local_ip, &arrivals_tx),
+        let opened = match side {
+            Side::Hard if !self.premade.is_empty() => std::mem::take(&mut self.premade),
+            Side::Hard => open_sockets(self.config.sockets, self.local_ip),
+            Side::Easy => Vec::new(),
         };
+        let mut sockets = Sockets::listen(opened, &arrivals_tx);
         drop(arrivals_tx);
         let mut config = self.config.clone();
         if side == Side::Hard {
@@ -227,6 +256,7 @@ impl BirthdaySession {
             sockets: state.sockets(),
             sent: state.sent(),
             won: state.won().or(state.reached()),
+            technique: self.technique,
         };
         tracing::info!(
             side = side.as_str(),
@@ -242,28 +272,18 @@ impl BirthdaySession {
     /// is answered from the socket it reached (the first such socket only), an
     /// answer goes to the agent.
     async fn arrival(&self, state: &mut Birthday, sockets: &Sockets, a: Arrival) {
-        match message::parse(&a.data) {
-            Some(Parsed::Request {
-                tid,
-                username: Some(username),
-                has_integrity: true,
-            }) => {
-                let to_us = username.split_once(':').map(|(to, _)| to) == Some(&self.our_id);
-                if !to_us || !message::verify_integrity(&a.data, &self.password) {
-                    return;
-                }
-                if state.on_request(a.socket, a.from) {
-                    let reply = message::binding_success(tid, a.from, Some(&self.password));
-                    if let Some(s) = sockets.tokio.get(a.socket) {
-                        let _ = s.send_to(&reply, a.from).await;
-                    }
+        if let Some(tid) = message::check_to(&a.data, &self.our_id, &self.password) {
+            if state.on_request(a.socket, a.from) {
+                let reply = message::binding_success(tid, a.from, Some(&self.password));
+                if let Some(s) = sockets.tokio.get(a.socket) {
+                    let _ = s.send_to(&reply, a.from).await;
                 }
             }
-            Some(Parsed::Success { tid, .. }) => {
-                let authentic = message::verify_integrity(&a.data, &self.password);
-                state.on_response(tid, a.socket, a.from, authentic);
-            }
-            _ => {}
+            return;
+        }
+        if let Some(Parsed::Success { tid, .. }) = message::parse(&a.data) {
+            let authentic = message::verify_integrity(&a.data, &self.password);
+            state.on_response(tid, a.socket, a.from, authentic);
         }
     }
 
@@ -296,7 +316,7 @@ impl BirthdaySession {
 
 /// Sends one datagram with IP TTL `ttl` from a socket of our own (nobody else sends on
 /// it meanwhile, so setting the socket's TTL around the send is enough).
-fn send_with_ttl(
+pub(crate) fn send_with_ttl(
     sock: &std::net::UdpSocket,
     data: &[u8],
     to: SocketAddr,
@@ -390,9 +410,12 @@ mod tests {
                 opener_ttl: Some(3),
                 lead: Duration::ZERO,
                 timeout: Duration::from_secs(10),
+                premade: false,
             },
             local_ip: "127.0.0.1".parse().expect("ip"),
             counters: Arc::default(),
+            premade: Vec::new(),
+            technique: Technique::Birthday,
         };
         let counters = session.counters.clone();
         let run = tokio::spawn(session.run(agent));

@@ -23,6 +23,7 @@ pub mod forward;
 pub mod logging;
 pub mod metrics;
 pub mod portmap;
+pub(crate) mod predict;
 pub mod punch;
 pub mod redact;
 pub mod room;

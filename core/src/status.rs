@@ -45,16 +45,21 @@ pub enum Technique {
     /// Birthday punching between a symmetric NAT and a port-restricted one: many
     /// sockets on one side, many probes from the other.
     Birthday,
+    /// Port prediction between two symmetric NATs that allocate ports regularly: a
+    /// comb of sockets on the server, one aimed check from the client
+    /// (`agent::predict`).
+    Prediction,
     /// The TURN relay.
     Relay,
 }
 
 impl Technique {
-    /// `checks`, `birthday` or `relay`.
+    /// `checks`, `birthday`, `prediction` or `relay`.
     pub fn as_str(self) -> &'static str {
         match self {
             Technique::Checks => "checks",
             Technique::Birthday => "birthday",
+            Technique::Prediction => "prediction",
             Technique::Relay => "relay",
         }
     }

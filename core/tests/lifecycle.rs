@@ -46,6 +46,8 @@ fn stop_while_connecting_returns_quickly() {
         turn: false,
         fp: "ab".repeat(32),
         nat: "open".into(),
+        predict: None,
+        comb: None,
     };
     let key = RoomKey::derive(&room, Some("k"));
     let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

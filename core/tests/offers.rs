@@ -39,6 +39,8 @@ fn offer(role: Role, ts: u64) -> Offer {
         turn: false,
         fp: "ab".repeat(32),
         nat: "open".into(),
+        predict: None,
+        comb: None,
     }
 }
 

@@ -51,6 +51,8 @@ fn offer() -> Offer {
         candidates: vec!["127.0.0.1:40000".parse().unwrap()],
         fp: "ab".repeat(32),
         nat: "none".into(),
+        predict: None,
+        comb: None,
     }
 }
 

@@ -54,6 +54,8 @@ async fn the_client_speaks_the_plain_php_mailbox() {
             turn: false,
             fp: "cd".repeat(32),
             nat: "none".into(),
+            predict: None,
+            comb: None,
         };
         let encoded = offer.encode(&key, "php room");
         tokio::spawn(async move {

@@ -41,7 +41,7 @@ prop_compose! {
         let host_count = host_pick % (candidates.len() + 1);
         let relay_count = relay_pick % (candidates.len() - host_count + 1);
         let role = if server { Role::Server } else { Role::Client };
-        Offer { role, id, nonce, ts, candidates, host_count, relay_count, turn, fp, nat }
+        Offer { role, id, nonce, ts, candidates, host_count, relay_count, turn, fp, nat, predict: None, comb: None }
     }
 }
 

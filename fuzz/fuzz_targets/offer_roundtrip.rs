@@ -18,6 +18,7 @@ type Input = (
     u8,
     bool,
     String,
+    (Option<Vec<u16>>, Option<Vec<u16>>),
 );
 
 fn lower_hex(s: &str, len: usize) -> bool {
@@ -25,7 +26,12 @@ fn lower_hex(s: &str, len: usize) -> bool {
 }
 
 fuzz_target!(|input: Input| {
-    let ((id, nonce, ts, server), fp, nat, raw_candidates, host, relay, turn, room) = input;
+    let ((id, nonce, ts, server), fp, nat, raw_candidates, host, relay, turn, room, lists) = input;
+    // Port prediction's lists as an encoder makes them: ports 1-65535, at most 32.
+    let ports = |l: Option<Vec<u16>>| {
+        l.map(|v| v.into_iter().filter(|p| *p > 0).take(32).collect::<Vec<u16>>())
+    };
+    let (predict, comb) = (ports(lists.0), ports(lists.1));
     let role = if server { Role::Server } else { Role::Client };
     let candidates: Vec<SocketAddr> = raw_candidates
         .into_iter()
@@ -52,6 +58,8 @@ fuzz_target!(|input: Input| {
         turn,
         fp,
         nat,
+        predict,
+        comb,
     };
     let key = RoomKey::derive(&room, Some("fuzz-secret"));
     let encoded = offer.encode(&key, &room);

@@ -84,6 +84,15 @@ impl Side {
         self.nat_type() == "symmetric"
     }
 
+    /// A symmetric NAT that allocates ports regularly (sequential or port-preserving):
+    /// port prediction's kind.
+    fn regular(self) -> bool {
+        matches!(
+            self,
+            Side::Nat(NatKind::SymmetricSequential | NatKind::SymmetricPreserving)
+        )
+    }
+
     fn spec(self, name: &str) -> SiteSpec {
         match self {
             Side::Nat(k) => SiteSpec::new(name, k),
@@ -132,17 +141,20 @@ impl CellSpec {
         matches!(self.server, Side::SameNat { .. })
     }
 
-    /// "Hopeless" (issue #17): symmetric on both sides. A symmetric NAT with a
-    /// port-restricted one (a Linux masquerade router and double NAT are
-    /// port-restricted) is birthday punching's cell. Sequential and preserving
-    /// symmetric NATs count as symmetric. Never when both sides have IPv6: firewalls
-    /// without NAT are punched whatever the IPv4 NATs are.
+    /// "Hopeless" (issue #17): symmetric on both sides, unless both allocate ports
+    /// regularly and STUN can tell the engines their NATs are symmetric (RFC 5780 or
+    /// two servers): port prediction's cells. With one plain STUN server an engine
+    /// cannot tell a symmetric NAT from a cone, so it never tries prediction. A
+    /// symmetric NAT with a port-restricted one (a Linux masquerade router and double
+    /// NAT are port-restricted) is birthday punching's cell. Never when both sides
+    /// have IPv6: firewalls without NAT are punched whatever the IPv4 NATs are.
     fn hopeless(&self) -> bool {
         let (a, b) = (self.server, self.client);
         if self.both_v6() {
             return false;
         }
-        !self.same_nat() && a.symmetric() && b.symmetric()
+        let predicted = a.regular() && b.regular() && self.stun == StunSetup::Rfc5780;
+        !self.same_nat() && a.symmetric() && b.symmetric() && !predicted
     }
 }
 
@@ -822,12 +834,12 @@ fn write_doc(tables: &str, runs: usize, took: Duration) {
          client peer forwards a local port to it. Time to first byte is measured from starting the client engine until \
          one byte written to the forwarded port comes back echoed through the tunnel; a run succeeds when it does \
          within {} s and a 64 KiB echo after it is intact. Paths are what the client used at its first byte; \
-         \"found by\" is the technique its state named at the end of the run (`checks`, `birthday`, `relay`; issue #17, \
+         \"found by\" is the technique its state named at the end of the run (`checks`, `birthday`, `prediction`, `relay`; issue #17, \
          `docs/architecture.md`). When the first byte went over the relay in a cell that is not hopeless, the run waits \
          up to 10 s for the client's path to turn direct and the upgrade is timed from the client's start. Conntrack \
          entries are the UDP entries on the busiest NAT router of each site once connected (every table is flushed \
          before a run), so they are what one connect costs; birthday packets and sockets are both peers' together. \
-         Without a relay, hopeless cells (symmetric with symmetric) stop at their first reported failure, and \
+         Without a relay, hopeless cells (symmetric with symmetric, but for two regular symmetric NATs under RFC 5780 STUN, which port prediction connects) stop at their first reported failure, and \
          run {} times each (`STUNFWD_MATRIX_HOPELESS_RUNS`): each run spends a whole punch timeout failing.\n\n{tables}\n\
          **The detected column** is what each engine reported right after the run's first byte. The quick types \
          (`cone`, `nat`, `symmetric`: servers compared, one round trip) are what an engine knows when it connects; \

@@ -78,7 +78,7 @@ def _address(text: str) -> Address:
 class StateInfo:
     """A state with its details.
 
-    ``path``, ``peer`` and ``technique`` (``"checks"``, ``"birthday"`` or ``"relay"``:
+    ``path``, ``peer`` and ``technique`` (``"checks"``, ``"birthday"``, ``"prediction"`` or ``"relay"``:
     how the path was found) are set when connected; ``attempt`` and ``reason`` when
     reconnecting (``attempt`` counts consecutive failures, 0 right after a tunnel was
     lost); ``reason`` when failed. ``str()`` gives the core's one-line description, e.g.

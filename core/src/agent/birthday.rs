@@ -80,6 +80,9 @@ pub struct BirthdayConfig {
     pub lead: Duration,
     /// Give up after this long.
     pub timeout: Duration,
+    /// Hard side: the sockets were opened and their openers sent before the session
+    /// started (port prediction's comb, `agent::predict`); it only answers.
+    pub premade: bool,
 }
 
 /// One packet to send: a check with transaction id `tid` from our socket `socket`
@@ -149,7 +152,7 @@ impl Birthday {
         Birthday {
             deadline: now + config.timeout,
             next_tick: start,
-            openers_sent: 0,
+            openers_sent: if config.premade { config.sockets } else { 0 },
             probed: HashSet::new(),
             near_next: NEAR_PORTS,
             tids: std::collections::HashMap::new(),

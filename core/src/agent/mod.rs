@@ -16,6 +16,7 @@
 pub mod birthday;
 pub mod checklist;
 pub mod path;
+pub mod predict;
 pub mod schedule;
 #[cfg(test)]
 mod tests;

@@ -365,6 +365,8 @@ fn offer(
         turn,
         fp: String::new(),
         nat: nat.into(),
+        predict: None,
+        comb: None,
     }
 }
 
@@ -801,6 +803,7 @@ mod birthday {
             opener_ttl: Some(3),
             lead: Duration::from_millis(100),
             timeout: Duration::from_secs(10),
+            premade: false,
         }
     }
 

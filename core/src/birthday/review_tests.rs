@@ -9,6 +9,7 @@ use quinn::Runtime as _;
 use super::{BirthdaySession, Counters};
 use crate::agent::birthday::{BirthdayConfig, Side};
 use crate::socket::{DemuxSocket, StunDatagram};
+use crate::status::Technique;
 use crate::stun::client::StunAgent;
 use crate::stun::message;
 
@@ -36,9 +37,12 @@ fn session(side: Side, peer: SocketAddr, sockets: usize, probes: usize) -> Birth
             opener_ttl: None,
             lead: Duration::ZERO,
             timeout: Duration::from_secs(30),
+            premade: false,
         },
         local_ip: IpAddr::from([127, 0, 0, 1]),
         counters: Arc::new(Counters::default()),
+        premade: Vec::new(),
+        technique: Technique::Birthday,
     }
 }
 

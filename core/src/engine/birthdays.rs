@@ -30,6 +30,9 @@ pub(crate) fn pair_key(disc: &Discovery, peer: &Offer) -> PairKey {
 /// dropped); each sends its [`Report`] when it ends.
 pub(crate) struct Birthdays {
     tasks: Vec<tokio_util::task::AbortOnDropHandle<()>>,
+    /// The technique of each session, in start order.
+    techniques: Vec<Technique>,
+    tx: mpsc::Sender<Report>,
     reports: mpsc::Receiver<Report>,
     /// Sessions that have not reported yet.
     running: usize,
@@ -39,9 +42,12 @@ pub(crate) struct Birthdays {
 
 impl Default for Birthdays {
     fn default() -> Self {
+        let (tx, reports) = mpsc::channel(16);
         Birthdays {
             tasks: Vec::new(),
-            reports: mpsc::channel(1).1,
+            techniques: Vec::new(),
+            tx,
+            reports,
             running: 0,
             record: None,
         }
@@ -62,12 +68,9 @@ pub(crate) fn start_birthdays(
     let failed_before = pair.is_some_and(|p| lock(&shared.birthday_failed).contains(&p));
     let perf = &shared.config.performance;
     let plan = path::birthday_plan(disc.nat, NatType::from_name(&peer.nat), failed_before);
-    let (tx, reports) = mpsc::channel(plan.len().max(1));
     let mut out = Birthdays {
-        tasks: Vec::new(),
-        reports,
-        running: plan.len(),
         record: pair.map(|p| (shared.clone(), p)),
+        ..Birthdays::default()
     };
     for start in plan {
         let session = BirthdaySession {
@@ -85,6 +88,7 @@ pub(crate) fn start_birthdays(
                 // made their mappings.
                 lead: crate::agent::checklist::OPENER_LEAD,
                 timeout: shared.config.punch_timeout.saturating_sub(start.after),
+                premade: false,
             },
             // The tunnel socket is usually dual-stack `[::]`; plain sockets of the
             // peer's own family are simpler and keep the TTL option the right one.
@@ -95,6 +99,8 @@ pub(crate) fn start_birthdays(
                 (_, ip) => ip,
             },
             counters: shared.birthday_counters.clone(),
+            premade: Vec::new(),
+            technique: Technique::Birthday,
         };
         tracing::info!(
             side = start.side.as_str(),
@@ -105,20 +111,48 @@ pub(crate) fn start_birthdays(
             failed_before,
             "birthday punching planned"
         );
-        let (agent, tx, after) = (shared.agent.clone(), tx.clone(), start.after);
-        out.tasks
-            .push(tokio_util::task::AbortOnDropHandle::new(crate::spawn(
-                async move {
-                    tokio::time::sleep(after).await;
-                    let report = session.run(agent).await;
-                    let _ = tx.send(report).await;
-                },
-            )));
+        let (agent, after) = (shared.agent.clone(), start.after);
+        out.spawn(Technique::Birthday, async move {
+            tokio::time::sleep(after).await;
+            session.run(agent).await
+        });
     }
     out
 }
 
 impl Birthdays {
+    /// Runs one more session (`technique` names what it finds) with the others.
+    pub(crate) fn spawn(
+        &mut self,
+        technique: Technique,
+        session: impl std::future::Future<Output = Report> + Send + 'static,
+    ) {
+        let mut ended = Ended {
+            tx: Some(self.tx.clone()),
+            technique,
+        };
+        self.running += 1;
+        self.techniques.push(technique);
+        self.tasks
+            .push(tokio_util::task::AbortOnDropHandle::new(crate::spawn(
+                async move {
+                    let report = session.await;
+                    if let Some(tx) = ended.tx.take() {
+                        let _ = tx.send(report).await;
+                    }
+                },
+            )));
+    }
+
+    /// The technique of a side socket that joined the tunnel before its session
+    /// reported: port prediction's when such a session ran, else birthday punching's.
+    pub(crate) fn side_technique(&self) -> Technique {
+        if self.techniques.contains(&Technique::Prediction) {
+            Technique::Prediction
+        } else {
+            Technique::Birthday
+        }
+    }
     /// Races the check list (`punching`) against the birthday sessions: the first pair
     /// found, and by which technique (`None` when nothing was found). Sessions still
     /// running when the checks win stay in `self` (a relayed tunnel may move to the
@@ -148,7 +182,7 @@ impl Birthdays {
                     if let Some(w) = report.won {
                         self.remember(true);
                         let sel = Selected { remote: w.remote, index: usize::MAX };
-                        return (Some(sel), Some(Technique::Birthday));
+                        return (Some(sel), Some(report.technique));
                     }
                 }
             }
@@ -159,9 +193,9 @@ impl Birthdays {
         }
     }
 
-    /// The peer address of the first pair a session finds; `None` once all ended
-    /// without one.
-    async fn next_win(&mut self) -> Option<SocketAddr> {
+    /// The peer address of the first pair a session finds, and the technique; `None`
+    /// once all ended without one.
+    async fn next_win(&mut self) -> Option<(SocketAddr, Technique)> {
         while self.running > 0 {
             let Some(report) = self.reports.recv().await else {
                 break;
@@ -169,7 +203,7 @@ impl Birthdays {
             self.running -= 1;
             if let Some(w) = report.won {
                 self.remember(true);
-                return Some(w.remote);
+                return Some((w.remote, report.technique));
             }
         }
         // Every session ended without a pair (also while a relay carried the tunnel):
@@ -193,22 +227,24 @@ impl Birthdays {
                 _ = conn.closed() => return,
                 w = self.next_win() => w,
             };
-            let Some(remote) = found else { return };
-            lock(&shared.peer).technique = Some(Technique::Birthday);
+            let Some((remote, technique)) = found else {
+                return;
+            };
+            lock(&shared.peer).technique = Some(technique);
             if shared.role == Role::Client {
-                super::session::switch_to_direct(&shared, &conn, remote, Technique::Birthday);
+                super::session::switch_to_direct(&shared, &conn, remote, technique);
             }
             // The sessions that did not win end with `self` here.
         });
     }
 
     /// The server's tunnel arrived (`connected`) or the wait ran out: the peer
-    /// addresses the sessions that ended found.
-    pub(crate) fn finished(&mut self, connected: bool) -> Vec<SocketAddr> {
+    /// addresses the sessions that ended found, each with its technique.
+    pub(crate) fn finished(&mut self, connected: bool) -> Vec<(SocketAddr, Technique)> {
         let mut won = Vec::new();
         while let Ok(r) = self.reports.try_recv() {
             self.running = self.running.saturating_sub(1);
-            won.extend(r.won.map(|w| w.remote));
+            won.extend(r.won.map(|w| (w.remote, r.technique)));
         }
         if !won.is_empty() {
             self.remember(true);
@@ -231,6 +267,27 @@ impl Birthdays {
             } else if failed.len() < MAX_REMEMBERED_PAIRS {
                 failed.insert(pair);
             }
+        }
+    }
+}
+
+/// Reports a session that ended without a report of its own (it panicked) as one that
+/// found nothing, so that no wait for it lasts for good.
+struct Ended {
+    tx: Option<mpsc::Sender<Report>>,
+    technique: Technique,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.try_send(Report {
+                side: crate::agent::birthday::Side::Easy,
+                sockets: 0,
+                sent: 0,
+                won: None,
+                technique: self.technique,
+            });
         }
     }
 }

@@ -107,6 +107,8 @@ mod tests {
             turn: false,
             fp: fp.into(),
             nat: "cone".into(),
+            predict: None,
+            comb: None,
         }
     }
 

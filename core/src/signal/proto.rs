@@ -13,6 +13,9 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+mod fields;
+use fields::{count_field, is_lower_hex, malformed, ports_field, str_field, truncate};
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The only offer version this build reads and writes. Version 1 (whose MAC input was
@@ -187,7 +190,19 @@ pub struct Offer {
     pub fp: String,
     /// The NAT type the peer detected, informational (e.g. `"full-cone"`, `"symmetric"`).
     pub nat: String,
+    /// Port prediction, client (issue #17): the public ports the client's NAT will give
+    /// its prediction socket's next mappings, most likely first (at most
+    /// [`MAX_PREDICTED`]; empty: its NAT allocates no predictable port). Only in the
+    /// offer a client posts when both NATs are symmetric.
+    pub predict: Option<Vec<u16>>,
+    /// Port prediction, server: the public ports the server's NAT gave its comb of
+    /// sockets, one toward each port of the client's `predict`, in that order (empty:
+    /// no comb). Only in the offer a server posts in answer to a `predict`.
+    pub comb: Option<Vec<u16>>,
 }
+
+/// Most ports in an offer's `predict` or `comb`.
+pub const MAX_PREDICTED: usize = 32;
 
 /// Why an offer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -256,6 +271,10 @@ struct WireOffer<'a> {
     turn: bool,
     fp: &'a str,
     nat: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    predict: Option<&'a [u16]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comb: Option<&'a [u16]>,
     mac: String,
 }
 
@@ -272,6 +291,8 @@ struct Canonical<'a> {
     turn: bool,
     fp: &'a str,
     nat: &'a str,
+    predict: Option<&'a [u16]>,
+    comb: Option<&'a [u16]>,
 }
 
 impl Canonical<'_> {
@@ -301,6 +322,22 @@ impl Canonical<'_> {
         field(&mut out, if self.turn { b"1" } else { b"0" });
         field(&mut out, self.fp.as_bytes());
         field(&mut out, self.nat.as_bytes());
+        // Port prediction's lists only when the offer has either (so offers without
+        // them keep the bytes they always had): each as its ports joined by commas,
+        // `none` when absent.
+        if self.predict.is_some() || self.comb.is_some() {
+            for list in [self.predict, self.comb] {
+                let text = match list {
+                    None => "none".to_owned(),
+                    Some(ports) => ports
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                };
+                field(&mut out, text.as_bytes());
+            }
+        }
         out
     }
 
@@ -342,6 +379,8 @@ impl Offer {
             turn: self.turn,
             fp: &self.fp,
             nat: &self.nat,
+            predict: self.predict.as_deref(),
+            comb: self.comb.as_deref(),
         };
         let wire = WireOffer {
             v: OFFER_VERSION,
@@ -355,6 +394,8 @@ impl Offer {
             turn: self.turn,
             fp: &self.fp,
             nat: &self.nat,
+            predict: self.predict.as_deref(),
+            comb: self.comb.as_deref(),
             mac: hex::encode(canonical.mac(key)),
         };
         serde_json::to_string(&wire).expect("a struct of strings always serializes")
@@ -423,6 +464,8 @@ impl Offer {
             .ok_or_else(|| malformed("missing field `turn`"))?
             .as_bool()
             .ok_or_else(|| malformed("field `turn` is not a boolean"))?;
+        let predict = ports_field(obj, "predict")?;
+        let comb = ports_field(obj, "comb")?;
 
         if !is_lower_hex(mac_hex, 64) {
             return Err(malformed("field `mac` is not 64 lowercase hex characters"));
@@ -440,6 +483,8 @@ impl Offer {
             turn,
             fp,
             nat,
+            predict: predict.as_deref(),
+            comb: comb.as_deref(),
         };
         let mut expected = key.mac();
         expected.update(&canonical.bytes());
@@ -490,6 +535,8 @@ impl Offer {
             turn,
             fp: fp.to_owned(),
             nat: nat.to_owned(),
+            predict,
+            comb,
         })
     }
 }
@@ -555,44 +602,6 @@ impl OfferGuard {
     }
 }
 
-/// A required unsigned integer field of at most `max`.
-fn count_field(
-    obj: &serde_json::Map<String, serde_json::Value>,
-    name: &str,
-    max: u64,
-) -> Result<u64, OfferError> {
-    obj.get(name)
-        .ok_or_else(|| malformed(format!("missing field `{name}`")))?
-        .as_u64()
-        .filter(|n| *n <= max)
-        .ok_or_else(|| malformed(format!("field `{name}` is not a count of at most {max}")))
-}
-
-fn malformed(what: impl Into<String>) -> OfferError {
-    OfferError::Malformed(what.into())
-}
-
-fn str_field<'a>(
-    obj: &'a serde_json::Map<String, serde_json::Value>,
-    name: &str,
-) -> Result<&'a str, OfferError> {
-    obj.get(name)
-        .ok_or_else(|| malformed(format!("missing field `{name}`")))?
-        .as_str()
-        .ok_or_else(|| malformed(format!("field `{name}` is not a string")))
-}
-
-fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -635,6 +644,8 @@ mod tests {
             turn: false,
             fp: hex::encode([0xab; 32]),
             nat: "port-restricted".into(),
+            predict: None,
+            comb: None,
         }
     }
 
@@ -1122,6 +1133,8 @@ mod tests {
                 turn: false,
                 fp: &fp,
                 nat: "x",
+                predict: None,
+                comb: None,
             };
             let data = serde_json::json!({
                 "v": 2, "role": role, "id": id, "nonce": nonce, "ts": 1, "candidates": cands,
@@ -1221,5 +1234,63 @@ mod tests {
             "ERR_SIGNAL"
         );
         assert!(OfferError::BadMac.to_string().contains("different secret"));
+    }
+
+    /// Port prediction's lists (issue #17) round-trip, are covered by the MAC, are left
+    /// out of offers that have none (whose bytes stay as they were), and a bad list is
+    /// refused naming the field.
+    #[test]
+    fn prediction_lists_round_trip_under_the_mac() {
+        let mut o = offer();
+        o.role = Role::Client;
+        o.predict = Some(vec![20001, 20002, 20003]);
+        let encoded = o.encode(&key(), ROOM);
+        let back = decode(&encoded).unwrap();
+        assert_eq!(back.predict, Some(vec![20001, 20002, 20003]));
+        assert_eq!(back.comb, None);
+        let mut answer = offer();
+        answer.comb = Some(vec![]);
+        let back = decode(&answer.encode(&key(), ROOM)).unwrap();
+        assert_eq!((back.predict, back.comb), (None, Some(vec![])));
+        // Without the lists the wire and the MAC are what they always were.
+        let plain = offer().encode(&key(), ROOM);
+        assert!(
+            !plain.contains("predict") && !plain.contains("comb"),
+            "{plain}"
+        );
+
+        for (what, data) in [
+            (
+                "a port changed",
+                tamper(&encoded, |m| m["predict"][0] = 20009.into()),
+            ),
+            (
+                "the list dropped",
+                tamper(&encoded, |m| {
+                    m.remove("predict");
+                }),
+            ),
+            (
+                "a comb added",
+                tamper(&encoded, |m| {
+                    m.insert("comb".into(), serde_json::json!([1]));
+                }),
+            ),
+        ] {
+            assert_eq!(decode(&data).unwrap_err(), OfferError::BadMac, "{what}");
+        }
+        for bad in [
+            serde_json::json!("20001"),
+            serde_json::json!([0]),
+            serde_json::json!([70000]),
+            serde_json::json!(vec![1; MAX_PREDICTED + 1]),
+        ] {
+            let data = tamper(&encoded, |m| m["predict"] = bad.clone());
+            let err = decode(&data).unwrap_err().to_string();
+            assert!(
+                err.contains("field `predict` is not a list of at most 32 ports"),
+                "{err}"
+            );
+        }
     }
 }

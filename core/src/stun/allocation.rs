@@ -69,6 +69,12 @@ pub fn classify(pairs: &[(u16, u16)]) -> Allocation {
 /// classifies the ports it saw. Sockets whose query goes unanswered within a second
 /// are left out.
 pub async fn measure(server: SocketAddr, bind_ip: std::net::IpAddr) -> Allocation {
+    sample(server, bind_ip).await.0
+}
+
+/// Like [`measure`], also returning the public port of the last mapping made (where a
+/// sequential NAT continues from).
+pub async fn sample(server: SocketAddr, bind_ip: std::net::IpAddr) -> (Allocation, Option<u16>) {
     let mut pairs = Vec::new();
     for _ in 0..SAMPLES {
         let Ok(sock) = tokio::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await else {
@@ -81,7 +87,17 @@ pub async fn measure(server: SocketAddr, bind_ip: std::net::IpAddr) -> Allocatio
             pairs.push((local.port(), mapped.port()));
         }
     }
-    classify(&pairs)
+    (classify(&pairs), pairs.last().map(|(_, m)| *m))
+}
+
+/// The public port of one new mapping, made from a fresh socket on `bind_ip` toward
+/// `server` (`None` when it does not answer): behind a sequential NAT, the port the
+/// next mapping follows.
+pub async fn fresh_mapping(server: SocketAddr, bind_ip: std::net::IpAddr) -> Option<u16> {
+    let sock = tokio::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0))
+        .await
+        .ok()?;
+    query(&sock, server).await.map(|m| m.port())
 }
 
 /// One Binding request from `sock` (two tries); the mapped address it reports.

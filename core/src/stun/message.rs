@@ -204,6 +204,21 @@ pub fn parse(buf: &[u8]) -> Option<Parsed> {
     })
 }
 
+/// The transaction id of `buf` when it is a connectivity check addressed to `our_id`
+/// (USERNAME `our_id:...`) whose MESSAGE-INTEGRITY verifies under `password`.
+pub fn check_to(buf: &[u8], our_id: &str, password: &str) -> Option<Tid> {
+    let Some(Parsed::Request {
+        tid,
+        username: Some(username),
+        has_integrity: true,
+    }) = parse(buf)
+    else {
+        return None;
+    };
+    let to_us = username.split_once(':').map(|(to, _)| to) == Some(our_id);
+    (to_us && verify_integrity(buf, password)).then_some(tid)
+}
+
 /// Verifies MESSAGE-INTEGRITY with the short-term `password`. False when absent or wrong.
 pub fn verify_integrity(buf: &[u8], password: &str) -> bool {
     let Some(mut msg) = decode(buf) else {

@@ -1,0 +1,226 @@
+//! Port prediction's exchange (`agent::predict` has the plan): when both NATs are
+//! symmetric, the client offers the ports its NAT will hand out next (`predict`), the
+//! server lays a comb of sockets toward them and offers the ports its NAT gave them
+//! (`comb`). Both offers are posted like any other, under the room key's MAC, and the
+//! sessions they prepare run with the attempt's birthday sessions.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::offers::wait_for_offer;
+use super::shared::Shared;
+use crate::agent::birthday::{BirthdayConfig, Side};
+use crate::agent::predict;
+use crate::birthday::{self, BirthdaySession};
+use crate::predict::Shooter;
+use crate::signal::proto::{unix_now, Offer, Role};
+use crate::status::Technique;
+use crate::stun::allocation::{self, Allocation};
+use crate::stun::client::Discovery;
+
+/// How long either side waits for the other's half of the exchange.
+const EXCHANGE_WAIT: Duration = Duration::from_secs(5);
+
+/// A session port prediction prepared, ready to run.
+pub(crate) enum Prepared {
+    /// The client's shot.
+    Client(Shooter),
+    /// The server's comb, waiting for it.
+    Server(BirthdaySession),
+}
+
+/// Runs our half of the exchange when both NATs are symmetric; `None` when prediction
+/// cannot work (either NAT allocates randomly, a half did not come, or another flow
+/// took a port in the middle of the comb). `offer` is our offer of this attempt,
+/// `peer` the peer's.
+pub(crate) async fn negotiate(
+    shared: &Arc<Shared>,
+    disc: &Discovery,
+    offer: &Offer,
+    peer: &Offer,
+) -> Option<Prepared> {
+    let (stun, _) = *disc.mapped.iter().find(|(s, _)| s.is_ipv4())?;
+    let peer_public = crate::agent::path::peer_public(peer)?;
+    // Plain IPv4 sockets: NAT behaviour is an IPv4 matter, and the TTL option is then
+    // the IPv4 one.
+    let bind_ip: IpAddr = match shared.local_addr.ip() {
+        IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        ip => ip,
+    };
+    let (alloc, last) = allocation::sample(stun, bind_ip).await;
+    tracing::info!(allocation = %alloc, role = ?shared.role, "port prediction: our NAT's allocation");
+    let timeout = shared.config.punch_timeout;
+    match shared.role {
+        Role::Client => {
+            let socket = birthday::open_sockets(1, bind_ip).pop()?;
+            let local = socket.local_addr().ok()?.port();
+            let ports = match (predict::regular(alloc), last) {
+                (true, Some(last)) => predict::predicted_ports(alloc, last, local),
+                _ => Vec::new(),
+            };
+            post(shared, offer, Some(ports.clone()), None).await?;
+            if ports.is_empty() {
+                return None;
+            }
+            let answer = wait_for_offer(shared, EXCHANGE_WAIT, |o| {
+                o.id == peer.id && o.comb.is_some()
+            })
+            .await
+            .map_err(|e| tracing::info!(error = %e, "port prediction: no comb from the server"))
+            .ok()?;
+            let comb = answer.comb.unwrap_or_default();
+            if comb.len() != ports.len() {
+                tracing::info!(
+                    teeth = comb.len(),
+                    "port prediction: the server laid no comb"
+                );
+                return None;
+            }
+            Some(Prepared::Client(Shooter {
+                our_id: shared.our_id(),
+                peer_id: peer.id.clone(),
+                password: shared.password.clone(),
+                socket,
+                alloc,
+                predict: ports,
+                comb,
+                server_ip: peer_public.ip(),
+                stun,
+                timeout,
+                counters: shared.birthday_counters.clone(),
+            }))
+        }
+        Role::Server => {
+            let asked = wait_for_offer(shared, EXCHANGE_WAIT, |o| {
+                o.id == peer.id && o.predict.is_some()
+            })
+            .await
+            .map_err(
+                |e| tracing::info!(error = %e, "port prediction: no prediction from the client"),
+            )
+            .ok()?;
+            let wanted = asked.predict.unwrap_or_default();
+            let comb = if wanted.is_empty() || !predict::regular(alloc) {
+                None
+            } else {
+                lay_comb(
+                    shared,
+                    &peer.id,
+                    alloc,
+                    stun,
+                    bind_ip,
+                    peer_public.ip(),
+                    &wanted,
+                )
+                .await
+            };
+            let teeth = comb.as_ref().map(|(ports, _)| ports.clone());
+            post(shared, offer, None, Some(teeth.unwrap_or_default())).await?;
+            let (ports, sockets) = comb?;
+            tracing::info!(teeth = ?ports, "port prediction: comb laid");
+            Some(Prepared::Server(BirthdaySession {
+                our_id: shared.our_id(),
+                peer_id: peer.id.clone(),
+                password: shared.password.clone(),
+                config: BirthdayConfig {
+                    side: Side::Hard,
+                    peer: SocketAddr::new(peer_public.ip(), wanted[0]),
+                    sockets: sockets.len(),
+                    probes: 0,
+                    rate: shared.config.performance.birthday_rate,
+                    opener_ttl: None,
+                    lead: Duration::ZERO,
+                    timeout,
+                    premade: true,
+                },
+                local_ip: bind_ip,
+                counters: shared.birthday_counters.clone(),
+                premade: sockets,
+                technique: Technique::Prediction,
+            }))
+        }
+    }
+}
+
+/// Opens one socket per port the client predicted and sends an opener from each, in
+/// order, toward the client's IP at that port (at the openers' low TTL); the ports our
+/// NAT gave them and the sockets, or `None` when they cannot be named.
+async fn lay_comb(
+    shared: &Shared,
+    peer_id: &str,
+    alloc: Allocation,
+    stun: SocketAddr,
+    bind_ip: IpAddr,
+    client_ip: IpAddr,
+    wanted: &[u16],
+) -> Option<(Vec<u16>, Vec<std::net::UdpSocket>)> {
+    let sequential = matches!(alloc, Allocation::Sequential { .. });
+    let before = if sequential {
+        allocation::fresh_mapping(stun, bind_ip).await
+    } else {
+        None
+    };
+    let sockets = birthday::open_sockets(wanted.len(), bind_ip);
+    if sockets.len() != wanted.len() {
+        return None;
+    }
+    let ttl = shared.config.performance.opener_ttl();
+    let username = format!("{peer_id}:{}", shared.our_id());
+    let mut locals = Vec::with_capacity(sockets.len());
+    for (sock, port) in sockets.iter().zip(wanted) {
+        let request = crate::stun::message::check_request(
+            crate::stun::message::new_tid(),
+            &username,
+            &shared.password,
+        );
+        let to = SocketAddr::new(client_ip, *port);
+        let sent = match ttl {
+            Some(ttl) => birthday::send_with_ttl(sock, &request, to, ttl),
+            None => sock.send_to(&request, to).map(|_| ()),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(%to, error = %e, "port prediction: comb opener not sent");
+        }
+        locals.push(sock.local_addr().ok()?.port());
+    }
+    let after = if sequential {
+        allocation::fresh_mapping(stun, bind_ip).await
+    } else {
+        None
+    };
+    match predict::comb_ports(alloc, before, after, &locals) {
+        Some(ports) => Some((ports, sockets)),
+        None => {
+            tracing::info!(
+                ?before,
+                ?after,
+                n = locals.len(),
+                "port prediction: another flow took a port during the comb"
+            );
+            None
+        }
+    }
+}
+
+/// Posts our offer again, fresh, with port prediction's lists.
+async fn post(
+    shared: &Shared,
+    offer: &Offer,
+    predict: Option<Vec<u16>>,
+    comb: Option<Vec<u16>>,
+) -> Option<()> {
+    let offer = Offer {
+        nonce: Offer::new_nonce(),
+        ts: unix_now(),
+        predict,
+        comb,
+        ..offer.clone()
+    };
+    shared
+        .signal
+        .post(shared.role, &offer.encode(&shared.key, &shared.config.room))
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "port prediction: cannot post our offer"))
+        .ok()
+}
