@@ -198,14 +198,13 @@ impl BirthdaySession {
             tids: Vec::new(),
         };
         let mut adopted = false;
+        // The answer to the first check that reached us, sent once its socket joined
+        // the tunnel socket: the peer opens QUIC the moment it has it, and a QUIC
+        // packet reaching the socket before that would be dropped (and wait for a
+        // retransmission, about 300 ms).
+        let mut first_reply: Option<(Vec<u8>, SocketAddr)> = None;
         state.handle_timeout(now());
         loop {
-            while let Some(p) = state.poll_transmit() {
-                self.counters.packets.fetch_add(1, Ordering::Relaxed);
-                agent.register(p.tid, tx.clone());
-                registered.tids.push(p.tid);
-                self.send(&demux, &sockets, adopted, &username, p).await;
-            }
             if !adopted {
                 if let Some(reached) = state.reached() {
                     // The peer reached this socket: it carries the tunnel from now on.
@@ -229,6 +228,17 @@ impl BirthdaySession {
                     adopted = true;
                 }
             }
+            if let Some((reply, to)) = first_reply.take() {
+                if let Err(e) = demux.send_direct(&reply, to).await {
+                    tracing::debug!(%to, error = %e, "birthday punching: answer not sent");
+                }
+            }
+            while let Some(p) = state.poll_transmit() {
+                self.counters.packets.fetch_add(1, Ordering::Relaxed);
+                agent.register(p.tid, tx.clone());
+                registered.tids.push(p.tid);
+                self.send(&demux, &sockets, adopted, &username, p).await;
+            }
             if state.won().is_some() || state.gave_up() {
                 break;
             }
@@ -237,7 +247,11 @@ impl BirthdaySession {
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(Instant::from_std(wake)) => state.handle_timeout(now()),
-                Some(a) = arrivals.recv() => self.arrival(&mut state, &sockets, a).await,
+                Some(a) = arrivals.recv() => {
+                    if let Some(reply) = self.arrival(&mut state, &sockets, a).await {
+                        first_reply = Some(reply);
+                    }
+                }
                 Some(r) = rx.recv() => {
                     let authentic = r.success && message::verify_integrity(&r.raw, &self.password);
                     // Through the tunnel socket: the easy side's probes, or (once
@@ -270,21 +284,32 @@ impl BirthdaySession {
 
     /// A datagram on one of the hard side's sockets: an authentic check from the peer
     /// is answered from the socket it reached (the first such socket only), an
-    /// answer goes to the agent.
-    async fn arrival(&self, state: &mut Birthday, sockets: &Sockets, a: Arrival) {
+    /// answer goes to the agent. The answer to the check that first reached a socket
+    /// is returned instead: it goes out once that socket joined the tunnel socket.
+    async fn arrival(
+        &self,
+        state: &mut Birthday,
+        sockets: &Sockets,
+        a: Arrival,
+    ) -> Option<(Vec<u8>, SocketAddr)> {
         if let Some(tid) = message::check_to(&a.data, &self.our_id, &self.password) {
+            let first = state.reached().is_none();
             if state.on_request(a.socket, a.from) {
                 let reply = message::binding_success(tid, a.from, Some(&self.password));
+                if first {
+                    return Some((reply, a.from));
+                }
                 if let Some(s) = sockets.tokio.get(a.socket) {
                     let _ = s.send_to(&reply, a.from).await;
                 }
             }
-            return;
+            return None;
         }
         if let Some(Parsed::Success { tid, .. }) = message::parse(&a.data) {
             let authentic = message::verify_integrity(&a.data, &self.password);
             state.on_response(tid, a.socket, a.from, authentic);
         }
+        None
     }
 
     async fn send(

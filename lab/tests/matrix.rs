@@ -659,7 +659,7 @@ fn table(cells: &[&Cell]) -> String {
 ///   never connect and report their failure (a state reason) within [`FAIL_FAST`],
 ///   not after a hang.
 /// - Two peers behind one NAT connect on the LAN path.
-/// - Issue #17: with a relay, a cell that is not hopeless (and has no port mapper)
+/// - Issue #17: with a relay, a cell that is not hopeless (port-mapped ones too)
 ///   ends on a direct path in as many runs (its first byte may go over the relay; the upgrade is timed); the
 ///   median time to first byte of a cell that is not hopeless is at most
 ///   [`MAX_MEDIAN_TTFB`]; a connect that needs no birthday punching costs each NAT
@@ -712,7 +712,7 @@ fn check_targets(cells: &[Cell], runs: usize) -> Vec<String> {
                 bad.push(format!("{name}: {why} ({} path): {paths:?}", path.as_str()));
             }
         };
-        // Port-mapped cells are held to neither: a mapping that arrives after the first
+        // Port-mapped cells are not held to it: a mapping that arrives after the first
         // offer costs an attempt (docs/architecture.md).
         if !c.spec.hopeless() && !c.spec.mapped() {
             if let Some(m) = c.median_of(|r| r.ttfb.map(|d| d.as_secs_f64() * 1000.0)) {
@@ -748,9 +748,7 @@ fn check_targets(cells: &[Cell], runs: usize) -> Vec<String> {
             connects(&mut bad);
             if c.spec.hopeless() {
                 only(&mut bad, PathKind::Relay, "a hopeless cell uses the relay");
-            } else if !c.spec.mapped() {
-                // (Not yet for a port mapping that arrives after the relay answered:
-                // no upgrade onto it, see docs/architecture.md.)
+            } else {
                 let direct = c
                     .runs
                     .iter()

@@ -103,8 +103,10 @@ async fn a_dropped_hard_session_closes_every_socket() {
     }
     let after = open_fds();
     eprintln!("descriptors: {after} after the session was dropped");
-    assert!(during >= before + 64, "the sockets were open");
-    assert_eq!(after, before, "every socket is closed");
+    // Other tests of this process open and close descriptors meanwhile: the bounds
+    // allow a few of theirs, not the 128 of ours (64 sockets, two descriptors each).
+    assert!(during >= before + 100, "the sockets were open");
+    assert!(after < before + 16, "every socket is closed");
 }
 
 /// Probes carry no freshness: a check the easy side sprayed (or sent in an earlier

@@ -266,14 +266,21 @@ pub(crate) async fn connect_once(
     } else {
         RELAY_GATHER_WAIT
     };
-    // The router's first answer is waited for alongside the relay, as briefly; except
-    // behind a symmetric NAT with no relay allowed, where without a mapping the attempt
-    // would most likely end in NoPath: there the router's answer decides whether a
-    // direct path exists at all (a UPnP router may delay its search answer up to 3 s).
-    let portmap_wait = if disc.nat == NatType::Symmetric && !plan.allowed {
-        portmap::PROBE_TIMEOUT
-    } else {
-        super::portmap::PORTMAP_GATHER_WAIT
+    // The router's first answer is waited for alongside the relay, as briefly, when
+    // our NAT may be symmetric (a mapping then makes it reachable); behind a symmetric
+    // NAT with no relay allowed the attempt would most likely end in NoPath without
+    // one, so there the router's answer decides whether a direct path exists at all
+    // (a UPnP router may delay its search answer up to 3 s). Behind a NAT known to
+    // keep one port per socket (and without NAT) nothing waits: checks and birthday
+    // punching reach us anyway, and a mapping that comes later is offered next time.
+    let portmap_wait = match disc.nat {
+        NatType::Open
+        | NatType::FullCone
+        | NatType::AddressRestricted
+        | NatType::PortRestricted
+        | NatType::Cone => Duration::ZERO,
+        NatType::Symmetric if !plan.allowed => portmap::PROBE_TIMEOUT,
+        NatType::Symmetric | NatType::Nat | NatType::Unknown => super::portmap::PORTMAP_GATHER_WAIT,
     };
     let portmap_probed = shared.portmap.wait_probed(portmap_wait);
     let relay_allocated = async {

@@ -1,7 +1,8 @@
 //! The engine's router port mapping (`portMapping`): asked for at start for the tunnel
 //! socket's port, renewed at half its lifetime for the engine's life, deleted at stop.
 //! Attempts offer its public address as a candidate once it exists; none waits for it
-//! longer than [`PORTMAP_GATHER_WAIT`].
+//! longer than [`PORTMAP_GATHER_WAIT`] (but behind a symmetric NAT without a relay),
+//! and none behind a NAT known to be a cone.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,9 @@ use crate::config::PortMapping;
 use crate::portmap::{self, Lease, PortMapStatus};
 use crate::sync::lock;
 
-/// How long an attempt waits, once discovery is done, for the first answer of the
-/// router: PCP answers in one LAN round trip; UPnP's search answer may come up to 3 s
+/// How long an attempt whose NAT may be symmetric waits, once discovery is done, for
+/// the first answer of the router (behind a known cone NAT none waits): PCP answers in
+/// one LAN round trip; UPnP's search answer may come up to 3 s
 /// late (`portmap::PROBE_TIMEOUT`), and is then offered by the next attempt. The
 /// relay's wait is as long and runs alongside.
 pub(crate) const PORTMAP_GATHER_WAIT: Duration = Duration::from_millis(500);

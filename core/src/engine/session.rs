@@ -179,6 +179,11 @@ fn technique(path: PathKind, found: Technique) -> Technique {
 /// When one answers straight back, the connection's packets are aliased to it: the
 /// same QUIC connection carries on directly and the peer's side migrates to the new
 /// path when our packets arrive on it. Live streams are not interrupted.
+///
+/// The client also probes, at once, every address the server's own probes come from
+/// (peer-reflexive): behind a symmetric NAT the server is reached only there, as when
+/// our router maps our port (its probes come in; ours to its STUN-mapped address never
+/// get through its NAT).
 pub(crate) async fn upgrade_to_direct(
     shared: Arc<Shared>,
     conn: quinn::Connection,
@@ -191,11 +196,27 @@ pub(crate) async fn upgrade_to_direct(
     if remote.is_empty() || shared.config.relay_policy == RelayPolicy::Always {
         return;
     }
+    let mut remote = remote;
+    let client = shared.role == Role::Client;
+    let (seen_tx, mut seen) = mpsc::channel(16);
+    let listening = client.then(|| Reflexive::listen(&shared, &offer.id, &seen_tx));
     let mut schedule = UpgradeSchedule::default();
     loop {
+        let sleep = tokio::time::sleep(schedule.next_wait());
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tokio::time::sleep(schedule.next_wait()) => {}
+            _ = sleep => {}
+            Some(addr) = seen.recv() => {
+                tracing::debug!(%addr, "the relayed peer's probe came from a new address: probing it");
+                if !remote.contains(&addr) {
+                    remote.push(addr);
+                }
+            }
+        }
+        while let Ok(addr) = seen.try_recv() {
+            if !remote.contains(&addr) {
+                remote.push(addr);
+            }
         }
         if lock(&shared.peer).path != Some(PathKind::Relay) {
             // Moved off the relay meanwhile (birthday punching found a pair).
@@ -216,8 +237,14 @@ pub(crate) async fn upgrade_to_direct(
             },
             straight: true,
         };
-        let (_tx, rx) = mpsc::channel(1);
+        // Addresses the server's probes come from while this round runs join it.
+        let (tx, rx) = mpsc::channel(16);
+        let round = client.then(|| Reflexive::listen(&shared, &offer.id, &tx));
         let found = punch.run(shared.agent.clone(), rx).await;
+        drop(round);
+        if let Some(l) = &listening {
+            l.resume(&shared);
+        }
         if shared.role == Role::Server {
             // The server's probes open its own NAT toward the client; the client moves
             // the connection, and we follow when its packets arrive directly.
@@ -229,6 +256,46 @@ pub(crate) async fn upgrade_to_direct(
         if let Some(sel) = found {
             switch_to_direct(&shared, &conn, sel.remote, Technique::Checks);
             return;
+        }
+    }
+}
+
+/// Where the responder reports the peer's checks from addresses we did not probe
+/// (`Shared::prflx`) while a relayed tunnel looks for a direct path; taken back on drop.
+struct Reflexive {
+    shared: Arc<Shared>,
+    peer_id: String,
+    tx: mpsc::Sender<std::net::SocketAddr>,
+}
+
+impl Reflexive {
+    fn listen(
+        shared: &Arc<Shared>,
+        peer_id: &str,
+        tx: &mpsc::Sender<std::net::SocketAddr>,
+    ) -> Reflexive {
+        *lock(&shared.prflx) = Some((peer_id.to_owned(), tx.clone()));
+        Reflexive {
+            shared: shared.clone(),
+            peer_id: peer_id.to_owned(),
+            tx: tx.clone(),
+        }
+    }
+
+    /// Reports go to this listener again (after a round's own listener was dropped).
+    fn resume(&self, shared: &Shared) {
+        *lock(&shared.prflx) = Some((self.peer_id.clone(), self.tx.clone()));
+    }
+}
+
+impl Drop for Reflexive {
+    fn drop(&mut self) {
+        let mut prflx = lock(&self.shared.prflx);
+        if prflx
+            .as_ref()
+            .is_some_and(|(_, tx)| tx.same_channel(&self.tx))
+        {
+            *prflx = None;
         }
     }
 }

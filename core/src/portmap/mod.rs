@@ -35,7 +35,8 @@ const PMP_FIRST_WAIT: Duration = Duration::from_millis(250);
 /// miniupnpd in the lab the UPnP mapping took over 500 ms in 16 runs of 20), and two
 /// HTTP requests follow.
 /// Attempts wait for this only behind a symmetric NAT without a relay; otherwise they
-/// offer what they have after `PORTMAP_GATHER_WAIT`, and a mapping that arrives later
+/// offer what they have after `PORTMAP_GATHER_WAIT` (behind a known cone NAT at once),
+/// and a mapping that arrives later
 /// is offered by the next attempt.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
 

@@ -22,6 +22,9 @@ use crate::sync::{read, write};
 pub(crate) struct Side {
     /// The socket, wrapped for quinn.
     pub socket: Arc<dyn AsyncUdpSocket>,
+    /// The same socket unwrapped, for a send the wrapper refuses because the runtime
+    /// has not yet seen it writable (right after it joined).
+    raw: std::net::UdpSocket,
     /// The one peer address it serves.
     pub peer: SocketAddr,
 }
@@ -31,10 +34,37 @@ impl Side {
     pub fn new(socket: std::net::UdpSocket, peer: SocketAddr) -> io::Result<Side> {
         use quinn::Runtime as _;
         socket.set_nonblocking(true)?;
+        let raw = socket.try_clone()?;
         Ok(Side {
             socket: quinn::TokioRuntime.wrap_udp_socket(socket)?,
+            raw,
             peer,
         })
+    }
+
+    /// Sends `transmit`. A freshly registered socket is not known writable until the
+    /// runtime's next turn, and its wrapper then says `WouldBlock` without trying: the
+    /// answer to the check that made it join, and the peer's first QUIC packets, would
+    /// be lost (and wait for a retransmission). Those go out through the plain socket
+    /// (segment by segment); only a really full buffer drops the packet.
+    fn send(&self, transmit: &Transmit) -> io::Result<()> {
+        match self.socket.try_send(transmit) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let size = transmit
+                    .segment_size
+                    .unwrap_or(transmit.contents.len())
+                    .max(1);
+                for segment in transmit.contents.chunks(size) {
+                    match self.raw.send_to(segment, transmit.destination) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) => return Err(e),
+                        Ok(_) => {}
+                    }
+                }
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
@@ -89,10 +119,7 @@ impl DemuxSocket {
             segment_size: transmit.segment_size,
             src_ip: None,
         };
-        Some(match side.socket.try_send(&transmit) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            other => other,
-        })
+        Some(side.send(&transmit))
     }
 
     /// Reads the side socket: `None` when it has nothing (or is gone), else how many
@@ -126,5 +153,42 @@ impl DemuxSocket {
             kept += 1;
         }
         Some(kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use quinn::Runtime as _;
+
+    use super::*;
+
+    /// The first packets to the peer leave at once after the side socket joins (the
+    /// answer to the check that made it join, the first QUIC packets), though the
+    /// runtime has not yet seen the new socket writable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_side_socket_sends_at_once_after_it_joins() {
+        let main = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        main.set_nonblocking(true).expect("non-blocking");
+        let inner = quinn::TokioRuntime.wrap_udp_socket(main).expect("wrap");
+        let (demux, _rx) = DemuxSocket::new(inner);
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind peer");
+        peer.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let peer_addr = peer.local_addr().expect("addr");
+        for round in 0..3 {
+            let side = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind side");
+            let side_addr = side.local_addr().expect("addr");
+            demux.adopt_side(side, peer_addr).expect("adopt");
+            demux.send_direct(b"first", peer_addr).await.expect("send");
+            let mut buf = [0u8; 16];
+            let (n, from) = peer.recv_from(&mut buf).expect("the first packet arrives");
+            assert_eq!(
+                (&buf[..n], from),
+                (&b"first"[..], side_addr),
+                "round {round}"
+            );
+        }
     }
 }
