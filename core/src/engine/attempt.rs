@@ -13,6 +13,7 @@ use super::offers::wait_for_offer;
 use super::predict::Prepared;
 use super::shared::{Incoming, Shared};
 use crate::agent::path::{self, PathPlan, RelayPlan};
+use crate::agent::predict;
 use crate::error::Error;
 use crate::portmap;
 use crate::punch::{self, ChecklistConfig, Punch};
@@ -273,13 +274,25 @@ pub(crate) async fn connect_once(
     // (a UPnP router may delay its search answer up to 3 s). Behind a NAT known to
     // keep one port per socket (and without NAT) nothing waits: checks and birthday
     // punching reach us anyway, and a mapping that comes later is offered next time.
+    // Port prediction reaches a symmetric NAT that allocates ports regularly from
+    // another such NAT: only one that allocates randomly needs the mapping that much.
+    let our_alloc = if disc.nat == NatType::Symmetric
+        && !plan.allowed
+        && shared.config.performance.birthday()
+    {
+        Some(super::predict::our_allocation(shared, &disc).await)
+    } else {
+        None
+    };
     let portmap_wait = match disc.nat {
         NatType::Open
         | NatType::FullCone
         | NatType::AddressRestricted
         | NatType::PortRestricted
         | NatType::Cone => Duration::ZERO,
-        NatType::Symmetric if !plan.allowed => portmap::PROBE_TIMEOUT,
+        NatType::Symmetric if !plan.allowed && !our_alloc.is_some_and(predict::regular) => {
+            portmap::PROBE_TIMEOUT
+        }
         NatType::Symmetric | NatType::Nat | NatType::Unknown => super::portmap::PORTMAP_GATHER_WAIT,
     };
     let portmap_probed = shared.portmap.wait_probed(portmap_wait);
@@ -344,7 +357,7 @@ pub(crate) async fn connect_once(
         && our_nat(shared, &disc) == NatType::Symmetric
         && NatType::from_name(&peer.nat) == NatType::Symmetric
     {
-        super::predict::negotiate(shared, &disc, &offer, &peer).await
+        super::predict::negotiate(shared, &disc, &offer, &peer, our_alloc).await
     } else {
         None
     };

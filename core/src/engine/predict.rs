@@ -30,31 +30,55 @@ pub(crate) enum Prepared {
     Server(BirthdaySession),
 }
 
+/// The STUN server allocation is measured against, and the IP prediction's sockets
+/// bind: plain IPv4 sockets (NAT behaviour is an IPv4 matter, and the TTL option is
+/// then the IPv4 one).
+fn stun_and_bind(shared: &Shared, disc: &Discovery) -> Option<(SocketAddr, IpAddr)> {
+    let (stun, _) = *disc.mapped.iter().find(|(s, _)| s.is_ipv4())?;
+    let bind_ip: IpAddr = match shared.local_addr.ip() {
+        IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        ip => ip,
+    };
+    Some((stun, bind_ip))
+}
+
+/// Measures how our NAT allocates ports (four fresh mappings).
+pub(crate) async fn our_allocation(shared: &Shared, disc: &Discovery) -> Allocation {
+    let Some((stun, bind_ip)) = stun_and_bind(shared, disc) else {
+        return Allocation::Unknown;
+    };
+    let alloc = allocation::sample(stun, bind_ip).await.0;
+    tracing::info!(allocation = %alloc, "our NAT's port allocation");
+    alloc
+}
+
 /// Runs our half of the exchange when both NATs are symmetric; `None` when prediction
 /// cannot work (either NAT allocates randomly, a half did not come, or another flow
 /// took a port in the middle of the comb). `offer` is our offer of this attempt,
-/// `peer` the peer's.
+/// `peer` the peer's, `measured` our allocation if this attempt measured it already.
 pub(crate) async fn negotiate(
     shared: &Arc<Shared>,
     disc: &Discovery,
     offer: &Offer,
     peer: &Offer,
+    measured: Option<Allocation>,
 ) -> Option<Prepared> {
-    let (stun, _) = *disc.mapped.iter().find(|(s, _)| s.is_ipv4())?;
+    let (stun, bind_ip) = stun_and_bind(shared, disc)?;
     let peer_public = crate::agent::path::peer_public(peer)?;
-    // Plain IPv4 sockets: NAT behaviour is an IPv4 matter, and the TTL option is then
-    // the IPv4 one.
-    let bind_ip: IpAddr = match shared.local_addr.ip() {
-        IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-        ip => ip,
+    let alloc = match measured {
+        Some(a) => a,
+        None => our_allocation(shared, disc).await,
     };
-    let (alloc, last) = allocation::sample(stun, bind_ip).await;
-    tracing::info!(allocation = %alloc, role = ?shared.role, "port prediction: our NAT's allocation");
     let timeout = shared.config.punch_timeout;
     match shared.role {
         Role::Client => {
             let socket = birthday::open_sockets(1, bind_ip).pop()?;
             let local = socket.local_addr().ok()?.port();
+            // Where a sequential NAT is now: one fresh mapping's port.
+            let last = match alloc {
+                Allocation::Sequential { .. } => allocation::fresh_mapping(stun, bind_ip).await,
+                _ => Some(local),
+            };
             let ports = match (predict::regular(alloc), last) {
                 (true, Some(last)) => predict::predicted_ports(alloc, last, local),
                 _ => Vec::new(),
