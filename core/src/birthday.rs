@@ -85,8 +85,13 @@ struct Arrival {
     data: Vec<u8>,
 }
 
-/// Opens up to `n` non-blocking sockets on `ip`; fewer when the process runs out of
-/// descriptors (what could be opened is used).
+/// Descriptors given back when the process runs out while opening sockets, for the
+/// rest of the engine (forwarded flows, the rendezvous connection, DNS).
+const FD_RESERVE: usize = 16;
+
+/// Opens up to `n` non-blocking sockets on `ip`, one descriptor each; fewer when the
+/// process runs out of descriptors: what could be opened is used, less
+/// [`FD_RESERVE`] given back.
 pub(crate) fn open_sockets(n: usize, ip: IpAddr) -> Vec<std::net::UdpSocket> {
     let mut out = Vec::with_capacity(n);
     for index in 0..n {
@@ -97,7 +102,8 @@ pub(crate) fn open_sockets(n: usize, ip: IpAddr) -> Vec<std::net::UdpSocket> {
         match opened {
             Ok(sock) => out.push(sock),
             Err(e) => {
-                tracing::warn!(opened = index, wanted = n, error = %e, "hard-NAT punching: cannot open more sockets");
+                out.truncate(out.len().saturating_sub(FD_RESERVE));
+                tracing::warn!(opened = index, kept = out.len(), wanted = n, error = %e, "hard-NAT punching: cannot open more sockets");
                 break;
             }
         }
@@ -105,28 +111,22 @@ pub(crate) fn open_sockets(n: usize, ip: IpAddr) -> Vec<std::net::UdpSocket> {
     out
 }
 
-/// The hard side's sockets: the std handles (for TTL and adoption) and their readers.
+/// The hard side's sockets (one descriptor each) and their readers.
 struct Sockets {
-    std: Vec<std::net::UdpSocket>,
-    tokio: Vec<Arc<tokio::net::UdpSocket>>,
+    socks: Vec<Arc<tokio::net::UdpSocket>>,
     readers: JoinSet<()>,
 }
 
 impl Sockets {
     /// Starts a reader on each of `opened` (sockets that cannot get one are closed).
     fn listen(opened: Vec<std::net::UdpSocket>, tx: &mpsc::Sender<Arrival>) -> Sockets {
-        let n = opened.len();
         let mut s = Sockets {
-            std: Vec::with_capacity(n),
-            tokio: Vec::with_capacity(n),
+            socks: Vec::with_capacity(opened.len()),
             readers: JoinSet::new(),
         };
         for std_sock in opened {
-            let index = s.std.len();
-            let tokio_sock = match std_sock
-                .try_clone()
-                .and_then(tokio::net::UdpSocket::from_std)
-            {
+            let index = s.socks.len();
+            let tokio_sock = match tokio::net::UdpSocket::from_std(std_sock) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(socket = index, error = %e, "hard-NAT punching: cannot read a socket");
@@ -159,10 +159,18 @@ impl Sockets {
                     }
                 }
             });
-            s.std.push(std_sock);
-            s.tokio.push(tokio_sock);
+            s.socks.push(tokio_sock);
         }
         s
+    }
+
+    /// Takes socket `index` out (its reader must have stopped) as a plain socket, for
+    /// the tunnel socket to adopt.
+    fn take(&mut self, index: usize) -> std::io::Result<std::net::UdpSocket> {
+        let sock = self.socks.swap_remove(index);
+        Arc::try_unwrap(sock)
+            .map_err(|_| std::io::Error::other("the socket is still in use"))?
+            .into_std()
     }
 }
 
@@ -182,7 +190,7 @@ impl BirthdaySession {
         drop(arrivals_tx);
         let mut config = self.config.clone();
         if side == Side::Hard {
-            config.sockets = sockets.std.len();
+            config.sockets = sockets.socks.len();
             self.counters
                 .sockets
                 .fetch_add(config.sockets as u64, Ordering::Relaxed);
@@ -214,8 +222,10 @@ impl BirthdaySession {
                     // Wait for the aborted readers to let go of their sockets, so the
                     // losers are closed (their ports free) from here on.
                     while sockets.readers.join_next().await.is_some() {}
-                    let std = sockets.std.swap_remove(reached.socket);
-                    match demux.adopt_side(std, reached.remote) {
+                    let adopted_side = sockets
+                        .take(reached.socket)
+                        .and_then(|std| demux.adopt_side(std, reached.remote));
+                    match adopted_side {
                         Ok(()) => {
                             tracing::info!(peer = %reached.remote, socket = reached.socket, "birthday punching: the peer reached one of our sockets; it joins the tunnel")
                         }
@@ -223,8 +233,7 @@ impl BirthdaySession {
                             tracing::warn!(error = %e, "birthday punching: cannot adopt the winning socket")
                         }
                     }
-                    sockets.std.clear();
-                    sockets.tokio.clear();
+                    sockets.socks.clear();
                     adopted = true;
                 }
             }
@@ -299,7 +308,7 @@ impl BirthdaySession {
                 if first {
                     return Some((reply, a.from));
                 }
-                if let Some(s) = sockets.tokio.get(a.socket) {
+                if let Some(s) = sockets.socks.get(a.socket) {
                     let _ = s.send_to(&reply, a.from).await;
                 }
             }
@@ -325,12 +334,14 @@ impl BirthdaySession {
             Side::Easy => demux.send_direct(&request, p.to).await,
             // Once adopted, the side socket is reached through the tunnel socket.
             Side::Hard if adopted => demux.send_direct(&request, p.to).await,
-            Side::Hard => match (sockets.std.get(p.socket), sockets.tokio.get(p.socket)) {
-                (Some(std), Some(sock)) => match p.ttl {
-                    Some(ttl) => send_with_ttl(std, &request, p.to, ttl),
+            Side::Hard => match sockets.socks.get(p.socket) {
+                Some(sock) => match p.ttl {
+                    Some(ttl) => {
+                        send_with_ttl(socket2::SockRef::from(&**sock), &request, p.to, ttl)
+                    }
                     None => sock.send_to(&request, p.to).await.map(|_| ()),
                 },
-                _ => Ok(()),
+                None => Ok(()),
             },
         };
         if let Err(e) = sent {
@@ -340,24 +351,25 @@ impl BirthdaySession {
 }
 
 /// Sends one datagram with IP TTL `ttl` from a socket of our own (nobody else sends on
-/// it meanwhile, so setting the socket's TTL around the send is enough).
+/// it meanwhile, so setting the socket's TTL around the send is enough). The send is
+/// the plain system call, whether or not a runtime has seen the socket writable yet.
 pub(crate) fn send_with_ttl(
-    sock: &std::net::UdpSocket,
+    s: socket2::SockRef<'_>,
     data: &[u8],
     to: SocketAddr,
     ttl: u8,
 ) -> std::io::Result<()> {
-    let s = socket2::SockRef::from(sock);
+    let to = socket2::SockAddr::from(to);
     if to.is_ipv4() {
         let normal = s.ttl()?;
         s.set_ttl(u32::from(ttl))?;
-        let sent = sock.send_to(data, to);
+        let sent = s.send_to(data, &to);
         s.set_ttl(normal)?;
         sent.map(|_| ())
     } else {
         let normal = s.unicast_hops_v6()?;
         s.set_unicast_hops_v6(u32::from(ttl))?;
-        let sent = sock.send_to(data, to);
+        let sent = s.send_to(data, &to);
         s.set_unicast_hops_v6(normal)?;
         sent.map(|_| ())
     }

@@ -75,8 +75,7 @@ async fn a_dropped_session_unregisters_its_transactions() {
 }
 
 /// Every socket the hard side opened is closed when the session is dropped before a
-/// pair was found (each costs two descriptors meanwhile: the std handle and its
-/// tokio clone).
+/// pair was found (each costs one descriptor meanwhile).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_hard_session_closes_every_socket() {
     let (agent, _rx) = agent();
@@ -104,8 +103,8 @@ async fn a_dropped_hard_session_closes_every_socket() {
     let after = open_fds();
     eprintln!("descriptors: {after} after the session was dropped");
     // Other tests of this process open and close descriptors meanwhile: the bounds
-    // allow a few of theirs, not the 128 of ours (64 sockets, two descriptors each).
-    assert!(during >= before + 100, "the sockets were open");
+    // allow a few of theirs, not the 64 of ours (64 sockets, one descriptor each).
+    assert!(during >= before + 56, "the sockets were open");
     assert!(after < before + 16, "every socket is closed");
 }
 
@@ -170,12 +169,14 @@ async fn a_replayed_probe_from_a_stranger_does_not_take_the_hard_side() {
 }
 
 /// Run alone under a low descriptor limit, e.g.
-/// `prlimit --nofile=400 target/debug/deps/stunfwd_core-* birthday::tests::fd_ -- --ignored`:
-/// the hard side takes every descriptor left (two per socket) and holds them for the
-/// whole session, so the rest of the engine (forwarded flows, signaling, a new
-/// socket) cannot open one meanwhile.
+/// `prlimit --nofile=200 cargo test -p stunfwd-core --lib birthday::review_tests::fd_ -- --ignored`
+/// (the `scripts/test` stage "descriptor limit"):
+/// the hard side must leave the rest of the engine (forwarded flows, signaling, a new
+/// socket) descriptors while its sockets are open: one per socket, and when it runs
+/// out it gives 16 back. Ignored in the suite because the limit is the whole test
+/// process's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run alone under prlimit --nofile=400"]
+#[ignore = "run alone under prlimit --nofile=200 (scripts/test does)"]
 async fn fd_exhaustion_leaves_the_engine_descriptors() {
     let (agent, _rx) = agent();
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");

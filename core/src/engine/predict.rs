@@ -200,7 +200,7 @@ async fn lay_comb(
         );
         let to = SocketAddr::new(client_ip, *port);
         let sent = match ttl {
-            Some(ttl) => birthday::send_with_ttl(sock, &request, to, ttl),
+            Some(ttl) => birthday::send_with_ttl(socket2::SockRef::from(sock), &request, to, ttl),
             None => sock.send_to(&request, to).map(|_| ()),
         };
         if let Err(e) = sent {
