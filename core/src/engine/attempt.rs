@@ -238,6 +238,7 @@ pub(crate) async fn connect_once(
     shared.agent.socket().unpin();
     // And so does a birthday-punching socket that carried it.
     shared.agent.socket().clear_side();
+    *lock(&shared.side_technique) = None;
     shared.set_state(State::Discovering);
     let policy = shared.config.relay_policy;
     let plan = path::relay_plan(policy, shared.config.relay.is_some());
@@ -465,12 +466,16 @@ pub(crate) async fn connect_once(
         Birthdays::default()
     };
     match prediction {
-        Some(Prepared::Client(shot)) => {
-            birthdays.spawn(Technique::Prediction, shot.run(shared.agent.clone()))
-        }
-        Some(Prepared::Server(comb)) => {
-            birthdays.spawn(Technique::Prediction, comb.run(shared.agent.clone()))
-        }
+        Some(Prepared::Client(shot)) => birthdays.spawn(
+            shared,
+            Technique::Prediction,
+            shot.run(shared.agent.clone()),
+        ),
+        Some(Prepared::Server(comb)) => birthdays.spawn(
+            shared,
+            Technique::Prediction,
+            comb.run(shared.agent.clone()),
+        ),
         None => {}
     }
     let result = match shared.role {
@@ -579,7 +584,7 @@ pub(crate) async fn connect_once(
             // reported yet).
             let found = won.iter().find(|(a, _)| *a == addr).map(|(_, t)| *t);
             let by_side = (shared.agent.socket().side_peer() == Some(addr))
-                .then(|| birthdays.side_technique());
+                .then(|| lock(&shared.side_technique).unwrap_or(Technique::Birthday));
             lock(&shared.peer).technique = Some(found.or(by_side).unwrap_or(Technique::Checks));
             if !plan.always && !shared.agent.socket().is_via_relay(addr) {
                 // It came straight: keep answering it straight, whatever relayed

@@ -30,8 +30,6 @@ pub(crate) fn pair_key(disc: &Discovery, peer: &Offer) -> PairKey {
 /// dropped); each sends its [`Report`] when it ends.
 pub(crate) struct Birthdays {
     tasks: Vec<tokio_util::task::AbortOnDropHandle<()>>,
-    /// The technique of each session, in start order.
-    techniques: Vec<Technique>,
     tx: mpsc::Sender<Report>,
     reports: mpsc::Receiver<Report>,
     /// Sessions that have not reported yet.
@@ -45,7 +43,6 @@ impl Default for Birthdays {
         let (tx, reports) = mpsc::channel(16);
         Birthdays {
             tasks: Vec::new(),
-            techniques: Vec::new(),
             tx,
             reports,
             running: 0,
@@ -112,7 +109,7 @@ pub(crate) fn start_birthdays(
             "birthday punching planned"
         );
         let (agent, after) = (shared.agent.clone(), start.after);
-        out.spawn(Technique::Birthday, async move {
+        out.spawn(shared, Technique::Birthday, async move {
             tokio::time::sleep(after).await;
             session.run(agent).await
         });
@@ -124,15 +121,16 @@ impl Birthdays {
     /// Runs one more session (`technique` names what it finds) with the others.
     pub(crate) fn spawn(
         &mut self,
+        shared: &Shared,
         technique: Technique,
         session: impl std::future::Future<Output = Report> + Send + 'static,
     ) {
+        *lock(&shared.side_technique) = Some(technique);
         let mut ended = Ended {
             tx: Some(self.tx.clone()),
             technique,
         };
         self.running += 1;
-        self.techniques.push(technique);
         self.tasks
             .push(tokio_util::task::AbortOnDropHandle::new(crate::spawn(
                 async move {
@@ -144,15 +142,6 @@ impl Birthdays {
             )));
     }
 
-    /// The technique of a side socket that joined the tunnel before its session
-    /// reported: port prediction's when such a session ran, else birthday punching's.
-    pub(crate) fn side_technique(&self) -> Technique {
-        if self.techniques.contains(&Technique::Prediction) {
-            Technique::Prediction
-        } else {
-            Technique::Birthday
-        }
-    }
     /// Races the check list (`punching`) against the birthday sessions: the first pair
     /// found, and by which technique (`None` when nothing was found). Sessions still
     /// running when the checks win stay in `self` (a relayed tunnel may move to the

@@ -254,7 +254,14 @@ pub(crate) async fn upgrade_to_direct(
             continue;
         }
         if let Some(sel) = found {
-            switch_to_direct(&shared, &conn, sel.remote, Technique::Checks);
+            // Through a socket birthday punching or port prediction added, the path is
+            // theirs (the probe only found it before their own report came).
+            let side = shared.agent.socket().side_peer() == Some(sel.remote);
+            let found_by = match *lock(&shared.side_technique) {
+                Some(t) if side => t,
+                _ => Technique::Checks,
+            };
+            switch_to_direct(&shared, &conn, sel.remote, found_by);
             return;
         }
     }

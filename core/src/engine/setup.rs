@@ -150,6 +150,7 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         prflx: Mutex::new(None),
         birthday_counters: Arc::default(),
         birthday_failed: Mutex::new(std::collections::HashSet::new()),
+        side_technique: Mutex::new(None),
         turn,
         portmap,
         auth_failed: AtomicBool::new(false),

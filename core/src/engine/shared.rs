@@ -165,6 +165,9 @@ pub(crate) struct Shared {
     pub(crate) birthday_counters: Arc<crate::birthday::Counters>,
     pub(crate) birthday_failed:
         Mutex<std::collections::HashSet<(std::net::IpAddr, std::net::IpAddr)>>,
+    /// The technique of this attempt's sessions that may add a side socket (birthday
+    /// punching or port prediction): what a path through that socket is credited to.
+    pub(crate) side_technique: Mutex<Option<crate::status::Technique>>,
     /// Our TURN allocation: made on first need, released at stop.
     pub(crate) turn: RelayAllocation,
     /// Our router port mapping (`portMapping`): made at start, deleted at stop.
