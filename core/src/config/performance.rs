@@ -59,7 +59,8 @@ pub struct Performance {
     pub punch_ttl: u8,
     /// `birthdaySockets`: how many sockets birthday punching opens on the side behind
     /// a symmetric NAT (`agent::birthday`). Default 256 (with 2,000 probes a 99.96 %
-    /// chance over 64,512 ports), 0-1024; 0 turns birthday punching off.
+    /// chance over 64,512 ports), 0-1024; 0 turns birthday punching (and port
+    /// prediction, `agent::predict`) off.
     pub birthday_sockets: usize,
     /// `birthdayProbes`: how many probes the easy side of birthday punching sends at
     /// most. Default 2000, 1-20000.
@@ -300,7 +301,7 @@ pub(super) fn parse_performance(key: &str, v: &Value) -> Result<Performance> {
         let n = parse_uint(
             &k,
             v,
-            "a number of sockets, 0-1024 (0: no birthday punching)",
+            "a number of sockets, 0-1024 (0: no birthday punching or port prediction)",
         )?;
         check_int(&k, n, 0, 1024, "sockets")?;
         p.birthday_sockets = n as usize;
