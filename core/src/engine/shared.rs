@@ -234,12 +234,13 @@ impl Shared {
     /// saying how many more were rejected in between. The state does not change: a forged or stale offer must not
     /// knock a waiting peer out of its wait.
     pub(crate) fn offer_rejected(&self, e: &OfferError) {
-        self.offers_rejected.fetch_add(1, Ordering::Relaxed);
         let error = Error::from(e.clone());
         let reason = error.to_string();
         *lock(&self.rejected) = Some(error);
-        // Stats are read when asked: the last error is always the latest.
+        // Stats are read when asked: the last error is always the latest. The count
+        // rises only after it, so a reader that sees the new count sees its reason.
         self.fail_reason(reason.clone());
+        self.offers_rejected.fetch_add(1, Ordering::Release);
         let suppressed = {
             let mut r = lock(&self.rejections);
             if r.last.is_some_and(|t| t.elapsed() < REJECT_REPORT_GAP) {

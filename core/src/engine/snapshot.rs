@@ -77,7 +77,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Stats {
         birthday_packets: shared.birthday_counters.packets.load(Ordering::Relaxed),
         stun_discoveries: shared.stun_discoveries.load(Ordering::Relaxed),
         signaling_requests: shared.signaling_requests.load(Ordering::Relaxed),
-        offers_rejected: shared.offers_rejected.load(Ordering::Relaxed),
+        offers_rejected: shared.offers_rejected.load(Ordering::Acquire),
         checks_unauthenticated: shared.checks_unauthenticated.load(Ordering::Relaxed),
         last_error: lock(&shared.last_error).clone(),
         port_mapping: shared.portmap.status(),
