@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::birthdays::{pair_key, start_birthdays, Birthdays};
 use super::offers::wait_for_offer;
-use super::predict::Prepared;
+use super::predict::{Negotiated, Prepared};
 use super::shared::{Incoming, Shared};
 use crate::agent::path::{self, PathPlan, RelayPlan};
 use crate::agent::predict;
@@ -353,14 +353,22 @@ pub(crate) async fn connect_once(
     let global_v6 = path::both_on_global_ipv6(&offer, &peer);
     // Two symmetric NATs: only port prediction can punch them, when both allocate
     // ports regularly (its own exchange of offers).
-    let prediction = if birthday
+    let negotiated = if birthday
         && !global_v6
         && our_nat(shared, &disc) == NatType::Symmetric
         && NatType::from_name(&peer.nat) == NatType::Symmetric
     {
         super::predict::negotiate(shared, &disc, &offer, &peer, our_alloc).await
     } else {
-        None
+        Negotiated::Unpredictable
+    };
+    // An exchange that did not complete (a lost or late offer, a peer that stopped
+    // half-way) says nothing about the pair: without a relay we try again instead of
+    // giving up for good with `NoPath`.
+    let (prediction, missed) = match negotiated {
+        Negotiated::Ready(p) => (Some(p), None),
+        Negotiated::Unpredictable => (None, None),
+        Negotiated::Missed(reason) => (None, Some(reason)),
     };
     let path_plan = if global_v6 || prediction.is_some() {
         PathPlan::Punch
@@ -392,6 +400,12 @@ pub(crate) async fn connect_once(
                 .map_err(|e| format!("the peer did not offer its relay: {e}"))?;
         }
         PathPlan::NoPath => {
+            if let Some(reason) = missed {
+                tracing::info!(%reason, "port prediction's exchange did not complete");
+                return Err(Attempt::Retry(format!(
+                    "port prediction did not complete ({reason}); trying again"
+                )));
+            }
             return Err(Attempt::Fatal(Error::NoPath {
                 local_nat: disc.nat.as_str().to_owned(),
                 peer_nat: peer.nat.clone(),

@@ -52,56 +52,105 @@ pub(crate) async fn our_allocation(shared: &Shared, disc: &Discovery) -> Allocat
     alloc
 }
 
-/// Runs our half of the exchange when both NATs are symmetric; `None` when prediction
-/// cannot work (either NAT allocates randomly, a half did not come, or another flow
-/// took a port in the middle of the comb). `offer` is our offer of this attempt,
-/// `peer` the peer's, `measured` our allocation if this attempt measured it already.
+/// How our half of the exchange ended.
+pub(crate) enum Negotiated {
+    /// A session is ready to run.
+    Ready(Prepared),
+    /// Port prediction cannot work for this pair: a NAT allocates ports no one can
+    /// predict (the peer said so with an empty list, or ours does), or an offer lacks
+    /// what it needs. Without a relay the pair is hopeless.
+    Unpredictable,
+    /// The exchange did not complete this time (a half did not come or could not be
+    /// posted, our NAT's allocation could not be measured, other flows kept taking
+    /// ports during the comb): the pair may well be punchable, so another attempt is
+    /// worth it rather than giving up with `NoPath`.
+    Missed(String),
+}
+
+/// How many times the server lays its comb again when another flow took a port in the
+/// middle of it (each costs two STUN round trips and the comb's sockets).
+const COMB_TRIES: usize = 3;
+
+/// Runs our half of the exchange when both NATs are symmetric. `offer` is our offer of
+/// this attempt, `peer` the peer's, `measured` our allocation if this attempt measured
+/// it already.
 pub(crate) async fn negotiate(
     shared: &Arc<Shared>,
     disc: &Discovery,
     offer: &Offer,
     peer: &Offer,
     measured: Option<Allocation>,
-) -> Option<Prepared> {
-    let (stun, bind_ip) = stun_and_bind(shared, disc)?;
-    let peer_public = crate::agent::path::peer_public(peer)?;
+) -> Negotiated {
+    use Negotiated::{Missed, Unpredictable};
+    let Some((stun, bind_ip)) = stun_and_bind(shared, disc) else {
+        return Unpredictable;
+    };
+    let Some(peer_public) = crate::agent::path::peer_public(peer) else {
+        return Unpredictable;
+    };
     let alloc = match measured {
         Some(a) => a,
         None => our_allocation(shared, disc).await,
     };
+    // Too few STUN answers to tell: we post nothing (an empty list would tell the peer
+    // our NAT is hopeless), and both sides try again.
+    if alloc == Allocation::Unknown {
+        return Missed("our NAT's port allocation could not be measured".into());
+    }
     let timeout = shared.config.punch_timeout;
     match shared.role {
         Role::Client => {
-            let socket = birthday::open_sockets(1, bind_ip).pop()?;
-            let local = socket.local_addr().ok()?.port();
+            let Some(socket) = birthday::open_sockets(1, bind_ip).pop() else {
+                return Missed("cannot open the prediction socket".into());
+            };
+            let Ok(local) = socket.local_addr().map(|a| a.port()) else {
+                return Missed("cannot read the prediction socket's port".into());
+            };
             // Where a sequential NAT is now: one fresh mapping's port.
             let last = match alloc {
-                Allocation::Sequential { .. } => allocation::fresh_mapping(stun, bind_ip).await,
-                _ => Some(local),
+                Allocation::Sequential { .. } => {
+                    match allocation::fresh_mapping(stun, bind_ip).await {
+                        Some(port) => port,
+                        None => return Missed("no fresh mapping from the STUN server".into()),
+                    }
+                }
+                _ => local,
             };
-            let ports = match (predict::regular(alloc), last) {
-                (true, Some(last)) => predict::predicted_ports(alloc, last, local),
-                _ => Vec::new(),
+            let ports = if predict::regular(alloc) {
+                predict::predicted_ports(alloc, last, local)
+            } else {
+                Vec::new()
             };
-            post(shared, offer, Some(ports.clone()), None).await?;
-            if ports.is_empty() {
-                return None;
+            if post(shared, offer, Some(ports.clone()), None)
+                .await
+                .is_none()
+            {
+                return Missed("cannot post our prediction".into());
             }
-            let answer = wait_for_offer(shared, EXCHANGE_WAIT, |o| {
+            if ports.is_empty() {
+                return Unpredictable;
+            }
+            let answer = match wait_for_offer(shared, EXCHANGE_WAIT, |o| {
                 o.id == peer.id && o.comb.is_some()
             })
             .await
-            .map_err(|e| tracing::info!(error = %e, "port prediction: no comb from the server"))
-            .ok()?;
+            {
+                Ok(a) => a,
+                Err(e) => return Missed(format!("no comb from the server: {e}")),
+            };
             let comb = answer.comb.unwrap_or_default();
-            if comb.len() != ports.len() {
-                tracing::info!(
-                    teeth = comb.len(),
-                    "port prediction: the server laid no comb"
-                );
-                return None;
+            if comb.is_empty() {
+                tracing::info!("port prediction: the server's NAT allocates no predictable port");
+                return Unpredictable;
             }
-            Some(Prepared::Client(Shooter {
+            if comb.len() != ports.len() {
+                return Missed(format!(
+                    "the server's comb has {} teeth for our {} ports",
+                    comb.len(),
+                    ports.len()
+                ));
+            }
+            Negotiated::Ready(Prepared::Client(Shooter {
                 our_id: shared.our_id(),
                 peer_id: peer.id.clone(),
                 password: shared.password.clone(),
@@ -116,19 +165,32 @@ pub(crate) async fn negotiate(
             }))
         }
         Role::Server => {
-            let asked = wait_for_offer(shared, EXCHANGE_WAIT, |o| {
-                o.id == peer.id && o.predict.is_some()
-            })
-            .await
-            .map_err(
-                |e| tracing::info!(error = %e, "port prediction: no prediction from the client"),
-            )
-            .ok()?;
-            let wanted = asked.predict.unwrap_or_default();
-            let comb = if wanted.is_empty() || !predict::regular(alloc) {
-                None
-            } else {
-                lay_comb(
+            // The rendezvous (or a slow read) may have shown us the client's offer with
+            // `predict` as its first: that is the one to answer, and no other comes.
+            let wanted = match &peer.predict {
+                Some(p) => p.clone(),
+                None => match wait_for_offer(shared, EXCHANGE_WAIT, |o| {
+                    o.id == peer.id && o.predict.is_some()
+                })
+                .await
+                {
+                    Ok(asked) => asked.predict.unwrap_or_default(),
+                    Err(e) => return Missed(format!("no prediction from the client: {e}")),
+                },
+            };
+            if wanted.is_empty() {
+                return Unpredictable;
+            }
+            if !predict::regular(alloc) {
+                // Our NAT allocates randomly: say so, so that the client stops too.
+                if post(shared, offer, None, Some(Vec::new())).await.is_none() {
+                    return Missed("cannot post our empty comb".into());
+                }
+                return Unpredictable;
+            }
+            let mut comb = None;
+            for _ in 0..COMB_TRIES {
+                comb = lay_comb(
                     shared,
                     &peer.id,
                     alloc,
@@ -137,13 +199,24 @@ pub(crate) async fn negotiate(
                     peer_public.ip(),
                     &wanted,
                 )
-                .await
+                .await;
+                if comb.is_some() {
+                    break;
+                }
+            }
+            // Still unnamed: we post nothing (an empty comb would say our NAT is
+            // hopeless); the client misses it and both sides try again.
+            let Some((ports, sockets)) = comb else {
+                return Missed("other flows kept taking ports during the comb".into());
             };
-            let teeth = comb.as_ref().map(|(ports, _)| ports.clone());
-            post(shared, offer, None, Some(teeth.unwrap_or_default())).await?;
-            let (ports, sockets) = comb?;
+            if post(shared, offer, None, Some(ports.clone()))
+                .await
+                .is_none()
+            {
+                return Missed("cannot post our comb".into());
+            }
             tracing::info!(teeth = ?ports, "port prediction: comb laid");
-            Some(Prepared::Server(BirthdaySession {
+            Negotiated::Ready(Prepared::Server(BirthdaySession {
                 our_id: shared.our_id(),
                 peer_id: peer.id.clone(),
                 password: shared.password.clone(),
