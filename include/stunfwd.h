@@ -145,6 +145,14 @@ typedef enum stunfwd_event_kind {
    * `message`.
    */
   STUNFWD_EVENT_KIND_WARNING = 4,
+  /**
+   * Server side: one client's tunnel changed state. `message` is
+   * `client <id>: <state>` (the id: 32 hex characters), `json` is
+   * `{"event":"client_state","client":"<id>","state":{...}}`; `state` and `path`
+   * describe the engine as a whole (connected while any client is). The stats JSON
+   * lists every client under `clients`.
+   */
+  STUNFWD_EVENT_KIND_CLIENT_STATE = 5,
 } stunfwd_event_kind;
 
 /**

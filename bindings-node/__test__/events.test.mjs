@@ -27,9 +27,11 @@ test('state events arrive in order, through on() and the start callback', async 
   await Promise.all([client.stop(), server.stop()])
 
   // Listeners added right after start() see the first state change.
-  for (const states of [seen.client, seen.server]) {
-    assert.equal(states[0], 'discovering', `first state of ${states}`)
+  // A server waits for clients (signaling) and follows its client's tunnel from there.
+  for (const [states, first] of [[seen.client, 'discovering'], [seen.server, 'signaling']]) {
+    assert.equal(states[0], first, `first state of ${states}`)
     for (const s of ['signaling', 'punching', 'connected']) assert.ok(states.includes(s), `${s} in ${states}`)
+    assert.ok(!states.includes('discovering') || first === 'discovering', `${states}`)
     // stop() resolves after the last event was delivered.
     assert.equal(states.at(-1), 'stopped', `last state of ${states}`)
   }
@@ -159,4 +161,31 @@ test('stop() releases the tunnel socket and the mapping ports at once', async (t
     tcp.listen(mapping.port, '127.0.0.1', resolve)
   })
   await new Promise((resolve) => tcp.close(resolve))
+})
+
+test("'client' events and stats().clients: a server names each of its clients", async (t) => {
+  const signal = await rendezvous(t)
+  const name = room()
+  const server = Engine.start(config(signal, 'server', name))
+  t.after(() => server.stop())
+  const seen = []
+  server.on('client', (c) => seen.push(c))
+  const clients = [Engine.start(config(signal, 'client', name)), Engine.start(config(signal, 'client', name))]
+  t.after(() => Promise.all(clients.map((c) => c.stop())))
+  await Promise.all(clients.map((c) => c.waitConnected(20000)))
+  const ids = clients.map((c) => c.stats().clientId).sort()
+  for (const id of ids) assert.match(id, /^[0-9a-f]{32}$/)
+  const deadline = Date.now() + 10000
+  while (server.stats().clients.filter((c) => c.state.state === 'connected').length < 2 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  const stats = server.stats()
+  assert.deepEqual(stats.clients.map((c) => c.id).sort(), ids)
+  assert.equal(stats.clientId, null)
+  for (const c of stats.clients) {
+    assert.equal(c.state.state, 'connected')
+    assert.match(c.localAddr, /^127\.0\.0\.1:\d+$/)
+  }
+  const connected = [...new Set(seen.filter((c) => c.state.state === 'connected').map((c) => c.id))].sort()
+  assert.deepEqual(connected, ids)
 })

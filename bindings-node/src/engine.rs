@@ -24,7 +24,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The event names `on` accepts.
-const EVENT_NAMES: [&str; 4] = ["state", "mapping", "error", "warning"];
+const EVENT_NAMES: [&str; 5] = ["state", "mapping", "error", "warning", "client"];
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -141,7 +141,8 @@ impl Engine {
     ///
     /// `onEvent`, if given, receives every event (`{ type: 'state', state }`,
     /// `{ type: 'mapping', mapping }`, `{ type: 'error', error }`,
-    /// `{ type: 'warning', warning }`) from the first
+    /// `{ type: 'warning', warning }`, and on the server side
+    /// `{ type: 'client', client }`) from the first
     /// state change on. Listeners added with `on()` right after `start` see every
     /// event too: events are delivered on later turns of the event loop.
     ///
@@ -312,8 +313,9 @@ impl Engine {
     /// Calls `listener` for every `event`: `'state'` with an `EngineState`,
     /// `'mapping'` with a `MappingEvent`, `'error'` with an `Error` that has a `code`
     /// (a rejected peer offer, `ERR_PEER_AUTH`; giving up for good, e.g. `ERR_NO_PATH`),
-    /// `'warning'` with a string (e.g. running without a secret). Listeners run on the
-    /// main thread; unlike an EventEmitter, an `'error'` event
+    /// `'warning'` with a string (e.g. running without a secret), and on the server
+    /// side `'client'` with a `ClientEvent` (one client's tunnel changed state).
+    /// Listeners run on the main thread; unlike an EventEmitter, an `'error'` event
     /// without a listener is ignored (the engine keeps retrying). Returns the engine.
     #[napi(
         ts_generic_types = "K extends keyof EngineEvents",
@@ -442,14 +444,17 @@ impl Engine {
 }
 
 fn event_name(value: &Unknown) -> Result<&'static str> {
-    let name = args::string(value, "`event` ('state', 'mapping', 'error' or 'warning')")?;
+    let name = args::string(
+        value,
+        "`event` ('state', 'mapping', 'error', 'warning' or 'client')",
+    )?;
     EVENT_NAMES
         .iter()
         .find(|n| **n == name)
         .copied()
         .ok_or_else(|| {
             invalid_arg(format!(
-                "unknown event {name:?}; valid: 'state', 'mapping', 'error', 'warning'"
+                "unknown event {name:?}; valid: 'state', 'mapping', 'error', 'warning', 'client'"
             ))
         })
 }
@@ -479,4 +484,6 @@ pub struct EngineEvents {
     /// Something to know that is not a failure (an engine without a `secret` says so
     /// once, at start).
     pub warning: String,
+    /// Server side: one client's tunnel changed state.
+    pub client: crate::types::ClientEvent,
 }

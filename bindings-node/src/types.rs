@@ -146,6 +146,19 @@ pub enum EngineEvent {
     /// a `secret` says so once, at start).
     #[allow(missing_docs)]
     Warning { warning: String },
+    /// Server side: one client's tunnel changed state; `client` says which and how.
+    #[allow(missing_docs)]
+    Client { client: ClientEvent },
+}
+
+/// A server's client whose tunnel changed state.
+#[napi(object, object_from_js = false)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientEvent {
+    /// The client's id: 32 hex characters it chose at start (its `stats().clientId`).
+    pub id: String,
+    /// Its tunnel's new state.
+    pub state: EngineState,
 }
 
 impl EngineEvent {
@@ -156,6 +169,7 @@ impl EngineEvent {
             EngineEvent::Mapping { .. } => "mapping",
             EngineEvent::Error { .. } => "error",
             EngineEvent::Warning { .. } => "warning",
+            EngineEvent::Client { .. } => "client",
         }
     }
 
@@ -202,6 +216,12 @@ impl EngineEvent {
             }],
             core::Event::Warning { message } => vec![EngineEvent::Warning {
                 warning: message.clone(),
+            }],
+            core::Event::ClientState { client, state } => vec![EngineEvent::Client {
+                client: ClientEvent {
+                    id: client.clone(),
+                    state: state.into(),
+                },
             }],
             // The core may grow events; they are not part of this API until mapped here.
             #[allow(unreachable_patterns)]
@@ -333,6 +353,42 @@ pub struct EngineStats {
     pub checks_unauthenticated: i64,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// Client side: this client's id in the room (what the server names it by).
+    pub client_id: Option<String>,
+    /// Server side: every client served now, each with its own tunnel (empty on the
+    /// client side). The fields above describe the client connected last; `totals`
+    /// sums them all.
+    pub clients: Vec<ClientStats>,
+}
+
+/// One client of a server-mode engine.
+#[napi(object, object_from_js = false, use_nullable = true)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientStats {
+    /// The client's id (32 hex characters).
+    pub id: String,
+    /// Its tunnel's state.
+    pub state: EngineState,
+    /// Path of its tunnel, when connected.
+    #[napi(ts_type = "'direct' | 'lan' | 'relay'")]
+    pub path: Option<String>,
+    /// Its address, when connected.
+    pub peer_addr: Option<String>,
+    /// How its tunnel's path was found, when connected.
+    #[napi(ts_type = "'checks' | 'birthday' | 'prediction' | 'relay'")]
+    pub technique: Option<String>,
+    /// Its NAT type, from its offer.
+    pub peer_nat_type: Option<String>,
+    /// Smoothed round-trip time of its tunnel, when connected.
+    pub rtt_ms: Option<f64>,
+    /// Our socket for this client.
+    pub local_addr: String,
+    /// What was served for it.
+    pub totals: TrafficStats,
+    /// Its tunnel re-established after loss.
+    pub reconnects: i64,
+    /// Its last failure, if any.
+    pub last_error: Option<String>,
 }
 
 impl From<&core::Stats> for EngineStats {
@@ -375,6 +431,24 @@ impl From<&core::Stats> for EngineStats {
             offers_rejected: count(s.offers_rejected),
             checks_unauthenticated: count(s.checks_unauthenticated),
             last_error: s.last_error.clone(),
+            client_id: s.client_id.clone(),
+            clients: s
+                .clients
+                .iter()
+                .map(|c| ClientStats {
+                    id: c.id.clone(),
+                    state: (&c.state).into(),
+                    path: c.path.map(|p| p.as_str().to_owned()),
+                    peer_addr: c.peer_addr.map(|a| a.to_string()),
+                    technique: c.technique.map(|t| t.as_str().to_owned()),
+                    peer_nat_type: c.peer_nat_type.map(|t| t.as_str().to_owned()),
+                    rtt_ms: c.rtt_ms,
+                    local_addr: c.local_addr.to_string(),
+                    totals: (&c.totals).into(),
+                    reconnects: count(c.reconnects),
+                    last_error: c.last_error.clone(),
+                })
+                .collect(),
         }
     }
 }

@@ -85,6 +85,7 @@ fn deliver(slot: &Slot, event: &Event) {
     };
     let (description, last) = match event {
         Event::State { state } => (state.to_string(), state.is_final()),
+        Event::ClientState { state, .. } => (state.to_string(), false),
         _ => (String::new(), false),
     };
     // `None` while the interpreter shuts down: the event is dropped.

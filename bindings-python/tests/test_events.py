@@ -47,6 +47,30 @@ def test_events_arrive_in_order(rendezvous: Rendezvous, tcp_echo: int) -> None:
     assert stunfwd.MappingRemoved(id=second) in events
 
 
+def test_a_server_names_each_client(rendezvous: Rendezvous) -> None:
+    name = room()
+    events: List[stunfwd.Event] = []
+    with stunfwd.Engine(rendezvous.config("server", name), on_event=events.append) as server:
+        with stunfwd.Engine(rendezvous.config("client", name)) as one, stunfwd.Engine(
+            rendezvous.config("client", name)
+        ) as two:
+            one.wait_connected(20)
+            two.wait_connected(20)
+            ids = sorted(c.stats()["client_id"] for c in (one, two))
+            assert all(len(i) == 32 for i in ids)
+            assert _eventually(
+                lambda: sum(c["state"]["state"] == "connected" for c in server.stats()["clients"]) == 2,
+                10,
+            ), server.stats()["clients"]
+            assert sorted(c["id"] for c in server.stats()["clients"]) == ids
+            assert server.stats()["client_id"] is None
+    named = {e.client for e in events if isinstance(e, stunfwd.ClientStateChanged) and e.state.is_connected}
+    assert sorted(named) == ids
+    for e in events:
+        if isinstance(e, stunfwd.ClientStateChanged):
+            assert e.info.description, e
+
+
 def test_a_raising_callback_is_logged_and_harmless(
     rendezvous: Rendezvous, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -232,6 +232,9 @@ fn run(path: PathBuf, metrics: Option<SocketAddr>) -> ExitCode {
         Event::MappingRemoved { id } => say!("mapping {id} removed"),
         Event::PeerRejected { reason } => say!("peer rejected: {reason}"),
         Event::Warning { message } => say!("warning: {message}"),
+        Event::ClientState { client, state } => {
+            say!("client {}: {state}", client.get(..8).unwrap_or(client))
+        }
     });
     wait_for_shutdown_signal();
     say!("stopping");

@@ -301,6 +301,58 @@ pub fn render(stats: &Stats) -> String {
         );
     }
 
+    // A server's clients (issue #18): each its own series, labelled with its id.
+    if stats.mode == crate::config::Mode::Server {
+        w.one(
+            "stunfwd_clients",
+            Kind::Gauge,
+            "Clients served now (each with its own tunnel).",
+            stats.clients.len() as f64,
+        );
+    }
+    if !stats.clients.is_empty() {
+        let per = |get: &dyn Fn(&crate::stats::ClientStats) -> f64| -> Vec<(String, f64)> {
+            stats
+                .clients
+                .iter()
+                .map(|c| (labels(&[("client", &c.id)]), get(c)))
+                .collect()
+        };
+        w.family(
+            "stunfwd_client_connected",
+            Kind::Gauge,
+            "1 while the client's tunnel is up. Per client.",
+            &per(&|c| flag(c.state.is_connected())),
+        );
+        let rtts: Vec<(String, f64)> = stats
+            .clients
+            .iter()
+            .filter_map(|c| Some((labels(&[("client", &c.id)]), c.rtt_ms? / 1000.0)))
+            .collect();
+        if !rtts.is_empty() {
+            w.family(
+                "stunfwd_client_rtt_seconds",
+                Kind::Gauge,
+                "Smoothed round-trip time of the client's tunnel. Per client.",
+                &rtts,
+            );
+        }
+        w.family(
+            "stunfwd_client_reconnects_total",
+            Kind::Counter,
+            "The client's tunnel re-established after loss. Per client.",
+            &per(&|c| c.reconnects as f64),
+        );
+        for (name, kind, help, get) in TRAFFIC {
+            w.family(
+                &format!("stunfwd_client_{name}"),
+                kind,
+                &format!("{help} Per client."),
+                &per(&|c| get(&c.totals) as f64),
+            );
+        }
+    }
+
     let counters: [(&str, &str, u64); 8] = [
         (
             "stunfwd_reconnects_total",
@@ -514,6 +566,8 @@ mod tests {
             checks_unauthenticated: 0,
             last_error: None,
             port_mapping: Default::default(),
+            client_id: None,
+            clients: Vec::new(),
         }
     }
 

@@ -147,6 +147,21 @@ pub struct Traffic {
     pub tunnel_wait_timeouts: u64,
 }
 
+impl Traffic {
+    /// Adds `other`'s figures to these (a server's totals over its clients).
+    pub fn add(&mut self, other: &Traffic) {
+        self.connections_opened += other.connections_opened;
+        self.connections_active += other.connections_active;
+        self.connections_failed += other.connections_failed;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.datagrams_sent += other.datagrams_sent;
+        self.datagrams_received += other.datagrams_received;
+        self.refused_by_policy += other.refused_by_policy;
+        self.tunnel_wait_timeouts += other.tunnel_wait_timeouts;
+    }
+}
+
 /// One mapping's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MappingStats {
@@ -231,4 +246,38 @@ pub struct Stats {
     /// Our router port mapping (`portMapping`): its protocol and public address, or
     /// why there is none.
     pub port_mapping: crate::portmap::PortMapStatus,
+    /// Client side: this client's id in the room (what the server's stats and events
+    /// name it by). `None` on the server side.
+    pub client_id: Option<String>,
+    /// Server side: every client served now, each with its own tunnel (empty on the
+    /// client side). The fields above describe the client connected last (or, with
+    /// none connected, the one that knocked last); `totals` sums them all.
+    pub clients: Vec<ClientStats>,
+}
+
+/// One client of a server-mode engine (issue #18).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientStats {
+    /// The client's id: 32 hex characters it chose at start.
+    pub id: String,
+    /// Its tunnel's state.
+    pub state: State,
+    /// Path of its tunnel, when connected.
+    pub path: Option<PathKind>,
+    /// Its address, when connected.
+    pub peer_addr: Option<SocketAddr>,
+    /// How its tunnel's path was found, when connected.
+    pub technique: Option<crate::status::Technique>,
+    /// Its NAT type from its offer.
+    pub peer_nat_type: Option<NatType>,
+    /// Smoothed round-trip time of its tunnel.
+    pub rtt_ms: Option<f64>,
+    /// Our socket for this client (each client's tunnel has its own).
+    pub local_addr: SocketAddr,
+    /// What was served for it.
+    pub totals: Traffic,
+    /// Its tunnel re-established after loss.
+    pub reconnects: u64,
+    /// Its last failure, if any.
+    pub last_error: Option<String>,
 }

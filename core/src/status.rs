@@ -185,6 +185,14 @@ pub enum Event {
         /// What, and what to do about it.
         message: String,
     },
+    /// Server side: one client's tunnel changed state (issue #18). `State` events
+    /// describe the engine as a whole: connected while any client is.
+    ClientState {
+        /// The client's id (32 hex characters).
+        client: String,
+        /// Its new state.
+        state: State,
+    },
 }
 
 /// A mapping as registered in the engine.

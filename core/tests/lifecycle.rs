@@ -29,31 +29,20 @@ fn stop_while_idle_returns_quickly() {
 #[test]
 fn stop_while_connecting_returns_quickly() {
     use stunfwd_core::signal::client::SignalClient;
-    use stunfwd_core::signal::proto::{Offer, Role, RoomKey};
+    use stunfwd_core::signal::proto::{Role, RoomKey};
     let rv = Rendezvous::start();
     let room = room();
     // A "server" whose offer is authentic but whose only candidate never answers: the
     // client stays in the punching phase (for its 10 s punch timeout).
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let offer = Offer {
-        role: Role::Server,
-        nonce: Offer::new_nonce(),
-        ts: stunfwd_core::signal::unix_now(),
-        id: Offer::new_id(),
-        candidates: vec![silent.local_addr().unwrap()],
-        host_count: 1,
-        relay_count: 0,
-        turn: false,
-        fp: "ab".repeat(32),
-        nat: "open".into(),
-        predict: None,
-        comb: None,
-    };
+    let client = Engine::start(rv.config("client", &room, "k", &[])).unwrap();
+    let id = client.stats().client_id.unwrap();
+    let offer = offer_with(Role::Server, silent.local_addr().unwrap(), Some(id.clone()));
     let key = RoomKey::derive(&room, Some("k"));
     let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let url = rv.url.clone();
-    // With a secret, engines meet in the mailbox named after the room key.
-    let posted_room = key.mailbox_name();
+    // The server answers a client in the client's own mailbox.
+    let posted_room = key.client_mailbox(&id);
     let offer_room = room.clone();
     rv.rt
         .block_on(async move {
@@ -64,7 +53,6 @@ fn stop_while_connecting_returns_quickly() {
                 .await
         })
         .unwrap();
-    let client = Engine::start(rv.config("client", &room, "k", &[])).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while client.state() != State::Punching && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));

@@ -155,7 +155,12 @@ fn log_lines_carry_room_peer_and_mapping() {
         .into_iter()
         .filter(|l| l["fields"]["message"] == "state" && l["fields"]["state"] == "stopped")
         .collect();
-    assert_eq!(stopped.len(), 2, "one 'stopped' line per engine");
+    // One per engine, and one for the server's session of its client.
+    assert_eq!(
+        stopped.len(),
+        3,
+        "one 'stopped' line per engine and session"
+    );
     for l in &stopped {
         assert_eq!(span_field(l, "room").as_deref(), Some(room.as_str()), "{l}");
     }

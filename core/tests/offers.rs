@@ -26,6 +26,22 @@ fn mailbox(rv: &Rendezvous, room: &str) -> SignalClient {
     SignalClient::new(&rv.url, &name, Duration::from_millis(50), Arc::default()).unwrap()
 }
 
+/// A rendezvous client of one client's own mailbox, where the server answers it.
+fn own_mailbox(rv: &Rendezvous, room: &str, client: &Engine) -> SignalClient {
+    let id = client.stats().client_id.unwrap();
+    let name = RoomKey::derive(room, Some(SECRET)).client_mailbox(&id);
+    SignalClient::new(&rv.url, &name, Duration::from_millis(50), Arc::default()).unwrap()
+}
+
+/// An authentic server offer for `room` whose only candidate never answers, made for
+/// the client with id `client`.
+fn offer_for(role: Role, ts: u64, client: &str) -> Offer {
+    Offer {
+        client: Some(client.to_owned()),
+        ..offer(role, ts)
+    }
+}
+
 /// An authentic server offer for `room` whose only candidate never answers.
 fn offer(role: Role, ts: u64) -> Offer {
     Offer {
@@ -41,6 +57,8 @@ fn offer(role: Role, ts: u64) -> Offer {
         nat: "open".into(),
         predict: None,
         comb: None,
+        client: None,
+        refused: None,
     }
 }
 
@@ -61,31 +79,47 @@ fn forged_stale_reflected_and_foreign_offers_do_not_disturb_the_wait() {
         .unwrap();
     assert!(wait_until(Duration::from_secs(5), || client.state()
         == State::Signaling));
-    let mb = mailbox(&rv, &room);
+    let mb = own_mailbox(&rv, &room, &client);
+    let id = client.stats().client_id.unwrap();
     let now = unix_now();
     let window = stunfwd_core::signal::OFFER_WINDOW.as_secs();
     let v1 = r#"{"v":1,"id":"5f0c6c1e9a3b47d2a1e0f3c4b5d6e7f8","candidates":[],"host":0,"fp":"ab","nat":"x","mac":"00"}"#;
-    let genuine = offer(Role::Server, now);
+    let genuine = offer_for(Role::Server, now, &id);
     let mut forged: serde_json::Value = serde_json::from_str(&genuine.encode(&key, &room)).unwrap();
     forged["nat"] = "open\n1\n0".into();
     forged["relay"] = 0.into();
+    let mut renamed: serde_json::Value =
+        serde_json::from_str(&genuine.encode(&key, &room)).unwrap();
+    renamed["client"] = "0".repeat(32).into();
     let bad: Vec<(&str, String)> = vec![
         ("MAC does not verify", forged.to_string()),
+        // Another client's id put in: the MAC covers it.
+        ("MAC does not verify", renamed.to_string()),
         (
             "stale",
-            offer(Role::Server, now - window - 60).encode(&key, &room),
+            offer_for(Role::Server, now - window - 60, &id).encode(&key, &room),
         ),
         (
             "stale",
-            offer(Role::Server, now + window + 60).encode(&key, &room),
+            offer_for(Role::Server, now + window + 60, &id).encode(&key, &room),
         ),
         (
             "client peer where a server peer",
-            offer(Role::Client, now).encode(&key, &room),
+            offer_for(Role::Client, now, &id).encode(&key, &room),
         ),
         (
             "MAC does not verify",
-            offer(Role::Server, now).encode(&key, "another-room"),
+            offer_for(Role::Server, now, &id).encode(&key, "another-room"),
+        ),
+        // A genuine offer the server made for another client, moved here.
+        (
+            "where one for client",
+            offer_for(Role::Server, now, &"1".repeat(32)).encode(&key, &room),
+        ),
+        // The server's announcement, which names no client, moved here.
+        (
+            "offer for no client where",
+            offer(Role::Server, now).encode(&key, &room),
         ),
         ("older stunfwd", v1.to_owned()),
     ];
@@ -122,7 +156,10 @@ fn forged_stale_reflected_and_foreign_offers_do_not_disturb_the_wait() {
     // After the burst, the next rejection is reported again, with the count between.
     std::thread::sleep(Duration::from_secs(5));
     rv.rt
-        .block_on(mb.post(Role::Server, &offer(Role::Client, now).encode(&key, &room)))
+        .block_on(mb.post(
+            Role::Server,
+            &offer_for(Role::Client, now, &id).encode(&key, &room),
+        ))
         .unwrap();
     assert!(wait_until(Duration::from_secs(5), || events
         .lock()
@@ -146,15 +183,16 @@ fn replayed_offers_are_refused_and_every_attempt_has_a_new_id() {
     let rv = Rendezvous::start();
     let room = room();
     let key = RoomKey::derive(&room, Some(SECRET));
-    let mb = mailbox(&rv, &room);
     let client = Engine::start(rv.config("client", &room, SECRET, &[])).unwrap();
+    let mb = own_mailbox(&rv, &room, &client);
+    let lobby = mailbox(&rv, &room);
 
     // With a secret the rendezvous has nothing under the room name.
     let by_name =
         SignalClient::new(&rv.url, &room, Duration::from_millis(50), Arc::default()).unwrap();
     assert!(wait_until(Duration::from_secs(5), || rv
         .rt
-        .block_on(mb.get(Role::Client, None, None))
+        .block_on(lobby.get(Role::Client, None, None))
         .unwrap()
         .is_some()));
     assert_eq!(

@@ -53,6 +53,8 @@ fn offer() -> Offer {
         nat: "none".into(),
         predict: None,
         comb: None,
+        client: None,
+        refused: None,
     }
 }
 

@@ -37,11 +37,13 @@ prop_compose! {
         turn in any::<bool>(),
         host_pick in any::<usize>(),
         relay_pick in any::<usize>(),
+        client in proptest::option::of(hex_string(16)),
+        refused in proptest::option::of("[ -~]{0,200}"),
     ) -> Offer {
         let host_count = host_pick % (candidates.len() + 1);
         let relay_count = relay_pick % (candidates.len() - host_count + 1);
         let role = if server { Role::Server } else { Role::Client };
-        Offer { role, id, nonce, ts, candidates, host_count, relay_count, turn, fp, nat, predict: None, comb: None }
+        Offer { role, id, nonce, ts, candidates, host_count, relay_count, turn, fp, nat, predict: None, comb: None, client, refused }
     }
 }
 

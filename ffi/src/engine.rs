@@ -69,6 +69,12 @@ pub enum stunfwd_event_kind {
     /// Something to know that is not a failure, e.g. running without a secret; see
     /// `message`.
     Warning = 4,
+    /// Server side: one client's tunnel changed state. `message` is
+    /// `client <id>: <state>` (the id: 32 hex characters), `json` is
+    /// `{"event":"client_state","client":"<id>","state":{...}}`; `state` and `path`
+    /// describe the engine as a whole (connected while any client is). The stats JSON
+    /// lists every client under `clients`.
+    ClientState = 5,
 }
 
 /// An event, valid only during the callback (copy what you keep).
@@ -232,6 +238,11 @@ fn deliver(sink: EventSink, event: &Event, state: &State) {
         ),
         Event::PeerRejected { reason } => (stunfwd_event_kind::PeerRejected, 0, reason.clone()),
         Event::Warning { message } => (stunfwd_event_kind::Warning, 0, message.clone()),
+        Event::ClientState { client, state } => (
+            stunfwd_event_kind::ClientState,
+            0,
+            format!("client {client}: {state}"),
+        ),
     };
     let path = match state {
         State::Connected { path, .. } => Some(*path),

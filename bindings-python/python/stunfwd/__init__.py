@@ -45,6 +45,7 @@ from ._signal import SignalServer
 from ._stunfwd import __version__
 from ._types import (
     Address,
+    ClientStateChanged,
     EngineWarning,
     Event,
     MappingAdded,
@@ -74,6 +75,7 @@ __all__ = [
     "MappingRemoved",
     "PeerRejected",
     "EngineWarning",
+    "ClientStateChanged",
     "StunfwdError",
     "ConfigError",
     "AddressInUseError",

@@ -191,7 +191,7 @@ class Engine:
 
         Keys: ``mode``, ``room``, ``insecure`` (no ``secret`` set), ``state`` (``{"state": "connected", "path": ...,
         "peer": ..., "technique": ...}``), ``path``, ``peer_addr``, ``technique`` (how the
-        path was found: ``checks``, ``birthday`` or ``relay``), ``local_addr``, ``public_addr``,
+        path was found: ``checks``, ``birthday``, ``prediction`` or ``relay``), ``local_addr``, ``public_addr``,
         ``nat_type``, ``peer_nat_type``, ``rtt_ms``, ``totals`` and, per mapping,
         ``mappings[i]["traffic"]`` (``connections_opened``, ``connections_active``,
         ``connections_failed``, ``bytes_sent``, ``bytes_received``, ``datagrams_sent``,
@@ -199,8 +199,13 @@ class Engine:
         ``timings`` (``*_ms``),
         ``reconnects``, ``birthday_sockets``, ``birthday_packets``,
         ``stun_discoveries``, ``signaling_requests``,
-        ``offers_rejected``, ``checks_unauthenticated``, ``last_error`` and
-        ``port_mapping`` (``protocol``, ``gateway``, ``external``, ``reason``). Addresses
+        ``offers_rejected``, ``checks_unauthenticated``, ``last_error``,
+        ``port_mapping`` (``protocol``, ``gateway``, ``external``, ``reason``),
+        ``client_id`` (client side: this client's id in the room) and ``clients``
+        (server side: one dict per client served, with ``id``, ``state``, ``path``,
+        ``peer_addr``, ``technique``, ``peer_nat_type``, ``rtt_ms``, ``local_addr``,
+        ``totals``, ``reconnects`` and ``last_error``; the top-level figures then
+        describe the client connected last, and ``totals`` sums them all). Addresses
         are ``"IP:PORT"`` strings; absent values are ``None``.
         """
         stats: Dict[str, Any] = json.loads(self._native.stats_json())

@@ -181,7 +181,23 @@ class EngineWarning:
     message: str
 
 
-Event = Union[StateChanged, MappingAdded, MappingRemoved, PeerRejected, EngineWarning]
+@dataclass(frozen=True)
+class ClientStateChanged:
+    """Server side: one client's tunnel changed state."""
+
+    client: str
+    """The client's id: 32 hex characters it chose at start (its ``stats()["client_id"]``)."""
+    info: StateInfo
+
+    @property
+    def state(self) -> State:
+        """The client's new state."""
+        return self.info.state
+
+
+Event = Union[
+    StateChanged, MappingAdded, MappingRemoved, PeerRejected, EngineWarning, ClientStateChanged
+]
 """What :meth:`Engine.on_event` callbacks receive."""
 
 
@@ -200,5 +216,9 @@ def _event_from_native(document: str, description: str) -> Optional[Event]:
         return PeerRejected(reason=d["reason"])
     if kind == "warning":
         return EngineWarning(message=d["message"])
+    if kind == "client_state":
+        return ClientStateChanged(
+            client=d["client"], info=StateInfo._from_dict(d["state"], description)
+        )
     return None
 

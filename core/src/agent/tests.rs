@@ -367,6 +367,8 @@ fn offer(
         nat: nat.into(),
         predict: None,
         comb: None,
+        client: None,
+        refused: None,
     }
 }
 

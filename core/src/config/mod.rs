@@ -48,11 +48,11 @@ use self::mapping::{check_duplicate_listeners, check_mapping, parse_mappings};
 use self::performance::parse_performance;
 use self::relay::{check_relay, parse_relay};
 use self::schema::{
-    Fields, ALLOW, BIND, INSECURE, MAPPINGS, METRICS_ADDR, MODE, PERFORMANCE, PORT_MAPPING,
-    PUNCH_TIMEOUT, RELAY, RELAY_POLICY, ROOM, SECRET, SIGNAL_CA_FILE, SIGNAL_URL, STUN_SERVERS,
-    TOP_FIELDS,
+    Fields, ALLOW, BIND, INSECURE, MAPPINGS, MAX_CLIENTS, METRICS_ADDR, MODE, PERFORMANCE,
+    PORT_MAPPING, PUNCH_TIMEOUT, RELAY, RELAY_POLICY, ROOM, SECRET, SIGNAL_CA_FILE, SIGNAL_URL,
+    STUN_SERVERS, TOP_FIELDS,
 };
-use self::values::{check_duration, expect_str, fmt_duration, parse_duration};
+use self::values::{check_duration, expect_str, fmt_duration, parse_duration, parse_usize};
 use crate::error::{Error, Result};
 
 /// Which side of the tunnel this peer is.
@@ -140,6 +140,9 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// `punchTimeout`: how long hole punching may take. Default 10 s, 1 s-300 s.
     pub punch_timeout: Duration,
+    /// `maxClients` (server mode): how many clients the engine serves at once, each
+    /// with its own tunnel and UDP socket. Default [`DEFAULT_MAX_CLIENTS`], 1-1000.
+    pub max_clients: usize,
     /// `performance`: tuning knobs.
     pub performance: Performance,
 }
@@ -162,10 +165,20 @@ impl fmt::Debug for Config {
             .field("port_mapping", &self.port_mapping)
             .field("metrics_addr", &self.metrics_addr)
             .field("punch_timeout", &self.punch_timeout)
+            .field("max_clients", &self.max_clients)
             .field("performance", &self.performance)
             .finish()
     }
 }
+
+/// Default `maxClients`: a home server or a small game host serves a handful of
+/// devices; 32 covers that with room to spare, while a leaked secret cannot make the
+/// server open thousands of sockets and tunnels (each client costs one UDP socket, one
+/// QUIC endpoint and a few hundred KB).
+pub const DEFAULT_MAX_CLIENTS: usize = 32;
+/// Largest `maxClients` accepted.
+pub const MAX_MAX_CLIENTS: usize = 1000;
+const MAX_CLIENTS_EXPECTED: &str = "a whole number of clients from 1 to 1000 (default 32)";
 
 const MODE_EXPECTED: &str = "\"client\" or \"server\" (the Go tool's \"sender\" and \"receiver\" \
      also work)";
@@ -334,6 +347,11 @@ impl Config {
             Some((key, v)) => parse_duration(&key, v)?,
         };
 
+        let max_clients = match top.get(&MAX_CLIENTS)? {
+            None => DEFAULT_MAX_CLIENTS,
+            Some((key, v)) => parse_usize(&key, v, MAX_CLIENTS_EXPECTED)?,
+        };
+
         let performance = match top.get(&PERFORMANCE)? {
             None => Performance::default(),
             Some((key, v)) => parse_performance(&key, v)?,
@@ -355,6 +373,7 @@ impl Config {
             port_mapping,
             metrics_addr,
             punch_timeout,
+            max_clients,
             performance,
         };
         config.validate()?;
@@ -403,6 +422,14 @@ impl Config {
             Duration::from_secs(1),
             Duration::from_secs(300),
         )?;
+        if !(1..=MAX_MAX_CLIENTS).contains(&self.max_clients) {
+            return Err(Error::config(
+                "maxClients",
+                self.max_clients.to_string(),
+                "out of range",
+                MAX_CLIENTS_EXPECTED,
+            ));
+        }
         self.performance.check("performance")
     }
 
@@ -452,6 +479,7 @@ impl Config {
             PUNCH_TIMEOUT.name.into(),
             fmt_duration(self.punch_timeout).into(),
         );
+        m.insert(MAX_CLIENTS.name.into(), self.max_clients.into());
         m.insert(PERFORMANCE.name.into(), self.performance.to_json());
         Value::Object(m)
     }

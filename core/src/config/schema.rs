@@ -44,6 +44,7 @@ pub(super) const RELAY_POLICY: Field = field("relayPolicy");
 pub(super) const PORT_MAPPING: Field = field("portMapping");
 pub(super) const METRICS_ADDR: Field = field("metricsAddr");
 pub(super) const PUNCH_TIMEOUT: Field = field("punchTimeout");
+pub(super) const MAX_CLIENTS: Field = field("maxClients");
 pub(super) const PERFORMANCE: Field = field("performance");
 pub(super) const TOP_FIELDS: &[Field] = &[
     MODE,
@@ -58,6 +59,7 @@ pub(super) const TOP_FIELDS: &[Field] = &[
     BIND,
     RELAY,
     RELAY_POLICY,
+    MAX_CLIENTS,
     PORT_MAPPING,
     METRICS_ADDR,
     PUNCH_TIMEOUT,

@@ -184,6 +184,8 @@ pub(crate) fn build_offer(
         nat: our_nat(shared, disc).as_str().to_owned(),
         predict: None,
         comb: None,
+        client: shared.client.clone(),
+        refused: None,
     }
 }
 
@@ -332,17 +334,28 @@ pub(crate) async fn connect_once(
     shared.set_state(State::Signaling);
     let mut offer = build_offer(shared, &disc, relayed, plan);
     let ts = Instant::now();
+    let encoded = offer.encode(&shared.key, &shared.config.room);
     shared
         .signal
-        .post(shared.role, &offer.encode(&shared.key, &shared.config.room))
+        .post(shared.role, &encoded)
         .await
         .map_err(|e| format!("cannot post our offer: {e}"))?;
-    let peer = wait_for_offer(shared, Duration::from_secs(60), |_| true).await;
-    let mut peer = match peer {
+    // A client knocks at the room's mailbox until the server answers in its own.
+    let waited = super::knock::knocking(
+        shared,
+        &encoded,
+        wait_for_offer(shared, Duration::from_secs(60), |_| true),
+    );
+    let mut peer = match waited.await {
         Ok(p) => p,
         Err(Error::Timeout(_)) => return Ok(None),
         Err(e) => return Err(Attempt::Retry(format!("rendezvous: {e}"))),
     };
+    if let Some(why) = &peer.refused {
+        return Err(Attempt::Retry(format!(
+            "the server peer refused this client: {why}; retrying"
+        )));
+    }
     let signal_ms = ts.elapsed();
     {
         let mut p = lock(&shared.peer);

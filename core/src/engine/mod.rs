@@ -25,6 +25,8 @@ mod accept;
 mod attempt;
 mod birthdays;
 mod driver;
+mod hub;
+mod knock;
 mod mappings;
 mod offers;
 mod portmap;
@@ -185,7 +187,10 @@ impl Engine {
         );
         let setup = {
             let config = config.clone();
-            run_blocking(&handle, setup(config, span.clone()).instrument(span))
+            run_blocking(
+                &handle,
+                setup(config, span.clone(), setup::Part::Engine).instrument(span),
+            )
         };
         let (shared, incoming) = match setup {
             Some(Ok(s)) => s,
@@ -247,7 +252,16 @@ impl Engine {
             shared.emit(Event::Warning { message });
         }
         let span = shared.span.clone();
-        handle.spawn(drive(shared, incoming).instrument(span));
+        match shared.hub.clone() {
+            // A server serves each client of its room through a session of its own.
+            Some(hub) => {
+                drop(incoming);
+                handle.spawn(hub::serve(shared, hub).instrument(span));
+            }
+            None => {
+                handle.spawn(drive(shared, incoming).instrument(span));
+            }
+        }
         Ok(engine)
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::shared::Shared;
 use crate::error::Result;
-use crate::signal::proto::{unix_now, Offer};
+use crate::signal::proto::{unix_now, Offer, OfferError};
 use crate::sync::lock;
 
 /// Waits for an authentic, fresh peer offer that `want` accepts. Rejected offers are
@@ -28,6 +28,16 @@ pub(crate) async fn wait_for_offer(
                     return None;
                 }
             };
+            // Each client's mailbox holds offers made for that client only.
+            if offer.client != shared.client {
+                shared.offer_rejected(&OfferError::WrongClient {
+                    got: offer
+                        .client
+                        .map_or_else(|| "no client".into(), |c| format!("client {c}")),
+                    expected: shared.client.clone().unwrap_or_default(),
+                });
+                return None;
+            }
             let mut guard = lock(&shared.offer_guard);
             if guard.is_latest(&offer.nonce) {
                 return None;

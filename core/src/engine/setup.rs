@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::accept::accept_loop;
 use super::portmap::PortMapper;
 use super::responder::stun_dispatch;
-use super::shared::{Incoming, PeerInfo, RejectionReports, Shared, StateCell};
+use super::shared::{Hub, Incoming, PeerInfo, RejectionReports, Shared, StateCell};
 use super::snapshot::snapshot;
 use crate::config::{Config, Mode};
 use crate::error::{Error, Result};
@@ -27,14 +27,44 @@ use crate::stun::client::StunAgent;
 use crate::tunnel::{self, Identity, PinnedPeer};
 use crate::turn::allocation::RelayAllocation;
 
-pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Shared>, Incoming)> {
+/// Who an engine's shared state is for (issue #18).
+pub(crate) enum Part {
+    /// The engine itself: a client (with a fresh client id), or a server (its clients'
+    /// hub).
+    Engine,
+    /// A server's session for one client.
+    Session {
+        /// The client's id.
+        client: String,
+        /// Told of each of the session's state changes.
+        changed: Arc<tokio::sync::Notify>,
+        /// The server engine's certificate: every client sees the same server.
+        identity: Identity,
+    },
+}
+
+pub(crate) async fn setup(
+    config: Config,
+    span: tracing::Span,
+    part: Part,
+) -> Result<(Arc<Shared>, Incoming)> {
     let role = match config.mode {
         Mode::Client => Role::Client,
         Mode::Server => Role::Server,
     };
+    let (client, hub_changed, identity) = match part {
+        Part::Session {
+            client,
+            changed,
+            identity,
+        } => (Some(client), Some(changed), identity),
+        Part::Engine if role == Role::Client => {
+            (Some(Offer::new_id()), None, Identity::generate()?)
+        }
+        Part::Engine => (None, None, Identity::generate()?),
+    };
     let key = RoomKey::derive(&config.room, config.secret.as_deref());
     let password = key.stun_password();
-    let identity = Identity::generate()?;
     let pinned = PinnedPeer::new();
 
     let std_socket = bind_tunnel_socket(config.bind, config.performance.udp_buffer_size)?;
@@ -78,7 +108,14 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
     let agent = StunAgent::new(demux);
     let root = CancellationToken::new();
     let turn = RelayAllocation::new(agent.clone(), config.relay.clone(), root.clone());
-    let portmap = PortMapper::start(config.port_mapping, local_addr, root.clone());
+    // The server engine itself carries no tunnel: its sessions map their own ports.
+    let is_hub = role == Role::Server && client.is_none();
+    let port_mapping = if is_hub {
+        crate::config::PortMapping::Off
+    } else {
+        config.port_mapping
+    };
+    let portmap = PortMapper::start(port_mapping, local_addr, root.clone());
 
     let signaling_requests = Arc::new(AtomicU64::new(0));
     // With a secret the rendezvous sees a name derived from the room key, so knowing
@@ -87,13 +124,24 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         Some(s) if !s.is_empty() => key.mailbox_name(),
         _ => config.room.to_string(),
     };
-    let signal = SignalClient::with_ca_file(
+    let room_signal = SignalClient::with_ca_file(
         &config.signal_url,
         &mailbox,
         config.performance.signal_backoff,
         signaling_requests.clone(),
         config.signal_ca_file.as_deref(),
     )?;
+    // A client and a server's session for it talk in the client's own mailbox; the
+    // room's is where clients knock and the server announces itself.
+    let (signal, lobby) = match &client {
+        Some(id) => {
+            let own = room_signal.for_room(&key.client_mailbox(id));
+            let lobby = (role == Role::Client).then_some(room_signal);
+            (own, lobby)
+        }
+        None => (room_signal, None),
+    };
+    let hub = is_hub.then(Hub::new);
     let totals = Arc::new(Counters::default());
     let (conn_tx, conn_rx) = watch::channel(None);
     let ctx = Ctx::new(
@@ -156,6 +204,10 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         auth_failed: AtomicBool::new(false),
         metrics_addr,
         span,
+        client,
+        lobby,
+        hub_changed,
+        hub,
         config,
     });
     if let Some(listener) = metrics_listener {
@@ -168,7 +220,8 @@ pub(crate) async fn setup(config: Config, span: tracing::Span) -> Result<(Arc<Sh
         });
     }
     crate::spawn(stun_dispatch(shared.clone(), stun_rx));
-    if role == Role::Server {
+    // The server engine itself only reads the room; its sessions accept the tunnels.
+    if role == Role::Server && shared.hub.is_none() {
         crate::spawn(accept_loop(
             shared.clone(),
             endpoint,

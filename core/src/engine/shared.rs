@@ -179,6 +179,17 @@ pub(crate) struct Shared {
     /// `engine{room, mode}`: the parent span of every task, so each log line carries
     /// the room.
     pub(crate) span: tracing::Span,
+    /// Many clients (issue #18). A client engine: its own id. A server's session for
+    /// one client: that client's id. The server engine itself: `None`.
+    pub(crate) client: Option<String>,
+    /// A client engine: the room's own mailbox, where it knocks and reads the server's
+    /// announcements (`signal` is its own mailbox). `None` on the server side.
+    pub(crate) lobby: Option<SignalClient>,
+    /// A server's session for one client: told of each state change, so the engine's
+    /// own state follows its clients'.
+    pub(crate) hub_changed: Option<Arc<tokio::sync::Notify>>,
+    /// The server engine itself: its clients' sessions.
+    pub(crate) hub: Option<Arc<Hub>>,
 }
 
 impl Shared {
@@ -202,6 +213,17 @@ impl Shared {
     }
 
     pub(crate) fn emit(&self, event: Event) {
+        // A client's session speaks for that client: its state is the client's.
+        let event = match (&self.hub_changed, event) {
+            (Some(changed), Event::State { state }) => {
+                changed.notify_one();
+                Event::ClientState {
+                    client: self.client.clone().unwrap_or_default(),
+                    state,
+                }
+            }
+            (_, event) => event,
+        };
         if let Some(tx) = lock(&self.events_tx).as_ref() {
             let _ = tx.send(event);
         }
@@ -316,4 +338,62 @@ pub(crate) async fn peer_restarted(shared: &Shared) -> String {
 pub(crate) struct RejectionReports {
     pub(crate) last: Option<Instant>,
     pub(crate) suppressed: u64,
+}
+
+/// The server engine's clients (issue #18; `hub` runs them).
+pub(crate) struct Hub {
+    pub(crate) sessions: Mutex<BTreeMap<String, Session>>,
+    /// A session changed state.
+    pub(crate) changed: Arc<tokio::sync::Notify>,
+}
+
+pub(crate) struct Session {
+    pub(crate) shared: Arc<Shared>,
+    /// When the session last had no tunnel (`None` while it has one).
+    pub(crate) idle_since: Option<Instant>,
+    /// When its tunnel came up last.
+    pub(crate) connected_at: Option<Instant>,
+    pub(crate) opened: Instant,
+}
+
+impl Hub {
+    pub(crate) fn new() -> Arc<Hub> {
+        Arc::new(Hub {
+            sessions: Mutex::new(BTreeMap::new()),
+            changed: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// The sessions, the one the engine's own figures follow first.
+    pub(crate) fn sessions(&self) -> Vec<Arc<Shared>> {
+        let sessions = lock(&self.sessions);
+        let lead = lead(&sessions);
+        let mut list: Vec<Arc<Shared>> = Vec::with_capacity(sessions.len());
+        list.extend(lead.map(|(_, s)| s.shared.clone()));
+        list.extend(
+            sessions
+                .iter()
+                .filter(|(id, _)| Some(*id) != lead.map(|(l, _)| l))
+                .map(|(_, s)| s.shared.clone()),
+        );
+        list
+    }
+
+    /// Takes every session out, for the engine's shutdown.
+    pub(crate) fn drain(&self) -> Vec<Arc<Shared>> {
+        std::mem::take(&mut *lock(&self.sessions))
+            .into_values()
+            .map(|s| s.shared)
+            .collect()
+    }
+}
+
+/// The session the engine's state and top-level figures follow: the client connected
+/// last, or, with none connected, the one that came last.
+pub(crate) fn lead(sessions: &BTreeMap<String, Session>) -> Option<(&String, &Session)> {
+    sessions
+        .iter()
+        .filter(|(_, s)| s.connected_at.is_some() && s.idle_since.is_none())
+        .max_by_key(|(_, s)| s.connected_at)
+        .or_else(|| sessions.iter().max_by_key(|(_, s)| s.opened))
 }

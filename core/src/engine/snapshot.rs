@@ -5,12 +5,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::shared::Shared;
-use crate::stats::{MappingStats, Stats};
+use crate::stats::{ClientStats, MappingStats, Stats, Traffic};
 use crate::status::{PathKind, State};
 use crate::stun::client::NatType;
 use crate::sync::lock;
 
 pub(crate) async fn shutdown(shared: &Arc<Shared>, timeout: Duration) {
+    // A server's sessions first, all at once: each client is told `stopped`.
+    if let Some(hub) = &shared.hub {
+        let mut ended = tokio::task::JoinSet::new();
+        for session in hub.drain() {
+            ended.spawn(async move {
+                close_tunnel(&session, timeout).await;
+                session.set_state(State::Stopped);
+                // Its events went through the engine's channel: let go of it, so the
+                // event thread ends.
+                lock(&session.events_tx).take();
+            });
+        }
+        while ended.join_next().await.is_some() {}
+    }
+    close_tunnel(shared, timeout).await;
+}
+
+/// Cancels one peer's tasks, removes its offer, closes its tunnel and endpoint, and
+/// deletes its router mapping.
+pub(crate) async fn close_tunnel(shared: &Arc<Shared>, timeout: Duration) {
     shared.root.cancel();
     let budget = (timeout / 3).min(Duration::from_secs(1));
     // Our offer goes before the tunnel: a peer that sees the tunnel close and reads the
@@ -31,6 +51,72 @@ pub(crate) async fn shutdown(shared: &Arc<Shared>, timeout: Duration) {
 }
 
 pub(crate) fn snapshot(shared: &Shared) -> Stats {
+    match &shared.hub {
+        Some(hub) => hub_snapshot(shared, &hub.sessions()),
+        None => peer_snapshot(shared),
+    }
+}
+
+/// A server's figures: those of its lead client (see `hub::lead`) with the engine's
+/// own state, every client listed, and the sums of all.
+fn hub_snapshot(engine: &Shared, sessions: &[Arc<Shared>]) -> Stats {
+    let mut stats = match sessions.first() {
+        Some(lead) => peer_snapshot(lead),
+        None => peer_snapshot(engine),
+    };
+    let clients: Vec<(ClientStats, Stats)> = sessions
+        .iter()
+        .map(|s| {
+            let one = peer_snapshot(s);
+            let client = ClientStats {
+                id: s.client.clone().unwrap_or_default(),
+                state: one.state.clone(),
+                path: one.path,
+                peer_addr: one.peer_addr,
+                technique: one.technique,
+                peer_nat_type: one.peer_nat_type,
+                rtt_ms: one.rtt_ms,
+                local_addr: one.local_addr,
+                totals: one.totals.clone(),
+                reconnects: one.reconnects,
+                last_error: one.last_error.clone(),
+            };
+            (client, one)
+        })
+        .collect();
+    let mut totals = Traffic::default();
+    let (mut rejected, mut requests) = (
+        engine.offers_rejected.load(Ordering::Acquire),
+        engine.signaling_requests.load(Ordering::Relaxed),
+    );
+    let (mut unauthenticated, mut reconnects) = (0, 0);
+    for (_, one) in &clients {
+        totals.add(&one.totals);
+        rejected += one.offers_rejected;
+        requests += one.signaling_requests;
+        unauthenticated += one.checks_unauthenticated;
+        reconnects += one.reconnects;
+    }
+    stats.state = engine.state();
+    stats.totals = totals;
+    stats.offers_rejected = rejected;
+    stats.signaling_requests = requests;
+    stats.checks_unauthenticated = unauthenticated;
+    stats.reconnects = reconnects;
+    stats.last_error = lock(&engine.last_error).clone().or(stats.last_error);
+    if !stats.state.is_connected() {
+        stats.path = None;
+        stats.peer_addr = None;
+        stats.technique = None;
+        stats.rtt_ms = None;
+        stats.relay_server = None;
+    }
+    stats.clients = clients.into_iter().map(|(c, _)| c).collect();
+    stats
+}
+
+/// One peer's figures: a client engine's, or one session of a server.
+fn peer_snapshot(shared: &Shared) -> Stats {
     let state = shared.state();
     let peer = lock(&shared.peer);
     let disc = lock(&shared.discovery).clone();
@@ -81,5 +167,10 @@ pub(crate) fn snapshot(shared: &Shared) -> Stats {
         checks_unauthenticated: shared.checks_unauthenticated.load(Ordering::Relaxed),
         last_error: lock(&shared.last_error).clone(),
         port_mapping: shared.portmap.status(),
+        client_id: match shared.role {
+            crate::signal::proto::Role::Client => shared.client.clone(),
+            crate::signal::proto::Role::Server => None,
+        },
+        clients: Vec::new(),
     }
 }

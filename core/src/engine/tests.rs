@@ -17,7 +17,9 @@ async fn forged_data_indications_add_no_routes() {
         "signalUrl": "http://127.0.0.1:9/", "bind": "127.0.0.1:0",
     }))
     .expect("config");
-    let (shared, _incoming) = setup(config, tracing::Span::none()).await.expect("setup");
+    let (shared, _incoming) = setup(config, tracing::Span::none(), super::setup::Part::Engine)
+        .await
+        .expect("setup");
     let turn_server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let socket = shared.agent.socket().clone();
     socket.set_relay_server(Some(turn_server.local_addr().expect("addr")));

@@ -20,7 +20,7 @@ const NOT_READY_PAUSE: Duration = Duration::from_millis(100);
 /// supersedes the one in use (`None` when none is in use).
 pub(crate) fn newer_peer_offer(shared: &Shared, data: &str) -> Option<String> {
     let offer = Offer::decode(data, &shared.key, &shared.config.room).ok()?;
-    if offer.role != shared.role.peer() {
+    if offer.role != shared.role.peer() || offer.client != shared.client {
         return None;
     }
     let peer = lock(&shared.peer);
@@ -87,6 +87,43 @@ pub(crate) async fn peer_replaced(shared: &Shared) -> String {
     tokio::select! {
         id = peer_restarted(shared) => id,
         id = watch_room(shared) => id,
+        id = server_restarted(shared) => {
+            tracing::info!(announcement = %id, "the server peer restarted");
+            id
+        }
+    }
+}
+
+/// A client's watch on the room's own mailbox: a server process other than ours
+/// announced itself there after our tunnel's offer was made (the server restarted,
+/// and knows nothing of us: its sessions wait for our knock). Never resolves on the
+/// server side.
+async fn server_restarted(shared: &Shared) -> String {
+    let Some(lobby) = &shared.lobby else {
+        return std::future::pending().await;
+    };
+    loop {
+        let current = lock(&shared.peer).offer.clone();
+        let Some(current) = current else {
+            tokio::time::sleep(NOT_READY_PAUSE).await;
+            continue;
+        };
+        let newer = |data: &str| {
+            let offer = Offer::decode(data, &shared.key, &shared.config.room).ok()?;
+            let fresh = unix_now().abs_diff(offer.ts) <= OFFER_WINDOW.as_secs();
+            let another = offer.role == crate::signal::proto::Role::Server
+                && offer.client.is_none()
+                && offer.fp != current.fp
+                && offer.ts >= current.ts;
+            (another && fresh).then_some(offer.id)
+        };
+        match lobby
+            .wait_for(crate::signal::proto::Role::Server, WATCH_WAIT, newer)
+            .await
+        {
+            Ok(id) => return id,
+            Err(_) => tokio::time::sleep(NOT_READY_PAUSE).await,
+        }
     }
 }
 
@@ -109,6 +146,8 @@ mod tests {
             nat: "cone".into(),
             predict: None,
             comb: None,
+            client: None,
+            refused: None,
         }
     }
 

@@ -141,6 +141,17 @@ impl SignalClient {
         &self.room
     }
 
+    /// A client of another room on the same server, sharing this one's HTTP
+    /// connections and request counter (its own wake-ups). `room` is one this code
+    /// derived (a mailbox name), so it is not checked again.
+    pub fn for_room(&self, room: &str) -> SignalClient {
+        SignalClient {
+            room: room.into(),
+            wake: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// Asks a [`SignalClient::wait_for`] that is sleeping between polls (against a
     /// mailbox that does not long-poll) to read the mailbox now: the peer has shown
     /// that it posted something (it sent us a check or a handshake). Cheap and safe to

@@ -13,8 +13,10 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+mod canonical;
 mod fields;
-use fields::{count_field, is_lower_hex, malformed, ports_field, str_field, truncate};
+use canonical::Canonical;
+use fields::{count_field, is_lower_hex, malformed, ports_field, str_field, text_field, truncate};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -49,6 +51,8 @@ const OFFER_MAC_DOMAIN: &[u8] = b"stunfwd-offer-v2\0";
 
 /// Domain-separation message of the mailbox name derivation.
 const MAILBOX_DOMAIN: &str = "stunfwd/v2/mailbox";
+/// Domain of a client's own mailbox name.
+const CLIENT_MAILBOX_DOMAIN: &str = "stunfwd/v2/mailbox/client/";
 
 /// Domain-separation prefix of the room key derivation.
 const ROOM_KEY_DOMAIN: &str = "stunfwd/v1/";
@@ -149,6 +153,16 @@ impl RoomKey {
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// The mailbox of one client of the room (issue #18): 64 hex characters,
+    /// HMAC-SHA256(room key, `"stunfwd/v2/mailbox/client/"` + `client`). Only the
+    /// client and the server peer (which reads `client` from its knock) can name it.
+    pub fn client_mailbox(&self, client: &str) -> String {
+        let mut mac = self.mac();
+        mac.update(CLIENT_MAILBOX_DOMAIN.as_bytes());
+        mac.update(client.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
     fn mac(&self) -> HmacSha256 {
         HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length")
     }
@@ -199,10 +213,21 @@ pub struct Offer {
     /// sockets, one toward each port of the client's `predict`, in that order (empty:
     /// no comb). Only in the offer a server posts in answer to a `predict`.
     pub comb: Option<Vec<u16>>,
+    /// Many clients (issue #18): the client this offer is from or for, 32 lowercase hex
+    /// characters chosen by the client for its engine's life. Every offer in a
+    /// client's own mailbox names it, so an offer made for one client is refused in
+    /// another's; `None` only in the server's announcement in the room's mailbox.
+    pub client: Option<String>,
+    /// The server refuses this client, and says why (for example: it serves its
+    /// maximum of clients); at most [`MAX_REFUSAL_LEN`] bytes.
+    pub refused: Option<String>,
 }
 
 /// Most ports in an offer's `predict` or `comb`.
 pub const MAX_PREDICTED: usize = 32;
+
+/// Longest refusal reason in an offer.
+pub const MAX_REFUSAL_LEN: usize = 200;
 
 /// Why an offer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -240,6 +265,15 @@ pub enum OfferError {
     /// Authentic and fresh, but its nonce was accepted before.
     #[error("replayed offer: its nonce was already accepted")]
     Replayed,
+    /// Authentic, but made for another client of the room (or for none): a misplaced
+    /// or replayed offer.
+    #[error("offer for {got} where one for client {expected} was expected: a misplaced or replayed offer")]
+    WrongClient {
+        /// The client the offer names (`no client` when it names none).
+        got: String,
+        /// The client we are, or serve.
+        expected: String,
+    },
 }
 
 impl From<OfferError> for crate::Error {
@@ -248,7 +282,8 @@ impl From<OfferError> for crate::Error {
             OfferError::BadMac
             | OfferError::WrongRole { .. }
             | OfferError::Stale { .. }
-            | OfferError::Replayed => crate::Error::PeerAuth(e.to_string()),
+            | OfferError::Replayed
+            | OfferError::WrongClient { .. } => crate::Error::PeerAuth(e.to_string()),
             OfferError::Malformed(_)
             | OfferError::OldVersion
             | OfferError::UnsupportedVersion(_) => crate::Error::Signal(e.to_string()),
@@ -275,77 +310,11 @@ struct WireOffer<'a> {
     predict: Option<&'a [u16]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     comb: Option<&'a [u16]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'a str>,
     mac: String,
-}
-
-/// The authenticated content of an offer, as fed to the MAC.
-struct Canonical<'a> {
-    room: &'a str,
-    role: &'a str,
-    id: &'a str,
-    nonce: &'a str,
-    ts: u64,
-    candidates: &'a [String],
-    host: usize,
-    relay: usize,
-    turn: bool,
-    fp: &'a str,
-    nat: &'a str,
-    predict: Option<&'a [u16]>,
-    comb: Option<&'a [u16]>,
-}
-
-impl Canonical<'_> {
-    /// The canonical bytes (`docs/protocol.md` §3): the domain tag, then every field as
-    /// a 4-byte big-endian length and its bytes, in a fixed order. The candidate list
-    /// is one field whose bytes are each candidate, length-prefixed the same way.
-    fn bytes(&self) -> Vec<u8> {
-        fn field(out: &mut Vec<u8>, bytes: &[u8]) {
-            // Offers are at most 16 KiB, so every length fits in 4 bytes.
-            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            out.extend_from_slice(bytes);
-        }
-        let mut list = Vec::new();
-        for c in self.candidates {
-            field(&mut list, c.as_bytes());
-        }
-        let mut out = Vec::with_capacity(256 + list.len());
-        out.extend_from_slice(OFFER_MAC_DOMAIN);
-        field(&mut out, self.room.as_bytes());
-        field(&mut out, self.role.as_bytes());
-        field(&mut out, self.id.as_bytes());
-        field(&mut out, self.nonce.as_bytes());
-        field(&mut out, self.ts.to_string().as_bytes());
-        field(&mut out, &list);
-        field(&mut out, self.host.to_string().as_bytes());
-        field(&mut out, self.relay.to_string().as_bytes());
-        field(&mut out, if self.turn { b"1" } else { b"0" });
-        field(&mut out, self.fp.as_bytes());
-        field(&mut out, self.nat.as_bytes());
-        // Port prediction's lists only when the offer has either (so offers without
-        // them keep the bytes they always had): each as its ports joined by commas,
-        // `none` when absent.
-        if self.predict.is_some() || self.comb.is_some() {
-            for list in [self.predict, self.comb] {
-                let text = match list {
-                    None => "none".to_owned(),
-                    Some(ports) => ports
-                        .iter()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                };
-                field(&mut out, text.as_bytes());
-            }
-        }
-        out
-    }
-
-    fn mac(&self, key: &RoomKey) -> [u8; 32] {
-        let mut mac = key.mac();
-        mac.update(&self.bytes());
-        mac.finalize().into_bytes().into()
-    }
 }
 
 impl Offer {
@@ -381,6 +350,8 @@ impl Offer {
             nat: &self.nat,
             predict: self.predict.as_deref(),
             comb: self.comb.as_deref(),
+            client: self.client.as_deref(),
+            refused: self.refused.as_deref(),
         };
         let wire = WireOffer {
             v: OFFER_VERSION,
@@ -396,6 +367,8 @@ impl Offer {
             nat: &self.nat,
             predict: self.predict.as_deref(),
             comb: self.comb.as_deref(),
+            client: self.client.as_deref(),
+            refused: self.refused.as_deref(),
             mac: hex::encode(canonical.mac(key)),
         };
         serde_json::to_string(&wire).expect("a struct of strings always serializes")
@@ -466,6 +439,8 @@ impl Offer {
             .ok_or_else(|| malformed("field `turn` is not a boolean"))?;
         let predict = ports_field(obj, "predict")?;
         let comb = ports_field(obj, "comb")?;
+        let client = text_field(obj, "client", ID_HEX_LEN)?;
+        let refused = text_field(obj, "refused", MAX_REFUSAL_LEN)?;
 
         if !is_lower_hex(mac_hex, 64) {
             return Err(malformed("field `mac` is not 64 lowercase hex characters"));
@@ -485,6 +460,8 @@ impl Offer {
             nat,
             predict: predict.as_deref(),
             comb: comb.as_deref(),
+            client: client.as_deref(),
+            refused: refused.as_deref(),
         };
         let mut expected = key.mac();
         expected.update(&canonical.bytes());
@@ -496,7 +473,8 @@ impl Offer {
         let role = role
             .parse::<Role>()
             .map_err(|_| malformed("field `role` is not `client` or `server`"))?;
-        for (name, value) in [("id", id), ("nonce", nonce)] {
+        let client_id = client.as_deref().unwrap_or(id);
+        for (name, value) in [("id", id), ("nonce", nonce), ("client", client_id)] {
             if !is_lower_hex(value, ID_HEX_LEN) {
                 return Err(malformed(format!(
                     "field `{name}` is not {ID_HEX_LEN} lowercase hex characters"
@@ -537,6 +515,8 @@ impl Offer {
             nat: nat.to_owned(),
             predict,
             comb,
+            client,
+            refused,
         })
     }
 }
@@ -646,6 +626,8 @@ mod tests {
             nat: "port-restricted".into(),
             predict: None,
             comb: None,
+            client: None,
+            refused: None,
         }
     }
 
@@ -1135,6 +1117,8 @@ mod tests {
                 nat: "x",
                 predict: None,
                 comb: None,
+                client: None,
+                refused: None,
             };
             let data = serde_json::json!({
                 "v": 2, "role": role, "id": id, "nonce": nonce, "ts": 1, "candidates": cands,

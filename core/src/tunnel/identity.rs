@@ -41,7 +41,9 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-/// A self-signed certificate and its key, generated fresh for every engine.
+/// A self-signed certificate and its key, generated fresh for every engine (a server
+/// engine's sessions, one per client, share it).
+#[derive(Clone)]
 pub struct Identity {
     cert: CertificateDer<'static>,
     key: Vec<u8>,

@@ -242,3 +242,30 @@ impl LogBuffer {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 }
+
+/// An authentic-looking offer of `role` with one candidate, a made-up certificate
+/// fingerprint, and `client` as the client it is from or for (sign it with
+/// `Offer::encode`).
+pub fn offer_with(
+    role: stunfwd_core::signal::proto::Role,
+    candidate: SocketAddr,
+    client: Option<String>,
+) -> stunfwd_core::signal::proto::Offer {
+    use stunfwd_core::signal::proto::Offer;
+    Offer {
+        role,
+        id: Offer::new_id(),
+        nonce: Offer::new_nonce(),
+        ts: stunfwd_core::signal::unix_now(),
+        candidates: vec![candidate],
+        host_count: 1,
+        relay_count: 0,
+        turn: false,
+        fp: "ab".repeat(32),
+        nat: "open".into(),
+        predict: None,
+        comb: None,
+        client,
+        refused: None,
+    }
+}

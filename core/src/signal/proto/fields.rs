@@ -68,3 +68,23 @@ pub(super) fn truncate(s: &str, max: usize) -> &str {
         None => s,
     }
 }
+
+/// An optional string field of at most `max` bytes, without control characters.
+pub(super) fn text_field(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    max: usize,
+) -> Result<Option<String>, OfferError> {
+    let Some(value) = obj.get(name) else {
+        return Ok(None);
+    };
+    value
+        .as_str()
+        .filter(|s| s.len() <= max && !s.chars().any(char::is_control))
+        .map(|s| Some(s.to_owned()))
+        .ok_or_else(|| {
+            malformed(format!(
+                "field `{name}` is not a string of at most {max} bytes without control characters"
+            ))
+        })
+}
