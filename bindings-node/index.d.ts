@@ -25,7 +25,8 @@ export declare class Engine {
    *
    * `onEvent`, if given, receives every event (`{ type: 'state', state }`,
    * `{ type: 'mapping', mapping }`, `{ type: 'error', error }`,
-   * `{ type: 'warning', warning }`) from the first
+   * `{ type: 'warning', warning }`, and on the server side
+   * `{ type: 'client', client }`) from the first
    * state change on. Listeners added with `on()` right after `start` see every
    * event too: events are delivered on later turns of the event loop.
    *
@@ -85,8 +86,9 @@ export declare class Engine {
    * Calls `listener` for every `event`: `'state'` with an `EngineState`,
    * `'mapping'` with a `MappingEvent`, `'error'` with an `Error` that has a `code`
    * (a rejected peer offer, `ERR_PEER_AUTH`; giving up for good, e.g. `ERR_NO_PATH`),
-   * `'warning'` with a string (e.g. running without a secret). Listeners run on the
-   * main thread; unlike an EventEmitter, an `'error'` event
+   * `'warning'` with a string (e.g. running without a secret), and on the server
+   * side `'client'` with a `ClientEvent` (one client's tunnel changed state).
+   * Listeners run on the main thread; unlike an EventEmitter, an `'error'` event
    * without a listener is ignored (the engine keeps retrying). Returns the engine.
    */
   on<K extends keyof EngineEvents>(event: K, listener: (arg: EngineEvents[K]) => void): this
@@ -133,6 +135,40 @@ export declare class SignalServer {
   stop(timeoutMs?: number): Promise<void>
 }
 
+/** A server's client whose tunnel changed state. */
+export interface ClientEvent {
+  /** The client's id: 32 hex characters it chose at start (its `stats().clientId`). */
+  id: string
+  /** Its tunnel's new state. */
+  state: EngineState
+}
+
+/** One client of a server-mode engine. */
+export interface ClientStats {
+  /** The client's id (32 hex characters). */
+  id: string
+  /** Its tunnel's state. */
+  state: EngineState
+  /** Path of its tunnel, when connected. */
+  path: 'direct' | 'lan' | 'relay' | null
+  /** Its address, when connected. */
+  peerAddr: string | null
+  /** How its tunnel's path was found, when connected. */
+  technique: 'checks' | 'birthday' | 'prediction' | 'relay' | null
+  /** Its NAT type, from its offer. */
+  peerNatType: string | null
+  /** Smoothed round-trip time of its tunnel, when connected. */
+  rttMs: number | null
+  /** Our socket for this client. */
+  localAddr: string
+  /** What was served for it. */
+  totals: TrafficStats
+  /** Its tunnel re-established after loss. */
+  reconnects: number
+  /** Its last failure, if any. */
+  lastError: string | null
+}
+
 /**
  * Durations of the connect phases of the latest successful connect, in
  * milliseconds (`null` before the first).
@@ -161,6 +197,7 @@ export type EngineEvent =
   | { type: 'mapping'; mapping: MappingEvent }
   | { type: 'error'; error: Error & { code: string } }
   | { type: 'warning'; warning: string }
+  | { type: 'client'; client: ClientEvent }
 
 /** The payload type of each event name, for `on`, `once` and `off`. */
 export interface EngineEvents {
@@ -178,6 +215,8 @@ export interface EngineEvents {
    * once, at start).
    */
   warning: string
+  /** Server side: one client's tunnel changed state. */
+  client: ClientEvent
 }
 
 /** Where an engine is in its life, with the details of that state. */
@@ -249,6 +288,14 @@ export interface EngineStats {
   checksUnauthenticated: number
   /** The last failure, if any. */
   lastError: string | null
+  /** Client side: this client's id in the room (what the server names it by). */
+  clientId: string | null
+  /**
+   * Server side: every client served now, each with its own tunnel (empty on the
+   * client side). The fields above describe the client connected last; `totals`
+   * sums them all.
+   */
+  clients: Array<ClientStats>
 }
 
 /** One log record of the library, as `setLogger`'s function receives it. */
