@@ -57,7 +57,10 @@ export declare class Engine {
    * details.
    */
   get state(): 'starting' | 'discovering' | 'signaling' | 'punching' | 'connected' | 'reconnecting' | 'stopped' | 'failed'
-  /** The tunnel socket's local address, `host:port`. */
+  /**
+   * The tunnel socket's local address, `host:port`. On a server, the engine's own
+   * socket; each client's tunnel has a socket of its own (`stats().clients`).
+   */
   get localAddr(): string
   /**
    * A snapshot of the engine's figures: state, path, peer, traffic per mapping and in

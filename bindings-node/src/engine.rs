@@ -267,7 +267,8 @@ impl Engine {
         self.engine.state().name().to_owned()
     }
 
-    /// The tunnel socket's local address, `host:port`.
+    /// The tunnel socket's local address, `host:port`. On a server, the engine's own
+    /// socket; each client's tunnel has a socket of its own (`stats().clients`).
     #[napi(getter)]
     pub fn local_addr(&self) -> String {
         self.engine.local_addr().to_string()

@@ -178,7 +178,9 @@ class Engine:
 
     @property
     def local_addr(self) -> Address:
-        """The tunnel's UDP socket, ``(host, port)``."""
+        """The tunnel's UDP socket, ``(host, port)``. On a server, the engine's own socket
+        (bound at start, so a ``bind`` port in use is reported then); each client's tunnel
+        has a socket of its own, listed in ``stats()["clients"]``."""
         return _address(self._native.local_addr())
 
     @property

@@ -358,7 +358,10 @@ impl Engine {
         }
     }
 
-    /// The tunnel socket's local address (the one it had, once stopped).
+    /// The tunnel socket's local address (the one it had, once stopped). On a server,
+    /// the engine's own socket, bound at start (so a `bind` port in use is reported
+    /// then); each client's tunnel has a socket of its own, listed in
+    /// [`Stats::clients`](crate::stats::Stats::clients).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

@@ -378,14 +378,6 @@ impl Hub {
         );
         list
     }
-
-    /// Takes every session out, for the engine's shutdown.
-    pub(crate) fn drain(&self) -> Vec<Arc<Shared>> {
-        std::mem::take(&mut *lock(&self.sessions))
-            .into_values()
-            .map(|s| s.shared)
-            .collect()
-    }
 }
 
 /// The session the engine's state and top-level figures follow: the client connected

@@ -13,8 +13,11 @@ use crate::sync::lock;
 pub(crate) async fn shutdown(shared: &Arc<Shared>, timeout: Duration) {
     // A server's sessions first, all at once: each client is told `stopped`.
     if let Some(hub) = &shared.hub {
+        // No new session from here on: the hub's loop ends with the engine's token.
+        shared.root.cancel();
         let mut ended = tokio::task::JoinSet::new();
-        for session in hub.drain() {
+        // They stay listed, so that the final stats still count what they served.
+        for session in hub.sessions() {
             ended.spawn(async move {
                 close_tunnel(&session, timeout).await;
                 session.set_state(State::Stopped);
