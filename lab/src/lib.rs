@@ -79,6 +79,14 @@ pub fn run(body: impl std::future::Future<Output = Result<()>>) {
     if skip() {
         return;
     }
+    // `STUNFWD_LAB_LOG=debug` (a level) prints the engines' logs.
+    if let Ok(level) = std::env::var("STUNFWD_LAB_LOG") {
+        let level = level.parse().unwrap_or(tracing::Level::DEBUG);
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_test_writer()
+            .try_init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

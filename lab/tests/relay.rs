@@ -33,6 +33,17 @@ async fn connect(
     client_nat: NatKind,
     extra: serde_json::Value,
 ) -> anyhow::Result<Outcome> {
+    connect_split(world, server_nat, client_nat, extra.clone(), extra).await
+}
+
+/// [`connect`] with settings of its own for each side.
+async fn connect_split(
+    world: &World,
+    server_nat: NatKind,
+    client_nat: NatKind,
+    extra: serde_json::Value,
+    client_extra: serde_json::Value,
+) -> anyhow::Result<Outcome> {
     let (_ra, mut da) = world.site("ra", server_nat, 1, None).await?;
     let (_rb, mut db) = world.site("rb", client_nat, 1, None).await?;
     let (sdev, cdev) = (da.pop().unwrap(), db.pop().unwrap());
@@ -42,7 +53,7 @@ async fn connect(
         &sdev,
         world.config("server", &room, extra.clone()),
     )?);
-    let mut cextra = extra;
+    let mut cextra = client_extra;
     cextra["mappings"] = serde_json::json!([format!("tcp:0:{echo}")]);
     let t = Instant::now();
     let client = Arc::new(start_engine(&cdev, world.config("client", &room, cextra))?);
@@ -265,23 +276,59 @@ fn relayed_session_outlives_several_allocation_lifetimes() {
 #[test]
 fn bad_relay_settings_fail_clearly_without_hanging() {
     run(async {
-        // Wrong password: the allocating side gives up with a clear reason.
+        // Wrong password: the allocating side gives up with a clear reason. A server
+        // finds out when a client's session first allocates (issue #18: it allocates
+        // per client); every other session would fail alike, so the engine fails.
         let world = World::new(WorldOptions::default()).await?;
-        let extra = serde_json::json!({ "relay": relay_json(&world, "wrong password") });
+        let wrong = serde_json::json!({ "relay": relay_json(&world, "wrong password") });
         let t = Instant::now();
-        let o = connect(&world, NatKind::Symmetric, NatKind::Symmetric, extra).await?;
+        let o = connect(
+            &world,
+            NatKind::Symmetric,
+            NatKind::Symmetric,
+            wrong.clone(),
+        )
+        .await?;
         anyhow::ensure!(o.state.is_err(), "connected with a wrong TURN password");
-        let server_state = o.server.state();
         println!(
-            "wrong TURN password after {:?}: server {server_state}; client {:?}",
+            "wrong TURN password after {:?}: client {:?}",
             t.elapsed(),
             o.state.as_ref().err()
+        );
+        anyhow::ensure!(
+            matches!(o.state.as_ref().err(), Some(stunfwd_core::Error::Relay(r)) if r.contains("rejected the credentials")),
+            "client: {:?}",
+            o.state
+        );
+        stop(o).await;
+        let (_r, mut d) = world.site("ws", NatKind::Symmetric, 1, None).await?;
+        let server = Arc::new(start_engine(
+            &d.pop().unwrap(),
+            world.config("server", "wrong-2", wrong),
+        )?);
+        let (_r2, mut d2) = world.site("wc", NatKind::Symmetric, 1, None).await?;
+        let client = Arc::new(start_engine(
+            &d2.pop().unwrap(),
+            world.config("client", "wrong-2", serde_json::json!({})),
+        )?);
+        let t = Instant::now();
+        while !server.state().is_final() && t.elapsed() < Duration::from_secs(15) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let server_state = server.state();
+        println!(
+            "a server with a wrong TURN password, when a client knocks: {server_state} after {:?}",
+            t.elapsed()
         );
         anyhow::ensure!(
             matches!(&server_state, State::Failed { reason } if reason.contains("rejected the credentials")),
             "server state: {server_state}"
         );
-        stop(o).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            client.stop(Duration::from_secs(2));
+            server.stop(Duration::from_secs(2));
+        })
+        .await;
         drop(world);
 
         // Unreachable TURN server: retried with the reason in the state, no hang.
@@ -311,11 +358,15 @@ fn bad_relay_settings_fail_clearly_without_hanging() {
         })
         .await?;
         let extra = serde_json::json!({ "relay": relay_json(&world, TURN_PASSWORD) });
-        let first = connect(
+        // The server's session allocates the one allocation (its client has no relay
+        // of its own: with one, the client, which allocates before it knocks, would
+        // take it first).
+        let first = connect_split(
             &world,
             NatKind::Symmetric,
             NatKind::Symmetric,
             extra.clone(),
+            serde_json::json!({}),
         )
         .await?;
         anyhow::ensure!(

@@ -65,6 +65,10 @@ pub(crate) async fn serve(primary: Arc<Shared>, hub: Arc<Hub>) {
                 follow(&primary, &hub);
             }
         }
+        if primary.state().is_final() {
+            // Failed for every client alike (see `follow`): no more sessions.
+            return;
+        }
     }
 }
 
@@ -274,6 +278,15 @@ async fn refuse(primary: &Shared, client: &str, max: usize) {
 /// connected while any client is (as the client connected last), else as the client
 /// that came last, else waiting for clients.
 fn follow(primary: &Shared, hub: &Hub) {
+    if let Some(e) = own_failure(hub) {
+        // What broke one session breaks every one: the engine fails with it.
+        let reason = e.to_string();
+        tracing::warn!(%reason, "giving up: a client's session failed on this server's own settings");
+        primary.fail_reason(reason.clone());
+        *lock(&primary.failure) = Some(e);
+        primary.set_state(State::Failed { reason });
+        return;
+    }
     let state = {
         let mut sessions = lock(&hub.sessions);
         let now = Instant::now();
@@ -297,6 +310,21 @@ fn follow(primary: &Shared, hub: &Hub) {
         }
     };
     primary.set_state(state);
+}
+
+/// A session's failure that is about this server's own settings, not about its
+/// client (TURN credentials or relay settings, a config value): every other session
+/// would fail the same way.
+fn own_failure(hub: &Hub) -> Option<crate::error::Error> {
+    let sessions = lock(&hub.sessions);
+    sessions.values().find_map(|s| {
+        let failure = lock(&s.shared.failure).clone()?;
+        matches!(
+            failure,
+            crate::error::Error::Relay(_) | crate::error::Error::Config { .. }
+        )
+        .then_some(failure)
+    })
 }
 
 /// Closes the sessions whose client is gone: failed for good, or without a tunnel
