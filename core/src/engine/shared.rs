@@ -345,6 +345,9 @@ pub(crate) struct Hub {
     pub(crate) sessions: Mutex<BTreeMap<String, Session>>,
     /// A session changed state.
     pub(crate) changed: Arc<tokio::sync::Notify>,
+    /// The engine is stopping: its sessions were drained, and no new one may join
+    /// (set under the `sessions` lock, so a session set up meanwhile sees it).
+    pub(crate) closed: AtomicBool,
 }
 
 pub(crate) struct Session {
@@ -361,6 +364,7 @@ impl Hub {
         Arc::new(Hub {
             sessions: Mutex::new(BTreeMap::new()),
             changed: Arc::new(tokio::sync::Notify::new()),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -379,9 +383,11 @@ impl Hub {
         list
     }
 
-    /// Takes every session out, for the engine's shutdown.
+    /// Takes every session out, for the engine's shutdown; no session joins after.
     pub(crate) fn drain(&self) -> Vec<Arc<Shared>> {
-        std::mem::take(&mut *lock(&self.sessions))
+        let mut sessions = lock(&self.sessions);
+        self.closed.store(true, Ordering::Release);
+        std::mem::take(&mut *sessions)
             .into_values()
             .map(|s| s.shared)
             .collect()
