@@ -317,13 +317,22 @@ fn a_refused_client_gets_in_once_a_slot_frees() {
 fn a_knock_replayed_after_a_flood_of_junk_is_not_read_again() {
     let rv = unlimited_rendezvous();
     let room = room();
-    let server = Engine::start(config(
-        &rv.url,
-        &rv,
-        "server",
-        &room,
-        serde_json::json!({"maxClients": 1}),
-    ))
+    let reports = Arc::new(AtomicU64::new(0));
+    let counted = reports.clone();
+    let server = Engine::start_with_events(
+        config(
+            &rv.url,
+            &rv,
+            "server",
+            &room,
+            serde_json::json!({"maxClients": 1}),
+        ),
+        move |e| {
+            if matches!(e, stunfwd_core::Event::PeerRejected { .. }) {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    )
     .unwrap();
     let rt = rt();
     let lobby = lobby(&rv.url, &room);
@@ -354,6 +363,7 @@ fn a_knock_replayed_after_a_flood_of_junk_is_not_read_again() {
     );
     // Junk, each read by the server (counted as rejected), then the replay.
     let rejected = server.stats().offers_rejected;
+    let flood = Instant::now();
     for i in 0..1100u64 {
         rt.block_on(lobby.post(Role::Client, &format!("{{\"junk\":{i}}}")))
             .unwrap();
@@ -364,6 +374,10 @@ fn a_knock_replayed_after_a_flood_of_junk_is_not_read_again() {
         }
     }
     assert!(server.stats().offers_rejected >= rejected + 1000);
+    // Reported at a bounded rate: once, then at most once per 5 s.
+    let bound = flood.elapsed().as_secs() / 5 + 2;
+    let n = reports.load(Ordering::Relaxed);
+    assert!(n <= bound, "{n} rejection reports in {:?}", flood.elapsed());
     rt.block_on(lobby.post(Role::Client, &captured)).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let answer = rt.block_on(own.get(Role::Server, None, None)).unwrap();
@@ -376,5 +390,47 @@ fn a_knock_replayed_after_a_flood_of_junk_is_not_read_again() {
         .collect();
     assert!(!ids.contains(&first_id), "{ids:?}");
     second.stop(Duration::from_secs(2));
+    server.stop(Duration::from_secs(2));
+}
+
+/// Someone on the rendezvous replays announcements in the room: an earlier server
+/// process's (another certificate, made before the client's tunnel) and the running
+/// server's own. Neither makes a connected client start over.
+#[test]
+fn replayed_announcements_do_not_make_clients_start_over() {
+    let rv = Rendezvous::start();
+    let room = room();
+    let rt = rt();
+    let lobby = lobby(&rv.url, &room);
+    let announcement = |rt: &tokio::runtime::Runtime| {
+        let mut got = None;
+        assert!(wait_until(Duration::from_secs(10), || {
+            got = rt.block_on(lobby.get(Role::Server, None, None)).unwrap();
+            got.is_some()
+        }));
+        got.unwrap().0
+    };
+    let earlier =
+        Engine::start(config(&rv.url, &rv, "server", &room, serde_json::json!({}))).unwrap();
+    let old = announcement(&rt);
+    earlier.stop(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(1100));
+    let server =
+        Engine::start(config(&rv.url, &rv, "server", &room, serde_json::json!({}))).unwrap();
+    let current = announcement(&rt);
+    assert_ne!(old, current);
+    let client =
+        Engine::start(config(&rv.url, &rv, "client", &room, serde_json::json!({}))).unwrap();
+    client.wait_connected(Duration::from_secs(20)).unwrap();
+    for _ in 0..3 {
+        rt.block_on(lobby.post(Role::Server, &old)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        rt.block_on(lobby.post(Role::Server, &current)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(client.state().is_connected(), "{}", client.state());
+    assert_eq!(client.stats().reconnects, 0);
+    client.stop(Duration::from_secs(2));
     server.stop(Duration::from_secs(2));
 }
