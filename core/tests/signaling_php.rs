@@ -149,6 +149,55 @@ fn two_engines_connect_through_the_php_mailbox() {
     assert!(stopping.elapsed() < Duration::from_secs(4));
 }
 
+/// Issue #18 on the plain PHP mailbox (no long-poll, no versions, no DELETE): three
+/// clients started at once, whose knocks overwrite each other in the room's one client
+/// slot, are all served by one server peer, and each forwards through its own tunnel.
+#[test]
+fn three_clients_at_once_connect_through_the_php_mailbox() {
+    let Some(php) = Php::start() else { return };
+    let (_rt, stun) = stun_responder();
+    let echo = common::tcp_echo();
+    let room = common::room();
+    let perf = serde_json::json!({"performance": {"signalBackoff": "200ms"}});
+    let config = |mode: &str, mappings: &[String]| {
+        common::config_for(
+            &php.url(),
+            stun.local_addr(),
+            mode,
+            &room,
+            "php secret",
+            mappings,
+            perf.clone(),
+        )
+    };
+    let server = Engine::start(config("server", &[])).unwrap();
+    let started = Instant::now();
+    let clients: Vec<Engine> = (0..3)
+        .map(|_| Engine::start(config("client", &[format!("tcp:0:{}", echo.port())])).unwrap())
+        .collect();
+    for (i, c) in clients.iter().enumerate() {
+        let got = c.wait_connected(Duration::from_secs(60));
+        assert!(got.is_ok(), "client {i}: {got:?}");
+    }
+    println!("3 clients through php -S in {:?}", started.elapsed());
+    for (i, c) in clients.iter().enumerate() {
+        let mut s = std::net::TcpStream::connect(c.mappings()[0].listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let msg = format!("client {i} through the PHP mailbox");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+    let stats = server.stats();
+    assert_eq!(stats.clients.len(), 3, "{:#?}", stats.clients);
+    assert!(stats.clients.iter().all(|c| c.state.is_connected()));
+    for c in clients {
+        c.stop(Duration::from_secs(2));
+    }
+    server.stop(Duration::from_secs(2));
+}
+
 /// The client's side of the Go tool's enhanced mailbox: JSON answers, versions only
 /// inside the POST answer (no header), and a `DELETE` that removes the whole room.
 #[tokio::test]

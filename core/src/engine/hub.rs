@@ -2,7 +2,7 @@
 //! through a session of its own: its own UDP socket, punched path, QUIC tunnel,
 //! reconnects and figures, built and driven exactly like a one-peer engine.
 //!
-//! The exchange (`docs/protocol.md` §7):
+//! The exchange (`docs/protocol.md` §6):
 //! - each client picks a random id at start and talks in a mailbox of its own, named
 //!   from the room key and that id, so clients never see or overwrite each other's
 //!   offers; every offer there names the client under the MAC;
@@ -17,6 +17,7 @@
 //!   once.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,8 @@ const SESSION_STOP: Duration = Duration::from_secs(1);
 /// How many times a refusal is posted before giving up on telling the client.
 const REFUSAL_TRIES: u32 = 5;
 /// Knocks remembered (by their content), so a knock still in the mailbox is handled
-/// once, and a bad one counted once.
+/// once, and a bad one counted once; and authentic knocks passed on (by their nonce),
+/// so one replayed later is not served again.
 const KNOCKS_REMEMBERED: usize = 1024;
 
 /// The server engine's loop: announce, read knocks, open, watch and close sessions.
@@ -105,24 +107,22 @@ fn server_note(primary: &Shared, client: Option<String>, refused: Option<String>
 /// Reads the clients' knocks from the room's client slot: authentic, fresh client
 /// offers naming a client, each passed on once.
 async fn read_knocks(primary: Arc<Shared>, tx: mpsc::Sender<Offer>) {
-    let mut seen: HashSet<u64> = HashSet::new();
-    let mut order: VecDeque<u64> = VecDeque::new();
+    let mut seen = Remembered::default();
+    // Authentic knocks passed on, by nonce: only the clients' own knocks get in here,
+    // so junk posted in the slot cannot push one out to have it read again.
+    let mut passed = Remembered::default();
     loop {
         let got = primary
             .signal
             .wait_for(Role::Client, Duration::from_secs(60), |data| {
-                let digest = hash(data);
-                if seen.contains(&digest) {
+                if !seen.insert(hash(data)) {
                     return None;
                 }
-                if order.len() == KNOCKS_REMEMBERED {
-                    if let Some(old) = order.pop_front() {
-                        seen.remove(&old);
-                    }
-                }
-                seen.insert(digest);
-                order.push_back(digest);
                 match knock(&primary, data) {
+                    Ok(offer) if !passed.insert(hash(&offer.nonce)) => {
+                        primary.offer_rejected(&OfferError::Replayed);
+                        None
+                    }
                     Ok(offer) => Some(offer),
                     Err(e) => {
                         primary.offer_rejected(&e);
@@ -140,6 +140,29 @@ async fn read_knocks(primary: Arc<Shared>, tx: mpsc::Sender<Offer>) {
             // Nothing new for a while, or the rendezvous is away: read again.
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    }
+}
+
+/// The last [`KNOCKS_REMEMBERED`] digests seen.
+#[derive(Default)]
+struct Remembered {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl Remembered {
+    /// Remembers `digest`; false when it was remembered already.
+    fn insert(&mut self, digest: u64) -> bool {
+        if !self.set.insert(digest) {
+            return false;
+        }
+        if self.order.len() == KNOCKS_REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(digest);
+        true
     }
 }
 
@@ -190,6 +213,9 @@ async fn admit(primary: &Arc<Shared>, hub: &Arc<Hub>, knock: Offer) {
     }
     let room = {
         let mut sessions = lock(&hub.sessions);
+        if hub.closed.load(Ordering::Acquire) {
+            return;
+        }
         if sessions.contains_key(&client) {
             // Its session reads the client's own mailbox, where the offer is too.
             return;
@@ -211,7 +237,10 @@ async fn admit(primary: &Arc<Shared>, hub: &Arc<Hub>, knock: Offer) {
         Room::Free => None,
         Room::Evict(id, shared) => Some((id, shared)),
         Room::Full => {
-            refuse(primary, &client, max).await;
+            // In the background: the hub goes on admitting (a slot may free) while a
+            // busy or slow rendezvous holds the refusal up.
+            let task = refuse(primary.clone(), hub.clone(), client, max);
+            crate::spawn(task.instrument(primary.span.clone()));
             return;
         }
     };
@@ -238,38 +267,63 @@ async fn admit(primary: &Arc<Shared>, hub: &Arc<Hub>, knock: Offer) {
             return;
         }
     };
-    *lock(&shared.events_tx) = lock(&primary.events_tx).clone();
+    {
+        let mut sessions = lock(&hub.sessions);
+        // The engine began stopping while this session was set up: its sessions are
+        // drained already, and this one would be left running.
+        if hub.closed.load(Ordering::Acquire) {
+            drop(sessions);
+            close(shared);
+            return;
+        }
+        *lock(&shared.events_tx) = lock(&primary.events_tx).clone();
+        sessions.insert(
+            client,
+            Session {
+                shared: shared.clone(),
+                idle_since: Some(Instant::now()),
+                connected_at: None,
+                opened: Instant::now(),
+            },
+        );
+    }
     tracing::info!(parent: &span, "a new client knocked; serving it");
-    lock(&hub.sessions).insert(
-        client,
-        Session {
-            shared: shared.clone(),
-            idle_since: Some(Instant::now()),
-            connected_at: None,
-            opened: Instant::now(),
-        },
-    );
     crate::spawn(drive(shared, incoming).instrument(span));
 }
 
 /// Tells a client, in its own mailbox, that the server serves its maximum of clients.
-async fn refuse(primary: &Shared, client: &str, max: usize) {
+async fn refuse(primary: Arc<Shared>, hub: Arc<Hub>, client: String, max: usize) {
     let reason = format!(
         "the server peer serves its maximum of {max} clients (maxClients), each with a tunnel"
     );
-    tracing::info!(client = %short(client), %reason, "refusing a client");
-    let offer = server_note(primary, Some(client.to_owned()), Some(reason));
-    let mailbox = primary.signal.for_room(&primary.key.client_mailbox(client));
+    tracing::info!(client = %short(&client), %reason, "refusing a client");
+    let offer = server_note(&primary, Some(client.clone()), Some(reason));
+    let mailbox = primary
+        .signal
+        .for_room(&primary.key.client_mailbox(&client));
     let data = offer.encode(&primary.key, &primary.config.room);
+    let token = primary.root.clone();
     // The client knocks again with the same offer, which is not read twice: the
     // answer must get there (a busy rendezvous answers 429 for a while).
     for attempt in 1..=REFUSAL_TRIES {
-        match mailbox.post(Role::Server, &data).await {
+        // Served meanwhile (its next knock found a free slot): a refusal now would
+        // overwrite its session's offer.
+        if lock(&hub.sessions).contains_key(&client) {
+            return;
+        }
+        let posted = tokio::select! {
+            _ = token.cancelled() => return,
+            r = mailbox.post(Role::Server, &data) => r,
+        };
+        match posted {
             Ok(()) => return,
             Err(e) if attempt == REFUSAL_TRIES => {
                 tracing::warn!(error = %e, "cannot tell a refused client why");
             }
-            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            Err(_) => tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            },
         }
     }
 }

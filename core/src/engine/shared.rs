@@ -345,6 +345,9 @@ pub(crate) struct Hub {
     pub(crate) sessions: Mutex<BTreeMap<String, Session>>,
     /// A session changed state.
     pub(crate) changed: Arc<tokio::sync::Notify>,
+    /// The engine is stopping: its sessions were drained, and no new one may join
+    /// (set under the `sessions` lock, so a session set up meanwhile sees it).
+    pub(crate) closed: AtomicBool,
 }
 
 pub(crate) struct Session {
@@ -361,6 +364,7 @@ impl Hub {
         Arc::new(Hub {
             sessions: Mutex::new(BTreeMap::new()),
             changed: Arc::new(tokio::sync::Notify::new()),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -377,6 +381,14 @@ impl Hub {
                 .map(|(_, s)| s.shared.clone()),
         );
         list
+    }
+
+    /// Every session, for the engine's shutdown; no session joins after. They stay
+    /// listed, so that the final stats still count what they served.
+    pub(crate) fn close_all(&self) -> Vec<Arc<Shared>> {
+        let sessions = lock(&self.sessions);
+        self.closed.store(true, Ordering::Release);
+        sessions.values().map(|s| s.shared.clone()).collect()
     }
 }
 

@@ -17,7 +17,7 @@ pub(crate) async fn shutdown(shared: &Arc<Shared>, timeout: Duration) {
         shared.root.cancel();
         let mut ended = tokio::task::JoinSet::new();
         // They stay listed, so that the final stats still count what they served.
-        for session in hub.sessions() {
+        for session in hub.close_all() {
             ended.spawn(async move {
                 close_tunnel(&session, timeout).await;
                 session.set_state(State::Stopped);
