@@ -1,6 +1,8 @@
 //! `stunfwd`: run a peer, host the rendezvous + STUN server, or run the loopback demo.
 
 mod demo;
+mod share;
+mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +48,39 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics (overrides `metricsAddr`).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
+    },
+    /// Serve local services to clients without a config file: prints a share token
+    /// (rendezvous URL, a fresh room and secret, STUN server) that `connect` takes.
+    Expose {
+        /// Services clients may reach: tcp:PORT, udp:PORT or PROTO:HOST:PORT
+        /// (`tcp:22` is 127.0.0.1:22).
+        #[arg(required = true, value_name = "SERVICE")]
+        services: Vec<String>,
+        /// The rendezvous server's URL (default: $STUNFWD_SIGNAL).
+        #[arg(long, value_name = "URL")]
+        signal: Option<String>,
+        /// A STUN server, host:port (repeat for more; default: the rendezvous host's
+        /// own, port 3478).
+        #[arg(long = "stun", value_name = "HOST:PORT")]
+        stun: Vec<String>,
+        /// How many clients at once (default 32).
+        #[arg(long)]
+        max_clients: Option<usize>,
+    },
+    /// Reach the services of an `expose` peer: the token it printed, then the ports to
+    /// open here, LOCAL:REMOTE or LOCAL:HOST:REMOTE, each with /udp for UDP.
+    Connect {
+        /// The share token `stunfwd expose` printed.
+        token: String,
+        /// Ports to open here, e.g. 2222:22 5353:5353/udp.
+        #[arg(required = true, value_name = "LOCAL:REMOTE[/udp]")]
+        ports: Vec<String>,
+        /// Use this rendezvous URL instead of the token's.
+        #[arg(long, value_name = "URL")]
+        signal: Option<String>,
+        /// Local address of the tunnel's UDP socket (default [::]:0).
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<String>,
     },
     /// Run the rendezvous (signaling) server and its STUN responder.
     Signal {
@@ -126,6 +161,24 @@ fn main() -> ExitCode {
             init_logs(cli.log_format, &cli.log);
             run(config, metrics)
         }
+        Command::Expose {
+            services,
+            signal,
+            stun,
+            max_clients,
+        } => {
+            init_logs(cli.log_format, &cli.log);
+            expose(services, signal, stun, max_clients)
+        }
+        Command::Connect {
+            token,
+            ports,
+            signal,
+            bind,
+        } => {
+            init_logs(cli.log_format, &cli.log);
+            connect(&token, &ports, signal, bind.as_deref())
+        }
         Command::Signal {
             http,
             stun,
@@ -205,6 +258,88 @@ fn run(path: PathBuf, metrics: Option<SocketAddr>) -> ExitCode {
             "stunfwd: warning: no `secret` set: anyone who knows the room name (including the rendezvous operator) can join it"
         );
     }
+    run_engine(config, |_| {})
+}
+
+/// `stunfwd expose`: a fresh room and secret, a token that names them, a server.
+fn expose(
+    services: Vec<String>,
+    signal: Option<String>,
+    stun: Vec<String>,
+    max_clients: Option<usize>,
+) -> ExitCode {
+    let made = (|| {
+        let allow = services
+            .iter()
+            .map(|s| share::allow_rule(s))
+            .collect::<Result<Vec<String>, String>>()?;
+        let signal_url = share::signal_url(signal)?;
+        let stun = share::stun_servers(stun, &signal_url)?;
+        let (room, secret) = share::fresh_room_and_secret();
+        let token = token::Token {
+            signal_url,
+            room,
+            secret,
+            stun,
+        };
+        let config = share::server_config(&token, &allow, max_clients)?;
+        Ok::<_, String>((token, config, allow))
+    })();
+    let (token, config, allow) = match made {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("stunfwd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let example = allow
+        .first()
+        .and_then(|a| a.rsplit(':').next())
+        .map(|port| {
+            let udp = if allow[0].starts_with("udp") {
+                "/udp"
+            } else {
+                ""
+            };
+            format!("LOCAL:{port}{udp}")
+        })
+        .unwrap_or_default();
+    run_engine(config, move |say| {
+        // The token goes to stdout only, never to the logs.
+        say(format!(
+            "share token (it holds the secret: whoever has it can reach {}):",
+            allow.join(", ")
+        ));
+        say(format!("token {}", token.encode()));
+        say(format!("on the client: stunfwd connect TOKEN {example}"));
+    })
+}
+
+/// `stunfwd connect TOKEN PORTS...`.
+fn connect(text: &str, ports: &[String], signal: Option<String>, bind: Option<&str>) -> ExitCode {
+    let made = (|| {
+        let mut token = token::Token::decode(text).map_err(|e| e.to_string())?;
+        if let Some(url) = signal {
+            token.signal_url = url;
+        }
+        let mappings = ports
+            .iter()
+            .map(|p| share::mapping_spec(p))
+            .collect::<Result<Vec<String>, String>>()?;
+        share::client_config(&token, &mappings, bind)
+    })();
+    match made {
+        Ok(config) => run_engine(config, |_| {}),
+        Err(e) => {
+            eprintln!("stunfwd: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Starts an engine, prints what it listens on (after `intro`) and its events, and
+/// runs it until Ctrl-C or SIGTERM.
+fn run_engine(config: Config, intro: impl FnOnce(&dyn Fn(String))) -> ExitCode {
     let engine = match Engine::start(config) {
         Ok(e) => e,
         Err(e) => {
@@ -219,6 +354,7 @@ fn run(path: PathBuf, metrics: Option<SocketAddr>) -> ExitCode {
             let _ = writeln!(std::io::stdout(), $($arg)*);
         }};
     }
+    intro(&|line| say!("{line}"));
     say!("local socket {}", engine.local_addr());
     if let Some(addr) = engine.metrics_addr() {
         say!("metrics on http://{addr}/metrics");
