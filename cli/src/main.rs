@@ -1,6 +1,7 @@
 //! `stunfwd`: run a peer, host the rendezvous + STUN server, or run the loopback demo.
 
 mod demo;
+mod live;
 mod share;
 mod token;
 
@@ -42,9 +43,16 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run one peer from a config file (JSON, or YAML with a .yaml/.yml extension).
+    /// Without one, uses config.yml, config.yaml or config.json in the current
+    /// directory (the Go tool's habit). SIGHUP, or a change to the file, applies the
+    /// mapping differences live.
     Run {
+        /// The config file (same as --config).
+        #[arg(value_name = "CONFIG", conflicts_with = "config_flag")]
+        config: Option<PathBuf>,
         /// The config file.
-        config: PathBuf,
+        #[arg(long = "config", value_name = "PATH")]
+        config_flag: Option<PathBuf>,
         /// Serve Prometheus metrics at http://ADDR/metrics (overrides `metricsAddr`).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
@@ -157,9 +165,19 @@ fn init_logs(format: LogFormat, filter: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, metrics } => {
+        Command::Run {
+            config,
+            config_flag,
+            metrics,
+        } => {
             init_logs(cli.log_format, &cli.log);
-            run(config, metrics)
+            match config.or(config_flag).map_or_else(find_config, Ok) {
+                Ok(path) => run(path, metrics),
+                Err(e) => {
+                    eprintln!("stunfwd: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Expose {
             services,
@@ -242,6 +260,26 @@ fn wait_for_shutdown_signal() {
     });
 }
 
+/// The names `stunfwd run` looks for in the current directory, in this order.
+const CONFIG_NAMES: [&str; 3] = ["config.yml", "config.yaml", "config.json"];
+
+/// `config.yml`, `config.yaml` or `config.json` in the current directory.
+fn find_config() -> Result<PathBuf, String> {
+    let dir =
+        std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?;
+    CONFIG_NAMES
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "no config: give one (`stunfwd run FILE` or `--config FILE`), or put {} in {}",
+                CONFIG_NAMES.join(", "),
+                dir.display()
+            )
+        })
+}
+
 fn run(path: PathBuf, metrics: Option<SocketAddr>) -> ExitCode {
     let mut config = match Config::from_path(&path) {
         Ok(c) => c,
@@ -258,7 +296,7 @@ fn run(path: PathBuf, metrics: Option<SocketAddr>) -> ExitCode {
             "stunfwd: warning: no `secret` set: anyone who knows the room name (including the rendezvous operator) can join it"
         );
     }
-    run_engine(config, |_| {})
+    run_engine(config, |_| {}, Some(path))
 }
 
 /// `stunfwd expose`: a fresh room and secret, a token that names them, a server.
@@ -304,15 +342,19 @@ fn expose(
             format!("LOCAL:{port}{udp}")
         })
         .unwrap_or_default();
-    run_engine(config, move |say| {
-        // The token goes to stdout only, never to the logs.
-        say(format!(
-            "share token (it holds the secret: whoever has it can reach {}):",
-            allow.join(", ")
-        ));
-        say(format!("token {}", token.encode()));
-        say(format!("on the client: stunfwd connect TOKEN {example}"));
-    })
+    run_engine(
+        config,
+        move |say| {
+            // The token goes to stdout only, never to the logs.
+            say(format!(
+                "share token (it holds the secret: whoever has it can reach {}):",
+                allow.join(", ")
+            ));
+            say(format!("token {}", token.encode()));
+            say(format!("on the client: stunfwd connect TOKEN {example}"));
+        },
+        None,
+    )
 }
 
 /// `stunfwd connect TOKEN PORTS...`.
@@ -329,7 +371,7 @@ fn connect(text: &str, ports: &[String], signal: Option<String>, bind: Option<&s
         share::client_config(&token, &mappings, bind)
     })();
     match made {
-        Ok(config) => run_engine(config, |_| {}),
+        Ok(config) => run_engine(config, |_| {}, None),
         Err(e) => {
             eprintln!("stunfwd: {e}");
             ExitCode::from(2)
@@ -338,8 +380,14 @@ fn connect(text: &str, ports: &[String], signal: Option<String>, bind: Option<&s
 }
 
 /// Starts an engine, prints what it listens on (after `intro`) and its events, and
-/// runs it until Ctrl-C or SIGTERM.
-fn run_engine(config: Config, intro: impl FnOnce(&dyn Fn(String))) -> ExitCode {
+/// runs it until Ctrl-C, SIGTERM or `quit` at the `mapping>` prompt; `file`, the
+/// config it came from, is re-read on SIGHUP or when it changes.
+fn run_engine(
+    config: Config,
+    intro: impl FnOnce(&dyn Fn(String)),
+    file: Option<PathBuf>,
+) -> ExitCode {
+    let running = config.clone();
     let engine = match Engine::start(config) {
         Ok(e) => e,
         Err(e) => {
@@ -372,7 +420,7 @@ fn run_engine(config: Config, intro: impl FnOnce(&dyn Fn(String))) -> ExitCode {
             say!("client {}: {state}", client.get(..8).unwrap_or(client))
         }
     });
-    wait_for_shutdown_signal();
+    live::control(&engine, file.as_deref(), running);
     say!("stopping");
     engine.stop(Duration::from_secs(3));
     say!("{}", engine.stats_json());

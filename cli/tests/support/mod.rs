@@ -23,8 +23,14 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Proc {
+        Proc::spawn_in(args, &std::env::current_dir().unwrap())
+    }
+
+    /// [`Proc::spawn`] with `dir` as the working directory.
+    pub fn spawn_in(args: &[&str], dir: &std::path::Path) -> Proc {
         let mut child = Command::new(BIN)
             .args(args)
+            .current_dir(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
