@@ -22,9 +22,35 @@ enum Wake {
     StdinClosed,
 }
 
+/// A live status line is drawn on stdout (a terminal): other lines clear it first.
+static STATUS_LINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Prints a line on stdout, ignoring a closed stdout.
 pub fn say(line: &str) {
-    let _ = writeln!(std::io::stdout(), "{line}");
+    let mut out = std::io::stdout().lock();
+    if STATUS_LINE.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = write!(out, "\r\x1b[2K");
+    }
+    let _ = writeln!(out, "{line}");
+}
+
+/// How often the status line is redrawn.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Redraws the status line every second until `stop` is dropped.
+fn status_line(engine: &Engine, stop: &mpsc::Receiver<()>) {
+    let snapshot =
+        || serde_json::from_str::<serde_json::Value>(&engine.stats_json()).unwrap_or_default();
+    let mut prev = snapshot();
+    let mut at = std::time::Instant::now();
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(STATUS_EVERY) {
+        let now = snapshot();
+        let text = crate::status::line(&prev, &now, at.elapsed().as_secs_f64());
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "\r\x1b[2K{text}");
+        let _ = out.flush();
+        (prev, at) = (now, std::time::Instant::now());
+    }
 }
 
 /// Runs `engine`'s controls until it should stop. `config` is the file it was started
@@ -38,6 +64,26 @@ pub fn control(engine: &Engine, config: Option<&Path>, running: Config) {
         say("type `help` for the mapping commands");
         show_prompt();
     }
+    // On a terminal without the prompt: a live status line (piped: log lines only).
+    let (_status_stop, status_rx) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        if !prompt && std::io::stdout().is_terminal() {
+            STATUS_LINE.store(true, std::sync::atomic::Ordering::Relaxed);
+            scope.spawn(move || status_line(engine, &status_rx));
+        }
+        serve(engine, config, running, prompt, &rx);
+        STATUS_LINE.store(false, std::sync::atomic::Ordering::Relaxed);
+        drop(_status_stop);
+    });
+}
+
+fn serve(
+    engine: &Engine,
+    config: Option<&Path>,
+    running: Config,
+    prompt: bool,
+    rx: &mpsc::Receiver<Wake>,
+) {
     let mut running = running;
     let mut stamp = config.and_then(file_stamp);
     loop {
@@ -70,7 +116,9 @@ pub fn control(engine: &Engine, config: Option<&Path>, running: Config) {
                 if command(engine, line.trim()) {
                     return;
                 }
-                show_prompt();
+                if prompt {
+                    show_prompt();
+                }
             }
         }
     }
@@ -145,6 +193,7 @@ const HELP: &str = "commands:
   add SPEC        open a mapping: 2222:22, 5353:5353/udp, 8080:db.lan:80, or tcp:2222:22
   remove ID|SPEC  close a mapping and its connections
   list            the mappings, with the addresses they listen on
+  status          state, path, RTT, mappings and their traffic
   help            this text
   quit            stop stunfwd";
 
@@ -156,6 +205,10 @@ fn command(engine: &Engine, line: &str) -> bool {
     match verb {
         "" => {}
         "help" | "?" => say(HELP),
+        "status" => {
+            let stats = serde_json::from_str(&engine.stats_json()).unwrap_or_default();
+            say(&crate::status::report(&stats));
+        }
         "quit" | "exit" => return true,
         "list" | "ls" => {
             let list = engine.mappings();

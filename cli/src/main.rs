@@ -3,6 +3,7 @@
 mod demo;
 mod live;
 mod share;
+mod status;
 mod token;
 
 use std::net::SocketAddr;
@@ -74,6 +75,12 @@ enum Command {
         /// How many clients at once (default 32).
         #[arg(long)]
         max_clients: Option<usize>,
+        /// Serve Prometheus metrics and the stats `stunfwd status` reads at ADDR.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
+        /// Local address of the tunnels' UDP sockets (default [::]:0).
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<SocketAddr>,
     },
     /// Reach the services of an `expose` peer: the token it printed, then the ports to
     /// open here, LOCAL:REMOTE or LOCAL:HOST:REMOTE, each with /udp for UDP.
@@ -89,6 +96,18 @@ enum Command {
         /// Local address of the tunnel's UDP socket (default [::]:0).
         #[arg(long, value_name = "ADDR")]
         bind: Option<String>,
+        /// Serve Prometheus metrics and the stats `stunfwd status` reads at ADDR.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
+    },
+    /// Print a running peer's state, paths, mappings and clients, read from its
+    /// metrics address (`GET /stats`; run the peer with --metrics ADDR or metricsAddr).
+    Status {
+        /// The peer's metrics address, host:port.
+        addr: SocketAddr,
+        /// Print the stats JSON instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the rendezvous (signaling) server and its STUN responder.
     Signal {
@@ -184,19 +203,36 @@ fn main() -> ExitCode {
             signal,
             stun,
             max_clients,
+            metrics,
+            bind,
         } => {
             init_logs(cli.log_format, &cli.log);
-            expose(services, signal, stun, max_clients)
+            expose(services, signal, stun, max_clients, metrics, bind)
         }
         Command::Connect {
             token,
             ports,
             signal,
             bind,
+            metrics,
         } => {
             init_logs(cli.log_format, &cli.log);
-            connect(&token, &ports, signal, bind.as_deref())
+            connect(&token, &ports, signal, bind.as_deref(), metrics)
         }
+        Command::Status { addr, json } => match status::fetch(addr) {
+            Ok(stats) => {
+                if json {
+                    println!("{stats}");
+                } else {
+                    println!("{}", status::report(&stats));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("stunfwd: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Signal {
             http,
             stun,
@@ -305,6 +341,8 @@ fn expose(
     signal: Option<String>,
     stun: Vec<String>,
     max_clients: Option<usize>,
+    metrics: Option<SocketAddr>,
+    bind: Option<SocketAddr>,
 ) -> ExitCode {
     let made = (|| {
         let allow = services
@@ -320,7 +358,11 @@ fn expose(
             secret,
             stun,
         };
-        let config = share::server_config(&token, &allow, max_clients)?;
+        let mut config = share::server_config(&token, &allow, max_clients)?;
+        config.metrics_addr = metrics.or(config.metrics_addr);
+        if let Some(b) = bind {
+            config.bind = b;
+        }
         Ok::<_, String>((token, config, allow))
     })();
     let (token, config, allow) = match made {
@@ -358,7 +400,13 @@ fn expose(
 }
 
 /// `stunfwd connect TOKEN PORTS...`.
-fn connect(text: &str, ports: &[String], signal: Option<String>, bind: Option<&str>) -> ExitCode {
+fn connect(
+    text: &str,
+    ports: &[String],
+    signal: Option<String>,
+    bind: Option<&str>,
+    metrics: Option<SocketAddr>,
+) -> ExitCode {
     let made = (|| {
         let mut token = token::Token::decode(text).map_err(|e| e.to_string())?;
         if let Some(url) = signal {
@@ -368,7 +416,9 @@ fn connect(text: &str, ports: &[String], signal: Option<String>, bind: Option<&s
             .iter()
             .map(|p| share::mapping_spec(p))
             .collect::<Result<Vec<String>, String>>()?;
-        share::client_config(&token, &mappings, bind)
+        let mut config = share::client_config(&token, &mappings, bind)?;
+        config.metrics_addr = metrics.or(config.metrics_addr);
+        Ok::<_, String>(config)
     })();
     match made {
         Ok(config) => run_engine(config, |_| {}, None),
@@ -398,8 +448,7 @@ fn run_engine(
     // A closed stdout (`stunfwd run … | head`) must not panic the process or a callback.
     macro_rules! say {
         ($($arg:tt)*) => {{
-            use std::io::Write;
-            let _ = writeln!(std::io::stdout(), $($arg)*);
+            live::say(&format!($($arg)*));
         }};
     }
     intro(&|line| say!("{line}"));

@@ -307,3 +307,80 @@ fn the_mapping_prompt_adds_lists_and_removes_on_a_terminal() {
     assert!(status.success(), "{status}");
     pty.wait(0, "stopping");
 }
+
+/// On a terminal `expose` draws a live status line (state, clients, bytes/s); piped,
+/// `connect` prints plain lines only; `stunfwd status ADDR` reads the server's stats
+/// from its metrics address and lists its client.
+#[test]
+fn a_status_line_on_a_terminal_and_stunfwd_status() {
+    let rv = common::Rendezvous::start();
+    let echo_addr = common::tcp_echo();
+    let stun = rv.stun.to_string();
+    let service = format!("tcp:{}", echo_addr.port());
+    let (pty, mut child) = Pty::spawn(&[
+        "expose",
+        "--signal",
+        &rv.url,
+        "--stun",
+        &stun,
+        "--metrics",
+        "127.0.0.1:0",
+        "--bind",
+        "127.0.0.1:0",
+        &service,
+    ]);
+    let out = pty.wait(0, "metrics on http://");
+    let metrics: SocketAddr = out
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|r| r.split("/metrics").next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let token = pty
+        .wait(0, "on the client:")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token ").map(str::to_owned))
+        .unwrap();
+    // The status line is redrawn in place (carriage return, erase line).
+    pty.wait(0, "\r\x1b[2Ksignaling | 0 client(s)");
+
+    let port = format!("0:{}", echo_addr.port());
+    let client = Proc::spawn(&["connect", &token, &port, "--bind", "127.0.0.1:0"]);
+    let mut s = connect(listen_addr(&client.wait_line("mapping tcp:")));
+    client.wait_line("state: connected");
+    echo(&mut s, b"seen in the status");
+    let line = pty.wait(0, "| 1 client(s) | ");
+    assert!(line.contains("connected (lan to"), "{line:?}");
+
+    let out = Command::new(BIN)
+        .args(["status", &metrics.to_string()])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(report.starts_with("server in room "), "{report}");
+    assert!(report.contains("clients: 1"), "{report}");
+    assert!(
+        report.contains(": connected (lan to 127.0.0.1:"),
+        "{report}"
+    );
+    let (lines, _) = client.terminate_with_stdout();
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains('\x1b') && !l.contains('\r')),
+        "piped output has no status line: {lines:?}"
+    );
+    // SAFETY: kill(2) on our own child, still running.
+    unsafe { libc::kill(libc::pid_t::try_from(child.id()).unwrap(), libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    // Nothing answers there any more: a clear error, exit code 1.
+    let out = Command::new(BIN)
+        .args(["status", &metrics.to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is a peer running with --metrics"), "{err}");
+}

@@ -45,6 +45,8 @@ fn expose_and_connect_with_a_token() {
         &url,
         "--stun",
         &stun,
+        "--bind",
+        "127.0.0.1:0",
         &tcp_service,
         &udp_service,
     ]);
@@ -58,7 +60,14 @@ fn expose_and_connect_with_a_token() {
 
     let tcp_port = format!("0:{}", tcp.port());
     let udp_port = format!("0:{}/udp", udp.port());
-    let connect = Proc::spawn(&["connect", &token, &tcp_port, &udp_port]);
+    let connect = Proc::spawn(&[
+        "connect",
+        &token,
+        &tcp_port,
+        &udp_port,
+        "--bind",
+        "127.0.0.1:0",
+    ]);
     let tcp_local = listen_addr(&connect.wait_line("mapping tcp:"));
     let udp_local = listen_addr(&connect.wait_line("mapping udp:"));
     connect.wait_line("state: connected");
@@ -118,6 +127,8 @@ fn a_bad_token_or_port_is_refused_with_what_is_wrong() {
         "http://127.0.0.1:9/",
         "--stun",
         "127.0.0.1:9",
+        "--bind",
+        "127.0.0.1:0",
         "tcp:22",
     ]);
     let token = expose

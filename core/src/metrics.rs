@@ -497,15 +497,24 @@ pub async fn serve_addr(
 }
 
 /// The answer to one request: the scrape for `GET`/`HEAD /metrics` (hyper leaves out
-/// the body of a `HEAD`), 405 with `Allow` for another method there, 404 elsewhere.
+/// the body of a `HEAD`), the stats JSON for `GET`/`HEAD /stats` (what `stunfwd
+/// status` reads), 405 with `Allow` for another method there, 404 elsewhere.
 fn answer<B>(req: &Request<B>, stats: &dyn Fn() -> Stats) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::default());
-    if req.uri().path() != "/metrics" {
+    let path = req.uri().path();
+    if path != "/metrics" && path != "/stats" {
         *resp.status_mut() = StatusCode::NOT_FOUND;
     } else if req.method() == Method::GET || req.method() == Method::HEAD {
-        *resp.body_mut() = Full::new(render(&stats()).into());
+        let (body, kind) = if path == "/stats" {
+            let json = serde_json::to_string(&stats())
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+            (json, "application/json")
+        } else {
+            (render(&stats()), CONTENT_TYPE)
+        };
+        *resp.body_mut() = Full::new(body.into());
         resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     } else {
         *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         resp.headers_mut()
