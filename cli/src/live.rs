@@ -103,7 +103,11 @@ fn serve(
         match wake {
             Wake::Stop => return,
             Wake::StdinClosed => {
-                // No more commands (stdin closed): keep running until a signal.
+                // No more commands (stdin closed, Ctrl-D): keep running until a
+                // signal, and say so rather than leave a prompt that no longer reads.
+                if prompt {
+                    say("end of input: the mapping> prompt is closed; the mappings keep running, Ctrl-C stops stunfwd");
+                }
                 continue;
             }
             Wake::Reload => {
@@ -235,6 +239,9 @@ fn command(engine: &Engine, line: &str) -> bool {
             },
             Err(e) => say(&format!("error: {e}")),
         },
+        "remove" | "rm" if arg.is_empty() => {
+            say("error: remove what? give an id or a spec from `list`, e.g. `remove 2`");
+        }
         "remove" | "rm" => match find_mapping(engine, arg) {
             Some(id) => match engine.remove_mapping(id) {
                 Ok(()) => say(&format!("removed {id}")),

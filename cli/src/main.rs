@@ -103,7 +103,8 @@ enum Command {
     /// Print a running peer's state, paths, mappings and clients, read from its
     /// metrics address (`GET /stats`; run the peer with --metrics ADDR or metricsAddr).
     Status {
-        /// The peer's metrics address, host:port.
+        /// The peer's metrics address, host:port (or the http://ADDR/metrics URL it printed).
+        #[arg(value_parser = status::peer_addr)]
         addr: SocketAddr,
         /// Print the stats JSON instead.
         #[arg(long)]

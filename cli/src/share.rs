@@ -73,6 +73,12 @@ pub fn allow_rule(service: &str) -> Result<String, String> {
 /// A port to open on the client: `LOCAL:REMOTE` or `LOCAL:HOST:REMOTE`, with `/udp`
 /// (or `/tcp`, the default) at the end, as the engine's mapping spec.
 pub fn mapping_spec(port: &str) -> Result<String, String> {
+    // The engine's own spelling (`tcp:2222:22`, what `list` shows and what the
+    // `mapping>` prompt and config files take) is accepted as it is.
+    if port.starts_with("tcp:") || port.starts_with("udp:") {
+        Mapping::parse(port).map_err(|e| format!("mapping `{port}`: {e}"))?;
+        return Ok(port.to_owned());
+    }
     let (body, proto) = match port.rsplit_once('/') {
         Some((b, p @ ("tcp" | "udp"))) => (b, p),
         Some((_, other)) => {
@@ -155,6 +161,8 @@ mod tests {
             assert!(e.contains(bad) && e.contains("valid: tcp:PORT"), "{e}");
         }
         assert_eq!(mapping_spec("2222:22").unwrap(), "tcp:2222:22");
+        assert_eq!(mapping_spec("tcp:2222:22").unwrap(), "tcp:2222:22");
+        assert_eq!(mapping_spec("udp:0:db.lan:53").unwrap(), "udp:0:db.lan:53");
         assert_eq!(mapping_spec("5353:5353/udp").unwrap(), "udp:5353:5353");
         assert_eq!(
             mapping_spec("0:db.lan:5432/tcp").unwrap(),

@@ -142,9 +142,30 @@ pub fn report(s: &Value) -> String {
     out.join("\n")
 }
 
+/// `stunfwd status ADDR`: `host:port`, or the `http://ADDR/metrics` URL a peer prints.
+pub fn peer_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let t = text.trim();
+    let t = t
+        .strip_prefix("http://")
+        .map_or(t, |rest| rest.split('/').next().unwrap_or(rest));
+    t.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            "not a metrics address; give the HOST:PORT the peer's --metrics or metricsAddr has, e.g. 127.0.0.1:9100 (or the http://HOST:PORT/metrics URL it printed)".to_owned()
+        })
+}
+
 /// Reads a running peer's stats from its metrics address.
 pub fn fetch(addr: SocketAddr) -> Result<Value, String> {
     let fail = |e: std::io::Error| {
+        let e = match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                "no answer within 5 s".to_owned()
+            }
+            _ => e.to_string(),
+        };
         format!("cannot read the stats at http://{addr}/stats: {e} (is a peer running with --metrics {addr} or metricsAddr?)")
     };
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;

@@ -111,7 +111,21 @@ impl Token {
 
     /// Reads a token, saying which part is wrong when it cannot.
     pub fn decode(text: &str) -> Result<Token, TokenError> {
-        let text = text.trim();
+        // What copying adds: line breaks and spaces where a terminal or a mail wrapped
+        // it, quotes or <> around it, the `token ` label of the line `expose` prints.
+        // None of these can be part of a token (base64url, hex and dots only).
+        let cleaned: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        let mut text = cleaned.as_str();
+        for (open, close) in [('"', '"'), ('\'', '\''), ('`', '`'), ('<', '>')] {
+            if let Some(inner) = text.strip_prefix(open).and_then(|t| t.strip_suffix(close)) {
+                text = inner;
+            }
+        }
+        if let Some(rest) = text.strip_prefix("token") {
+            if rest.starts_with(PREFIX) {
+                text = rest;
+            }
+        }
         if text.is_empty() {
             return Err(TokenError::Empty);
         }
@@ -183,6 +197,18 @@ mod tests {
         assert!(text.starts_with("stunfwd1."), "{text}");
         assert_eq!(Token::decode(&text).unwrap(), t);
         assert_eq!(Token::decode(&format!("  {text}\n")).unwrap(), t);
+        // Wrapped, quoted or copied with its label: still the same token.
+        let (a, b) = text.split_at(40);
+        for copied in [
+            format!("{a}\n{b}"),
+            format!("{a}\r\n  {b}"),
+            format!("\"{text}\""),
+            format!("'{text}'"),
+            format!("<{text}>"),
+            format!("token {text}"),
+        ] {
+            assert_eq!(Token::decode(&copied).unwrap(), t, "{copied:?}");
+        }
         assert!(!format!("{t:?}").contains("s3cr3t"));
     }
 

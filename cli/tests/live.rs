@@ -293,19 +293,56 @@ fn the_mapping_prompt_adds_lists_and_removes_on_a_terminal() {
         "the removed mapping still listens"
     );
 
+    let at = pty.send("remove");
+    pty.wait(at, "error: remove what?");
+
+    // The engine's spelling, as `list` shows it, is taken at the prompt and by
+    // `connect` alike.
+    let at = pty.send(&format!("add tcp:0:{}", two.port()));
+    pty.wait(at, "listening on ");
+
     let at = pty.send("help");
     pty.wait(at, "remove ID|SPEC");
     pty.send("quit");
+    wait_exit(&mut child, "quit");
+    pty.wait(0, "stopping");
+}
+
+fn wait_exit(child: &mut std::process::Child, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "quit did not stop the process");
+        assert!(Instant::now() < deadline, "{what} did not stop the process");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(status.success(), "{status}");
-    pty.wait(0, "stopping");
+    assert!(status.success(), "{what}: {status}");
+}
+
+/// Ctrl-D at the prompt ends the commands, not the tunnel, and says so.
+#[test]
+fn ctrl_d_at_the_prompt_says_the_mappings_keep_running() {
+    let rv = common::Rendezvous::start();
+    let room = common::room();
+    let one = common::tcp_echo();
+    let _server = server(&rv, &room);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("client.json");
+    std::fs::write(
+        &path,
+        client_json(&rv, &room, &[format!("tcp:0:{}", one.port())]),
+    )
+    .unwrap();
+    let (mut pty, mut child) = Pty::spawn(&["run", path.to_str().unwrap()]);
+    pty.wait(0, "mapping> ");
+    let at = pty.len();
+    pty.master.write_all(b"\x04").unwrap();
+    pty.wait(at, "Ctrl-C stops stunfwd");
+    assert!(child.try_wait().unwrap().is_none(), "Ctrl-D stopped it");
+    // SAFETY: kill(2) on the child this test spawned.
+    unsafe { libc::kill(libc::pid_t::try_from(child.id()).unwrap(), libc::SIGTERM) };
+    wait_exit(&mut child, "SIGTERM");
 }
 
 /// On a terminal `expose` draws a live status line (state, clients, bytes/s); piped,
@@ -365,6 +402,14 @@ fn a_status_line_on_a_terminal_and_stunfwd_status() {
         report.contains(": connected (lan to 127.0.0.1:"),
         "{report}"
     );
+    // The URL the peer printed is taken too.
+    let out = Command::new(BIN)
+        .args(["status", "--json", &format!("http://{metrics}/metrics")])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{json}");
+    assert!(json.contains("\"mode\":\"server\""), "{json}");
     let (lines, _) = client.terminate_with_stdout();
     assert!(
         lines
@@ -383,4 +428,19 @@ fn a_status_line_on_a_terminal_and_stunfwd_status() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("is a peer running with --metrics"), "{err}");
+    // Something that takes the connection and never answers: said so, not EAGAIN.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(BIN)
+        .args(["status", &silent.local_addr().unwrap().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no answer within 5 s"), "{err}");
+    let out = Command::new(BIN)
+        .args(["status", "nonsense"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HOST:PORT"), "{err}");
 }

@@ -156,6 +156,26 @@ fn a_bad_token_or_port_is_refused_with_what_is_wrong() {
         assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
         assert!(err.contains(expected), "{bad}: {err}");
     }
+    // What copying adds (a line break where it wrapped, quotes, the `token ` label)
+    // is not a bad token: these get as far as the ports, where `/sctp` is refused,
+    // after `tcp:2222:22` (the engine's spelling) was taken.
+    let (a, b) = token.split_at(50);
+    for copied in [
+        format!("{a}\n{b}"),
+        format!("\"{token}\""),
+        format!("token {token}"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["connect", &copied, "tcp:2222:22", "2222:22/sctp"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{copied:?}: {err}");
+        assert!(
+            err.contains("`2222:22/sctp`") && !err.contains("token"),
+            "{copied:?}: {err}"
+        );
+    }
     let out = Command::new(BIN)
         .args(["connect", &token, "2222:22/sctp"])
         .output()
