@@ -164,6 +164,32 @@ fn sighup_and_file_changes_apply_mapping_differences_live() {
     peer.terminate();
 }
 
+/// A child process killed when dropped, also when a test fails half-way (none is left
+/// running behind a failed assertion).
+struct Reaped(std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A pseudo-terminal: the child's stdin, stdout and stderr; we read and write the
 /// other end.
 struct Pty {
@@ -172,7 +198,7 @@ struct Pty {
 }
 
 impl Pty {
-    fn spawn(args: &[&str]) -> (Pty, std::process::Child) {
+    fn spawn(args: &[&str]) -> (Pty, Reaped) {
         let (mut master, mut slave) = (0, 0);
         // SAFETY: openpty(3) with out-pointers to two ints; NULL name, termios, winsize.
         let rc = unsafe {
@@ -209,7 +235,7 @@ impl Pty {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        (Pty { master, out }, child)
+        (Pty { master, out }, Reaped(child))
     }
 
     /// Waits for `text` after `from` (a byte offset) and returns all the output after
