@@ -106,24 +106,36 @@ pub fn fresh_room_and_secret() -> (String, String) {
     (room, secret)
 }
 
+/// A config for `mode` from the token, with `extra` keys on top.
+fn config(token: &Token, mode: &str, extra: serde_json::Value) -> Result<Config, String> {
+    let mut v = json!({
+        "mode": mode,
+        "room": token.room,
+        "secret": token.secret,
+        "signalUrl": token.signal_url,
+        "stunServers": token.stun,
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(
+            e.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+    }
+    Config::from_value(v).map_err(|e| e.to_string())
+}
+
 /// The server's config for `expose`.
 pub fn server_config(
     token: &Token,
     allow: &[String],
     max_clients: Option<usize>,
 ) -> Result<Config, String> {
-    let mut v = json!({
-        "mode": "server",
-        "room": token.room,
-        "secret": token.secret,
-        "signalUrl": token.signal_url,
-        "stunServers": token.stun,
-        "allow": allow,
-    });
-    if let Some(n) = max_clients {
-        v["maxClients"] = n.into();
-    }
-    Config::from_value(v).map_err(|e| e.to_string())
+    config(
+        token,
+        "server",
+        json!({ "allow": allow, "maxClients": max_clients }),
+    )
 }
 
 /// The client's config for `connect`.
@@ -132,18 +144,11 @@ pub fn client_config(
     mappings: &[String],
     bind: Option<&str>,
 ) -> Result<Config, String> {
-    let mut v = json!({
-        "mode": "client",
-        "room": token.room,
-        "secret": token.secret,
-        "signalUrl": token.signal_url,
-        "stunServers": token.stun,
-        "mappings": mappings,
-    });
-    if let Some(b) = bind {
-        v["bind"] = b.into();
-    }
-    Config::from_value(v).map_err(|e| e.to_string())
+    config(
+        token,
+        "client",
+        json!({ "mappings": mappings, "bind": bind }),
+    )
 }
 
 #[cfg(test)]
