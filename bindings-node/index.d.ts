@@ -401,4 +401,9 @@ export interface TrafficStats {
    * within `performance.tunnelWait`.
    */
   tunnelWaitTimeouts: number
+  /**
+   * UDP flows refused because a flow cap was reached (`maxUdpFlowsPerMapping` on a
+   * client, `maxUdpFlowsPerClient` on a server, or the peer's).
+   */
+  flowsRefused: number
 }

@@ -253,6 +253,9 @@ pub struct TrafficStats {
     /// Local connections reset (UDP flows dropped) because the tunnel was not up
     /// within `performance.tunnelWait`.
     pub tunnel_wait_timeouts: i64,
+    /// UDP flows refused because a flow cap was reached (`maxUdpFlowsPerMapping` on a
+    /// client, `maxUdpFlowsPerClient` on a server, or the peer's).
+    pub flows_refused: i64,
 }
 
 impl From<&core::Traffic> for TrafficStats {
@@ -267,6 +270,7 @@ impl From<&core::Traffic> for TrafficStats {
             datagrams_received: count(t.datagrams_received),
             refused_by_policy: count(t.refused_by_policy),
             tunnel_wait_timeouts: count(t.tunnel_wait_timeouts),
+            flows_refused: count(t.flows_refused),
         }
     }
 }

@@ -133,7 +133,7 @@ impl Writer {
 /// What a traffic figure is called, its kind and its help text.
 type TrafficField = (&'static str, Kind, &'static str, fn(&Traffic) -> u64);
 
-const TRAFFIC: [TrafficField; 9] = [
+const TRAFFIC: [TrafficField; 10] = [
     (
         "connections_opened_total",
         Kind::Counter,
@@ -187,6 +187,12 @@ const TRAFFIC: [TrafficField; 9] = [
         Kind::Counter,
         "Local connections reset (UDP flows dropped) because the tunnel was not up within tunnelWait.",
         |t| t.tunnel_wait_timeouts,
+    ),
+    (
+        "udp_flows_refused_total",
+        Kind::Counter,
+        "UDP flows refused because a flow cap (maxUdpFlowsPerMapping, maxUdpFlowsPerClient) was reached.",
+        |t| t.flows_refused,
     ),
 ];
 

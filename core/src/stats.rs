@@ -22,6 +22,7 @@ pub(crate) struct Counters {
     datagrams_received: AtomicU64,
     refused: AtomicU64,
     tunnel_wait_timeouts: AtomicU64,
+    flows_refused: AtomicU64,
 }
 
 impl Counters {
@@ -37,6 +38,7 @@ impl Counters {
             datagrams_received: g(&self.datagrams_received),
             refused_by_policy: g(&self.refused),
             tunnel_wait_timeouts: g(&self.tunnel_wait_timeouts),
+            flows_refused: g(&self.flows_refused),
         }
     }
 }
@@ -95,6 +97,13 @@ impl Meter {
         });
     }
 
+    /// A UDP flow refused by a flow cap (ours or the peer's).
+    pub fn flow_refused(&self) {
+        self.each(|c| {
+            c.flows_refused.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
     pub fn sent(&self, bytes: usize) {
         self.each(|c| {
             c.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -145,6 +154,10 @@ pub struct Traffic {
     /// up within `performance.tunnelWait` of their arrival (client side; also counted
     /// in `connections_failed`).
     pub tunnel_wait_timeouts: u64,
+    /// UDP flows refused because a flow cap was reached: this side's
+    /// `performance.maxUdpFlowsPerMapping` (client) or `maxUdpFlowsPerClient`
+    /// (server), or the peer's, as the peer reported it. Their datagrams are dropped.
+    pub flows_refused: u64,
 }
 
 impl Traffic {
@@ -159,6 +172,7 @@ impl Traffic {
         self.datagrams_received += other.datagrams_received;
         self.refused_by_policy += other.refused_by_policy;
         self.tunnel_wait_timeouts += other.tunnel_wait_timeouts;
+        self.flows_refused += other.flows_refused;
     }
 }
 

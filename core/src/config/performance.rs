@@ -6,8 +6,9 @@ use serde_json::{Map, Value};
 
 use super::schema::{
     Fields, BIRTHDAY_PROBES, BIRTHDAY_RATE, BIRTHDAY_SOCKETS, IDLE_TIMEOUT, KEEP_ALIVE,
-    MAX_RETRIES, PERFORMANCE_FIELDS, PUNCH_TTL, SIGNAL_BACKOFF, STUN_CACHE, TCP_BUFFER_SIZE,
-    TUNNEL_WAIT, UDP_BUFFER_SIZE, UDP_FLOW_TIMEOUT, WORKERS,
+    MAX_RETRIES, MAX_UDP_FLOWS_PER_CLIENT, MAX_UDP_FLOWS_PER_MAPPING, PERFORMANCE_FIELDS,
+    PUNCH_TTL, SIGNAL_BACKOFF, STUN_CACHE, TCP_BUFFER_SIZE, TUNNEL_WAIT, UDP_BUFFER_SIZE,
+    UDP_FLOW_TIMEOUT, WORKERS,
 };
 use super::values::{
     check_duration, check_int, expect_object, fmt_duration, parse_duration, parse_uint, parse_usize,
@@ -15,7 +16,8 @@ use super::values::{
 use crate::error::{Error, Result};
 
 const PERFORMANCE_EXPECTED: &str = "an object with keys stunCache, signalBackoff, tcpBufferSize, \
-     udpBufferSize, maxRetries, udpFlowTimeout, keepAlive, idleTimeout, workers, tunnelWait, punchTtl, birthdaySockets, birthdayProbes, birthdayRate";
+     udpBufferSize, maxRetries, udpFlowTimeout, keepAlive, idleTimeout, workers, tunnelWait, punchTtl, birthdaySockets, birthdayProbes, birthdayRate, \
+     maxUdpFlowsPerMapping, maxUdpFlowsPerClient";
 
 /// Tuning knobs (the `performance` object). Every field has a default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +70,14 @@ pub struct Performance {
     /// `birthdayRate`: packets per second either side of birthday punching sends at
     /// most. Default 1000, 10-10000.
     pub birthday_rate: u32,
+    /// `maxUdpFlowsPerMapping`: client role: UDP flows (local source addresses) one
+    /// mapping carries at once. A datagram from a new source beyond it is dropped,
+    /// counted in `flows_refused` and logged. Default 1024, 1-65536.
+    pub max_udp_flows_per_mapping: usize,
+    /// `maxUdpFlowsPerClient`: server role: UDP flows one client may have open at once
+    /// (each holds a socket, so a descriptor, until `udpFlowTimeout`). A flow beyond it
+    /// is refused, and counted in `flows_refused` on both sides. Default 4096, 1-65536.
+    pub max_udp_flows_per_client: usize,
 }
 
 /// The default `workers`: one runtime thread per two CPUs, between 1 and 2. One QUIC
@@ -103,6 +113,8 @@ impl Default for Performance {
             birthday_sockets: 256,
             birthday_probes: 2000,
             birthday_rate: 1000,
+            max_udp_flows_per_mapping: 1024,
+            max_udp_flows_per_client: 4096,
         }
     }
 }
@@ -220,6 +232,20 @@ impl Performance {
             10_000,
             "packets per second",
         )?;
+        check_int(
+            &key(MAX_UDP_FLOWS_PER_MAPPING.name),
+            self.max_udp_flows_per_mapping as u64,
+            1,
+            65_536,
+            "flows",
+        )?;
+        check_int(
+            &key(MAX_UDP_FLOWS_PER_CLIENT.name),
+            self.max_udp_flows_per_client as u64,
+            1,
+            65_536,
+            "flows",
+        )?;
         Ok(())
     }
 
@@ -251,6 +277,14 @@ impl Performance {
         m.insert(BIRTHDAY_SOCKETS.name.into(), self.birthday_sockets.into());
         m.insert(BIRTHDAY_PROBES.name.into(), self.birthday_probes.into());
         m.insert(BIRTHDAY_RATE.name.into(), self.birthday_rate.into());
+        m.insert(
+            MAX_UDP_FLOWS_PER_MAPPING.name.into(),
+            self.max_udp_flows_per_mapping.into(),
+        );
+        m.insert(
+            MAX_UDP_FLOWS_PER_CLIENT.name.into(),
+            self.max_udp_flows_per_client.into(),
+        );
         Value::Object(m)
     }
 }
@@ -316,6 +350,16 @@ pub(super) fn parse_performance(key: &str, v: &Value) -> Result<Performance> {
         check_int(&k, n, 10, 10_000, "packets per second")?;
         p.birthday_rate = u32::try_from(n).unwrap_or(u32::MAX);
     }
+    if let Some((k, v)) = fields.get(&MAX_UDP_FLOWS_PER_MAPPING)? {
+        let n = parse_uint(&k, v, "a number of flows, 1-65536")?;
+        check_int(&k, n, 1, 65_536, "flows")?;
+        p.max_udp_flows_per_mapping = n as usize;
+    }
+    if let Some((k, v)) = fields.get(&MAX_UDP_FLOWS_PER_CLIENT)? {
+        let n = parse_uint(&k, v, "a number of flows, 1-65536")?;
+        check_int(&k, n, 1, 65_536, "flows")?;
+        p.max_udp_flows_per_client = n as usize;
+    }
     p.check(key)?;
     Ok(p)
 }
@@ -341,5 +385,28 @@ mod tests {
         assert_eq!(p.udp_buffer_size, 8192);
         assert_eq!(p.max_retries, 3);
         assert_eq!(p.idle_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn udp_flow_caps() {
+        let c = parse(with(json!({"performance": {
+            "maxUdpFlowsPerMapping": 10, "maxUdpFlowsPerClient": 20000
+        }})));
+        assert_eq!(c.performance.max_udp_flows_per_mapping, 10);
+        assert_eq!(c.performance.max_udp_flows_per_client, 20000);
+        let d = crate::config::Performance::default();
+        assert_eq!(
+            (d.max_udp_flows_per_mapping, d.max_udp_flows_per_client),
+            (1024, 4096)
+        );
+        for bad in [json!(0), json!(65537), json!("many")] {
+            let err = crate::config::Config::from_value(with(
+                json!({"performance": {"maxUdpFlowsPerClient": bad}}),
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("performance.maxUdpFlowsPerClient"), "{err}");
+            assert!(err.contains("65536"), "{err}");
+        }
     }
 }

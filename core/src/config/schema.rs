@@ -80,6 +80,8 @@ pub(super) const PUNCH_TTL: Field = field("punchTtl");
 pub(super) const BIRTHDAY_SOCKETS: Field = field("birthdaySockets");
 pub(super) const BIRTHDAY_PROBES: Field = field("birthdayProbes");
 pub(super) const BIRTHDAY_RATE: Field = field("birthdayRate");
+pub(super) const MAX_UDP_FLOWS_PER_MAPPING: Field = field("maxUdpFlowsPerMapping");
+pub(super) const MAX_UDP_FLOWS_PER_CLIENT: Field = field("maxUdpFlowsPerClient");
 pub(super) const PERFORMANCE_FIELDS: &[Field] = &[
     STUN_CACHE,
     SIGNAL_BACKOFF,
@@ -95,6 +97,8 @@ pub(super) const PERFORMANCE_FIELDS: &[Field] = &[
     BIRTHDAY_SOCKETS,
     BIRTHDAY_PROBES,
     BIRTHDAY_RATE,
+    MAX_UDP_FLOWS_PER_MAPPING,
+    MAX_UDP_FLOWS_PER_CLIENT,
 ];
 
 pub(super) const URL: Field = field("url");

@@ -45,6 +45,8 @@ pub(crate) struct Ctx {
     pub flows: udp::FlowTable,
     /// Next client flow id.
     pub next_flow: AtomicU64,
+    /// Server role: flows refused by `maxUdpFlowsPerClient`, for a bounded log.
+    pub flow_refusals: Mutex<udp::Refusals>,
 }
 
 impl Ctx {
@@ -61,6 +63,7 @@ impl Ctx {
             allow,
             flows: Arc::new(Mutex::new(HashMap::new())),
             next_flow: AtomicU64::new(1),
+            flow_refusals: Mutex::new(udp::Refusals::default()),
         })
     }
 

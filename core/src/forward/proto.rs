@@ -49,6 +49,9 @@ pub enum Status {
     ConnectFailed = 2,
     /// The header was malformed or of an unknown version.
     BadHeader = 3,
+    /// A UDP flow beyond the server's `maxUdpFlowsPerClient` (a peer before this
+    /// status existed reads it as `BadHeader`).
+    TooManyFlows = 4,
 }
 
 impl Status {
@@ -58,6 +61,7 @@ impl Status {
             0 => Status::Ok,
             1 => Status::NotAllowed,
             2 => Status::ConnectFailed,
+            4 => Status::TooManyFlows,
             _ => Status::BadHeader,
         }
     }
@@ -69,6 +73,10 @@ impl Status {
             Status::NotAllowed => "refused by the peer's allow rules",
             Status::ConnectFailed => "the peer could not connect to the target",
             Status::BadHeader => "the peer rejected the stream header",
+            Status::TooManyFlows => {
+                "the peer already carries as many UDP flows for this client as it allows \
+                 (its performance.maxUdpFlowsPerClient)"
+            }
         }
     }
 }

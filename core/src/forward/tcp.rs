@@ -190,37 +190,54 @@ async fn pipe(
     }
 }
 
+/// The first read of a connection asks for this much; each read that fills its buffer
+/// doubles the next, up to `tcpBufferSize`.
+const FIRST_READ: usize = 16 * 1024;
+
+/// Reads up to this size are copied into a buffer of their own size.
+const COPY_BELOW: usize = 4 * 1024;
+
 async fn tcp_to_quic(
     r: &OwnedReadHalf,
     send: &mut SendStream,
     buf_size: usize,
     meter: &Meter,
 ) -> io::Result<()> {
-    // Each read lands in a buffer of its own that is handed to quinn as it is
-    // (`write_chunk`): no copy between the socket and the QUIC stream.
+    // Bulk reads land in a buffer of their own that is handed to quinn as it is
+    // (`write_chunk`): no copy between the socket and the QUIC stream. Small reads
+    // (interactive traffic) are copied out at their size, and their buffer is let go:
+    // quinn would otherwise hold a mostly empty buffer of `want` bytes for each of
+    // them until the peer acks it. The buffer is only allocated once the socket is
+    // readable, so an idle connection holds none (#19: a buffer per connection was
+    // most of a peer's memory after bursts of connections).
     let mut buf = BytesMut::new();
+    let mut want = FIRST_READ.min(buf_size);
     loop {
-        buf.reserve(buf_size);
-        let n = read_half(r, &mut buf).await?;
+        r.readable().await?;
+        buf.reserve(want);
+        let n = match r.try_read_buf(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             let _ = send.finish();
             return Ok(());
         }
-        send.write_chunk(buf.split().freeze())
+        let chunk = if n < COPY_BELOW {
+            let chunk = Bytes::copy_from_slice(&buf[..n]);
+            buf = BytesMut::new();
+            chunk
+        } else {
+            buf.split().freeze()
+        };
+        if n >= want {
+            want = (want * 2).min(buf_size);
+        }
+        send.write_chunk(chunk)
             .await
             .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e))?;
         meter.sent(n);
-    }
-}
-
-async fn read_half(r: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
-    loop {
-        r.readable().await?;
-        match r.try_read_buf(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
     }
 }
 

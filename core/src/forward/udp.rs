@@ -72,6 +72,43 @@ fn insert_flow(t: &FlowTable, id: u64, sink: FlowSink) {
     }
 }
 
+/// [`insert_flow`] unless the table already holds `cap` flows (the check and the
+/// insertion under one lock). False when refused.
+fn insert_flow_capped(t: &FlowTable, id: u64, sink: FlowSink, cap: usize) -> bool {
+    let mut flows = table(t);
+    if flows.len() >= cap && !flows.contains_key(&id) {
+        return false;
+    }
+    if let Some(old) = flows.insert(id, Arc::new(sink)) {
+        old.removed.store(true, Ordering::Relaxed);
+    }
+    true
+}
+
+/// Logs refused flows at most once per [`Refusals::EVERY`], with how many were
+/// refused since: a cap is reached by a burst of new sources, one line each would
+/// flood the log.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    last: Option<StdInstant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts one refusal; true when it should be logged now, with the count of
+    /// refusals that line covers.
+    fn note(&mut self) -> Option<u64> {
+        self.unlogged += 1;
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return None;
+        }
+        self.last = Some(StdInstant::now());
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
 fn remove_flow(t: &FlowTable, id: u64) {
     if let Some(old) = table(t).remove(&id) {
         old.removed.store(true, Ordering::Relaxed);
@@ -160,23 +197,65 @@ async fn send_to_peer(
     id: u64,
     payload: &[u8],
 ) -> Result<(), ()> {
+    send_frame_to_peer(
+        conn,
+        stream,
+        proto::encode_datagram(id, payload),
+        payload.len(),
+    )
+    .await
+}
+
+/// [`send_to_peer`] for a datagram already encoded as a DATAGRAM frame whose last
+/// `payload_len` bytes are the payload.
+async fn send_frame_to_peer(
+    conn: &quinn::Connection,
+    stream: &mut SendStream,
+    frame: Bytes,
+    payload_len: usize,
+) -> Result<(), ()> {
     // Refused (TooLarge, UnsupportedByPeer) exactly when it does not fit in a
     // DATAGRAM frame: asking `max_datagram_size` first would lock the connection twice.
-    if conn
-        .send_datagram(proto::encode_datagram(id, payload))
-        .is_ok()
-    {
+    // The clone is a reference count, kept for that case.
+    if conn.send_datagram(frame.clone()).is_ok() {
         return Ok(());
     }
+    let payload = &frame[frame.len() - payload_len..];
     let mut framed = Vec::with_capacity(4 + payload.len());
     framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     framed.extend_from_slice(payload);
     stream.write_all(&framed).await.map_err(|_| ())
 }
 
+thread_local! {
+    /// The receive buffer of the server's flow sockets: one per runtime thread, where a
+    /// buffer per flow held 64 KiB for the flow's whole life, idle or not (#19: 2,000
+    /// flows cost 250 MB).
+    static FLOW_RECV: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; 65_536].into_boxed_slice());
+}
+
+/// Waits for a datagram on the connected `socket` and returns it encoded as flow `id`'s
+/// DATAGRAM frame, with the payload's length. Nothing is held while it waits.
+async fn recv_frame(socket: &UdpSocket, id: u64) -> std::io::Result<(Bytes, usize)> {
+    loop {
+        socket.readable().await?;
+        let got = FLOW_RECV.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match socket.try_recv(&mut buf) {
+                Ok(n) => Ok(Some((proto::encode_datagram(id, &buf[..n]), n))),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        if let Some(frame) = got {
+            return Ok(frame);
+        }
+    }
+}
+
 /// Reads `[len u32][payload]` frames from a flow stream and delivers them.
 async fn read_stream_frames(mut recv: RecvStream, sink: FlowSink) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let mut len = [0u8; 4];
         if recv.read_exact(&mut len).await.is_err() {
@@ -187,10 +266,14 @@ async fn read_stream_frames(mut recv: RecvStream, sink: FlowSink) {
             let _ = recv.stop(super::RESET_CODE.into());
             return;
         }
-        if recv.read_exact(&mut buf[..len]).await.is_err() {
+        // Sized to the frame, allocated when one comes: only datagrams too large for
+        // a DATAGRAM frame come this way, and a buffer held per flow would cost 64 KiB
+        // for each idle flow.
+        let mut buf = vec![0u8; len];
+        if recv.read_exact(&mut buf).await.is_err() {
             return;
         }
-        deliver(&sink, &buf[..len]);
+        deliver(&sink, &buf);
     }
 }
 
@@ -214,6 +297,8 @@ pub(crate) async fn run_listener(
     token: CancellationToken,
 ) {
     let target = mapping.target();
+    let cap = ctx.perf.max_udp_flows_per_mapping;
+    let mut refusals = Refusals::default();
     let mut flows: HashMap<SocketAddr, FlowEntry> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<SocketAddr>();
     let mut buf = vec![0u8; 65_536];
@@ -234,6 +319,18 @@ pub(crate) async fn run_listener(
                 }
             },
         };
+        if flows.len() >= cap && !flows.contains_key(&src) {
+            meter.flow_refused();
+            if let Some(n) = refusals.note() {
+                tracing::warn!(
+                    %src, %target, refused = n,
+                    "udp flow refused: this mapping already carries {cap} flows \
+                     (performance.maxUdpFlowsPerMapping); its datagrams are dropped until one \
+                     goes idle for udpFlowTimeout"
+                );
+            }
+            continue;
+        }
         let entry = flows.entry(src).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(1024);
             let open = Arc::new(OnceLock::new());
@@ -355,6 +452,9 @@ impl ClientFlow {
                 if status == Status::NotAllowed {
                     self.meter.refused();
                 }
+                if status == Status::TooManyFlows {
+                    self.meter.flow_refused();
+                }
                 self.meter.failed();
                 return;
             }
@@ -464,7 +564,22 @@ pub(crate) async fn serve_flow(
     let idle = IdleClock::new();
     let sink = FlowSink::new(socket.clone(), None, meter.clone(), idle.clone());
     // Registered before the client hears Ok: its first datagram may follow at once.
-    insert_flow(&ctx.flows, id, sink.clone());
+    let cap = ctx.perf.max_udp_flows_per_client;
+    if !insert_flow_capped(&ctx.flows, id, sink.clone(), cap) {
+        meter.flow_refused();
+        meter.failed();
+        let note = lock(&ctx.flow_refusals).note();
+        if let Some(n) = note {
+            tracing::warn!(
+                target = %header.target, refused = n,
+                "udp flow refused: this client already has {cap} flows open \
+                 (performance.maxUdpFlowsPerClient)"
+            );
+        }
+        let _ = send.write_all(&[Status::TooManyFlows as u8]).await;
+        let _ = send.finish();
+        return;
+    }
     if send.write_all(&[Status::Ok as u8]).await.is_err() {
         remove_flow(&ctx.flows, id);
         meter.failed();
@@ -473,7 +588,6 @@ pub(crate) async fn serve_flow(
     meter.opened();
     let mut reader = crate::spawn(read_stream_frames(recv, sink));
     let timeout = ctx.perf.udp_flow_timeout;
-    let mut buf = vec![0u8; 65_536];
     loop {
         let wait = timeout.saturating_sub(idle.idle_for());
         tokio::select! {
@@ -484,10 +598,11 @@ pub(crate) async fn serve_flow(
                     break;
                 }
             }
-            r = socket.recv(&mut buf) => {
-                let Ok(n) = r else { continue };
+            r = recv_frame(&socket, id) => {
+                // An error is the target's ICMP (port unreachable): keep the flow.
+                let Ok((frame, n)) = r else { continue };
                 idle.touch();
-                if send_to_peer(&conn, &mut send, id, &buf[..n]).await.is_err() {
+                if send_frame_to_peer(&conn, &mut send, frame, n).await.is_err() {
                     break;
                 }
                 meter.datagram_sent(n);

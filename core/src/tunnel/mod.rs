@@ -33,7 +33,10 @@ pub(crate) fn transport_config(perf: &Performance) -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(perf.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }
-    t.max_concurrent_bidi_streams(4096u32.into());
+    // Each TCP connection and each UDP flow is a stream the client opens: room for
+    // 4,096 connections beside the flows the server lets one client have.
+    let streams = 4096 + perf.max_udp_flows_per_client.min(65_536) as u32;
+    t.max_concurrent_bidi_streams(streams.into());
     t.max_concurrent_uni_streams(256u32.into());
     t.datagram_receive_buffer_size(Some(4 << 20));
     t.datagram_send_buffer_size(4 << 20);
