@@ -33,6 +33,7 @@ pub mod stats;
 pub mod status;
 pub mod stun;
 pub(crate) mod sync;
+pub(crate) mod trim;
 pub mod tunnel;
 pub(crate) mod turn;
 

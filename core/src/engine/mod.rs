@@ -203,6 +203,8 @@ impl Engine {
                 return Err(Error::Tunnel("engine setup task died".into()));
             }
         };
+        // Freed memory goes back to the system after bursts (issue #19).
+        handle.spawn(crate::trim::run());
         // Events are delivered on one dedicated thread, so callbacks never run on the
         // runtime and may call back into the engine (even stop it).
         if let Some(cb) = callback {
