@@ -182,7 +182,33 @@ fn init_logs(format: LogFormat, filter: &str) {
     }
 }
 
+/// mimalloc instead of glibc's malloc, only with `--features mimalloc`: measured for
+/// issue #19 and not chosen (idle RSS 35 MB against 10 MB; docs/benchmarks.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Raises the soft limit on open descriptors to the hard limit, as the Go runtime does
+/// for every program: a server holds one socket per UDP flow
+/// (`performance.maxUdpFlowsPerClient`, 4,096 per client by default) and one per TCP
+/// connection, and the usual soft limit of 1,024 would refuse them long before the
+/// configured caps. A library cannot do this for its host; the CLI is its own host.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    raise_fd_limit();
     let cli = Cli::parse();
     match cli.command {
         Command::Run {
