@@ -16,6 +16,10 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod memory;
+mod polls;
+mod scale;
+
 type Res<T> = Result<T, String>;
 
 // ---------------------------------------------------------------- processes
@@ -92,6 +96,13 @@ impl Proc {
                 }
             }
         }
+    }
+
+    /// Lines printed since the last look, without waiting.
+    fn drain(&mut self) -> Vec<String> {
+        let fresh: Vec<String> = self.lines.try_iter().map(|(_, l)| l).collect();
+        self.seen.extend(fresh.iter().cloned());
+        fresh
     }
 
     fn rss_kb(&self) -> u64 {
@@ -176,6 +187,22 @@ fn tcp_echo() -> u16 {
 
 extern "C" {
     fn setsockopt(fd: i32, level: i32, name: i32, value: *const std::ffi::c_void, len: u32) -> i32;
+    fn getrlimit(resource: i32, rlim: *mut [u64; 2]) -> i32;
+    fn setrlimit(resource: i32, rlim: *const [u64; 2]) -> i32;
+}
+
+/// Raises this process's descriptor soft limit to the hard one: the flow and long-poll
+/// rows hold 10,000 sockets each (the `stunfwd` CLI does the same for itself).
+fn raise_fd_limit() {
+    const RLIMIT_NOFILE: i32 = 7;
+    let mut lim = [0u64; 2];
+    // SAFETY: Linux's `struct rlimit` is two u64 (soft, hard), read and written here only.
+    unsafe {
+        if getrlimit(RLIMIT_NOFILE, &mut lim) == 0 && lim[0] < lim[1] {
+            lim[0] = lim[1];
+            setrlimit(RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// Asks for an 8 MiB receive buffer (SO_RCVBUFFORCE as root, else SO_RCVBUF), so the
@@ -292,6 +319,8 @@ fn start_unlimited_signal() -> Res<Signal> {
         "rendezvous (unlimited)",
         Command::new(exe).arg("--serve-signal"),
     )?;
+    let (_, stun) = proc.wait_line("stun on", Duration::from_secs(10))?;
+    let stun = stun.trim_start_matches("stun on ").trim().to_owned();
     let (_, line) = proc.wait_line("rendezvous on", Duration::from_secs(10))?;
     let url = line.trim_start_matches("rendezvous on ").trim().to_owned();
     let port = url
@@ -304,7 +333,7 @@ fn start_unlimited_signal() -> Res<Signal> {
         proc,
         port,
         url,
-        stun: String::new(),
+        stun,
     })
 }
 
@@ -343,25 +372,41 @@ struct Tunnel {
 
 /// Starts a server and a client `stunfwd run` with `mappings` (`tcp:LOCAL:REMOTE`...).
 fn start_tunnel(t: &Tools, sig: &Signal, mappings: &[String], wait: bool) -> Res<Tunnel> {
+    start_tunnel_with(t, sig, mappings, wait, serde_json::Value::Null)
+}
+
+/// [`start_tunnel`] with a `performance` object in both configs (`Null`: none).
+fn start_tunnel_with(
+    t: &Tools,
+    sig: &Signal,
+    mappings: &[String],
+    wait: bool,
+    performance: serde_json::Value,
+) -> Res<Tunnel> {
     let room = format!(
         "bench-{}-{}",
         std::process::id(),
         ROOM.fetch_add(1, Ordering::Relaxed)
     );
     let write = |mode: &str, maps: &[String]| -> Res<PathBuf> {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "mode": mode, "room": room, "secret": "bench secret",
             "signalUrl": sig.url, "stunServers": [sig.stun], "bind": "127.0.0.1:0",
             "mappings": maps,
         });
+        if !performance.is_null() {
+            v["performance"] = performance.clone();
+        }
         let p = t.work.join(format!("{room}-{mode}.json"));
         std::fs::write(&p, v.to_string()).map_err(|e| e.to_string())?;
         Ok(p)
     };
     let (sp, cp) = (write("server", &[])?, write("client", mappings)?);
+    // STUNFWD_BENCH_LOG=info (or debug) to see more of the peers when a row fails.
+    let level = std::env::var("STUNFWD_BENCH_LOG").unwrap_or_else(|_| "warn".into());
     let run = |p: &Path| {
         let mut c = Command::new(&t.stunfwd);
-        c.args(["--log", "warn", "run"]).arg(p);
+        c.args(["--log", &level, "run"]).arg(p);
         c
     };
     let started = Instant::now();
@@ -630,6 +675,13 @@ fn wrk(t: &Tools, url: &str, script: Option<&Path>, secs: u32) -> Res<f64> {
 
 /// POSTs `n` rooms over one keep-alive connection.
 fn post_rooms(port: u16, n: usize, prefix: &str) -> Res<()> {
+    post_rooms_timed(port, n, prefix).map(|_| ())
+}
+
+/// [`post_rooms`], returning each POST's round trip in µs. The rooms are
+/// `{prefix}-0` to `{prefix}-{n-1}`.
+fn post_rooms_timed(port: u16, n: usize, prefix: &str) -> Res<Vec<f64>> {
+    let mut times = Vec::with_capacity(n);
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
@@ -643,6 +695,7 @@ fn post_rooms(port: u16, n: usize, prefix: &str) -> Res<()> {
             "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
+        let t0 = Instant::now();
         s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         let mut len = 0usize;
         let mut line = String::new();
@@ -666,11 +719,12 @@ fn post_rooms(port: u16, n: usize, prefix: &str) -> Res<()> {
         }
         let mut b = vec![0u8; len];
         r.read_exact(&mut b).map_err(|e| e.to_string())?;
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
         if !status.contains(" 200") {
             return Err(format!("POST room {i}: {}", status.trim()));
         }
     }
-    Ok(())
+    Ok(times)
 }
 
 fn stripped_size(path: &Path, work: &Path) -> Res<u64> {
@@ -723,7 +777,9 @@ fn fmt_val(v: f64, unit: &str) -> String {
         "µs" => format!("{:.0} µs", v),
         "ms" => format!("{:.0} ms", v),
         "MB" => format!("{:.1} MB", v / 1e6),
+        "KB" => format!("{:.1} KB", v / 1e3),
         "req/s" => format!("{:.0} req/s", v),
+        _ if v.fract() == 0.0 => format!("{v:.0} {unit}"),
         _ => format!("{v:.2} {unit}"),
     }
 }
@@ -775,6 +831,7 @@ impl Table {
                     Err(e) => format!("not measured: {e}"),
                 };
                 let base = match &r.baseline {
+                    _ if r.baseline_name == "-" => "-".to_owned(),
                     Ok(v) => format!("{} ({})", fmt_val(*v, r.unit), r.baseline_name),
                     Err(e) => format!("{}: not measured: {e}", r.baseline_name),
                 };
@@ -840,16 +897,22 @@ fn serve_signal() {
         .enable_all()
         .build()
         .expect("runtime");
+    let stun: std::net::SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
     let config = stunfwd_core::SignalServerConfig {
-        stun: None,
+        stun: Some(stun),
         rate_per_ip: 0,
         max_polls_per_ip: 0,
         max_connections_per_ip: 0,
+        // Room for the long-poll row's 10,000 polls beside the connections that wake
+        // them (the defaults are 10,000 each).
+        max_polls: 20_000,
+        max_connections: 20_000,
         ..stunfwd_core::SignalServerConfig::default()
     };
     let server = rt
         .block_on(stunfwd_core::SignalServer::start(config))
         .expect("rendezvous server");
+    println!("stun on {stun}");
     println!("rendezvous on {}", server.url());
     loop {
         thread::sleep(Duration::from_secs(3600));
@@ -857,6 +920,7 @@ fn serve_signal() {
 }
 
 fn main() {
+    raise_fd_limit();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("--serve-signal") {
         serve_signal();
@@ -866,7 +930,15 @@ fn main() {
     let mut i = 0;
     while i < argv.len() {
         let k = argv[i].trim_start_matches("--").to_owned();
-        if k == "quick" || k == "udp-only" || k == "latency-only" {
+        if [
+            "quick",
+            "udp-only",
+            "latency-only",
+            "memory-only",
+            "polls-only",
+        ]
+        .contains(&k.as_str())
+        {
             args.insert(k, String::new());
             i += 1;
         } else {
@@ -886,7 +958,17 @@ fn main() {
         work: work.clone(),
         quick: args.contains_key("quick"),
     };
-    let table = if args.contains_key("udp-only") || args.contains_key("latency-only") {
+    let table = if let Some(n) = args.get("scale") {
+        let n = n.parse().unwrap_or(100);
+        let soak = args.get("soak").and_then(|s| s.parse().ok());
+        scale::run_scale(&t, n, soak)
+    } else if args.contains_key("polls-only") {
+        let mut table = Table::default();
+        polls::poll_rows(&mut table);
+        table
+    } else if args.contains_key("memory-only") {
+        memory_only(&t)
+    } else if args.contains_key("udp-only") || args.contains_key("latency-only") {
         run_only(&t, args.contains_key("udp-only"))
     } else {
         run(&t)
@@ -899,6 +981,19 @@ fn step(what: &str) {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let t0 = START.get_or_init(Instant::now);
     eprintln!("[bench {:>5.1} s] {what}", t0.elapsed().as_secs_f64());
+}
+
+/// `--memory-only`: the memory rows (bursts, UDP flows), for trying a change.
+fn memory_only(t: &Tools) -> Table {
+    let mut table = Table::default();
+    match start_signal(t) {
+        Ok(sig) => {
+            memory::burst_rows(t, &sig, &mut table);
+            memory::flow_rows(t, &sig, &mut table);
+        }
+        Err(e) => table.row("rendezvous", &Err(e), "", "-", &Err("-".into()), None),
+    }
+    table
 }
 
 /// `--udp-only` / `--latency-only`: just those rows, for trying a change quickly.
@@ -1116,6 +1211,10 @@ fn run(t: &Tools) -> Table {
         None,
     );
 
+    // Memory after bursts of connections, and per idle UDP flow (#19).
+    memory::burst_rows(t, &sig, &mut table);
+    memory::flow_rows(t, &sig, &mut table);
+
     // 5. RSS: idle engine with 10 mappings; each process under load.
     step("rss");
     let maps: Vec<String> = (0..10).map(|_| format!("tcp:0:{echo}")).collect();
@@ -1263,6 +1362,7 @@ fn run(t: &Tools) -> Table {
         &part(&mem, |x| x.1),
         None,
     );
+    polls::poll_rows(&mut table);
     drop(sig);
     step("done");
     table
