@@ -157,6 +157,7 @@ pub struct Traffic {
     /// UDP flows refused because a flow cap was reached: this side's
     /// `performance.maxUdpFlowsPerMapping` (client) or `maxUdpFlowsPerClient`
     /// (server), or the peer's, as the peer reported it. Their datagrams are dropped.
+    /// A client counts a refused source once per 10 s, however many datagrams it sends.
     pub flows_refused: u64,
 }
 

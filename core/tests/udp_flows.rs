@@ -129,17 +129,18 @@ fn flows_beyond_the_mappings_cap_are_refused_counted_and_logged() {
         assert!(echoes(s, local), "an open flow keeps working");
     }
     let t = client.stats().mappings[0].traffic.clone();
-    // Every datagram from a refused source counts: two sources, 5 tries each.
-    assert_eq!(t.flows_refused, 10, "{t:?}");
-    assert_eq!(client.stats().totals.flows_refused, 10);
+    // Each refused source counts once (not each of its 5 datagrams).
+    assert_eq!(t.flows_refused, 2, "{t:?}");
+    assert_eq!(client.stats().totals.flows_refused, 2);
     assert_eq!(t.connections_active, 3, "{t:?}");
     let text = logs.text();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("udp flow refused") && l.contains(&echo.to_string()))
         .collect();
-    // One line for the burst (then at most one per 10 s), naming the setting.
-    assert_eq!(lines.len(), 1, "{text}");
+    // One line for the burst (then at most one per 10 s; the refusals take about 7 s,
+    // so a slow machine may see a second), naming the setting.
+    assert!((1..=2).contains(&lines.len()), "{text}");
     assert!(
         lines[0].contains("performance.maxUdpFlowsPerMapping") && lines[0].contains("3 flows"),
         "{}",
@@ -150,7 +151,7 @@ fn flows_beyond_the_mappings_cap_are_refused_counted_and_logged() {
         .lines()
         .find(|l| l.starts_with("stunfwd_mapping_udp_flows_refused_total{"))
         .unwrap_or_else(|| panic!("no refused-flows series in {metrics}"));
-    assert!(sample.ends_with(" 10"), "{sample}");
+    assert!(sample.ends_with(" 2"), "{sample}");
 }
 
 #[test]

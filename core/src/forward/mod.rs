@@ -1,6 +1,7 @@
 //! The data plane: client-side listeners and server-side dialers for TCP and UDP
 //! (DESIGN §7). Framing lives in [`proto`].
 
+pub(crate) mod flows;
 pub mod proto;
 pub(crate) mod tcp;
 pub(crate) mod udp;
@@ -42,11 +43,11 @@ pub(crate) struct Ctx {
     /// Server role: what may be dialled.
     pub allow: Vec<AllowRule>,
     /// Live UDP flows by id (both roles).
-    pub flows: udp::FlowTable,
+    pub flows: flows::FlowTable,
     /// Next client flow id.
     pub next_flow: AtomicU64,
     /// Server role: flows refused by `maxUdpFlowsPerClient`, for a bounded log.
-    pub flow_refusals: Mutex<udp::Refusals>,
+    pub flow_refusals: Mutex<flows::Refusals>,
 }
 
 impl Ctx {
@@ -63,7 +64,7 @@ impl Ctx {
             allow,
             flows: Arc::new(Mutex::new(HashMap::new())),
             next_flow: AtomicU64::new(1),
-            flow_refusals: Mutex::new(udp::Refusals::default()),
+            flow_refusals: Mutex::new(flows::Refusals::default()),
         })
     }
 

@@ -229,7 +229,9 @@ async fn tcp_to_quic(
             buf = BytesMut::new();
             chunk
         } else {
-            buf.split().freeze()
+            // The whole buffer goes: a remainder kept here would keep its allocation
+            // alive while the connection idles.
+            std::mem::take(&mut buf).freeze()
         };
         if n >= want {
             want = (want * 2).min(buf_size);

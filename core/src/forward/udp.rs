@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant as StdInstant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
@@ -16,130 +16,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::flows::{
+    insert_flow, insert_flow_capped, remove_flow, table, FlowSink, FlowTable, IdleClock, Refusals,
+    Refused,
+};
 use super::proto::{self, Header, Kind, Status, MAX_DATAGRAM};
 use super::{Ctx, OpenError};
 use crate::config::{Mapping, Proto};
 use crate::stats::Meter;
 use crate::sync::lock;
-
-/// Where datagrams of a flow go when they come out of the tunnel.
-#[derive(Debug, Clone)]
-pub(crate) struct FlowSink {
-    socket: Arc<UdpSocket>,
-    /// Client role: the local source address; server role: `None` (connected socket).
-    dest: Option<SocketAddr>,
-    meter: Meter,
-    idle: Arc<IdleClock>,
-    /// Set once the sink has left the flow table: copies held elsewhere (the
-    /// dispatcher's cache) are stale from then on.
-    removed: Arc<AtomicBool>,
-}
-
-impl FlowSink {
-    fn new(
-        socket: Arc<UdpSocket>,
-        dest: Option<SocketAddr>,
-        meter: Meter,
-        idle: Arc<IdleClock>,
-    ) -> Self {
-        FlowSink {
-            socket,
-            dest,
-            meter,
-            idle,
-            removed: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    fn is_current(&self) -> bool {
-        !self.removed.load(Ordering::Relaxed)
-    }
-}
-
-/// Live flows by id. Change it through [`insert_flow`] and [`remove_flow`], which
-/// mark the sinks that leave it.
-/// The table owns the only strong reference to each entry, so a sink (and its socket)
-/// is gone once its flow leaves the table, whatever caches it weakly.
-pub(crate) type FlowTable = Arc<Mutex<HashMap<u64, Arc<FlowSink>>>>;
-
-fn table(t: &FlowTable) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<FlowSink>>> {
-    lock(t)
-}
-
-fn insert_flow(t: &FlowTable, id: u64, sink: FlowSink) {
-    if let Some(old) = table(t).insert(id, Arc::new(sink)) {
-        old.removed.store(true, Ordering::Relaxed);
-    }
-}
-
-/// [`insert_flow`] unless the table already holds `cap` flows (the check and the
-/// insertion under one lock). False when refused.
-fn insert_flow_capped(t: &FlowTable, id: u64, sink: FlowSink, cap: usize) -> bool {
-    let mut flows = table(t);
-    if flows.len() >= cap && !flows.contains_key(&id) {
-        return false;
-    }
-    if let Some(old) = flows.insert(id, Arc::new(sink)) {
-        old.removed.store(true, Ordering::Relaxed);
-    }
-    true
-}
-
-/// Logs refused flows at most once per [`Refusals::EVERY`], with how many were
-/// refused since: a cap is reached by a burst of new sources, one line each would
-/// flood the log.
-#[derive(Debug, Default)]
-pub(crate) struct Refusals {
-    last: Option<StdInstant>,
-    unlogged: u64,
-}
-
-impl Refusals {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    /// Counts one refusal; true when it should be logged now, with the count of
-    /// refusals that line covers.
-    fn note(&mut self) -> Option<u64> {
-        self.unlogged += 1;
-        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
-            return None;
-        }
-        self.last = Some(StdInstant::now());
-        Some(std::mem::take(&mut self.unlogged))
-    }
-}
-
-fn remove_flow(t: &FlowTable, id: u64) {
-    if let Some(old) = table(t).remove(&id) {
-        old.removed.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Milliseconds since the flow's last activity, shared by its tasks.
-#[derive(Debug)]
-pub(crate) struct IdleClock {
-    base: StdInstant,
-    last_ms: AtomicU64,
-}
-
-impl IdleClock {
-    fn new() -> Arc<Self> {
-        Arc::new(IdleClock {
-            base: StdInstant::now(),
-            last_ms: AtomicU64::new(0),
-        })
-    }
-
-    fn touch(&self) {
-        self.last_ms
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let now = self.base.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
 
 fn deliver(sink: &FlowSink, payload: &[u8]) {
     sink.idle.touch();
@@ -320,6 +205,10 @@ pub(crate) async fn run_listener(
             },
         };
         if flows.len() >= cap && !flows.contains_key(&src) {
+            // Counted once per source per refusal period, not per datagram.
+            if !refusals.is_new(src) {
+                continue;
+            }
             meter.flow_refused();
             if let Some(n) = refusals.note() {
                 tracing::warn!(
@@ -348,8 +237,10 @@ pub(crate) async fn run_listener(
             let span = tracing::debug_span!("flow", %src, peer = tracing::field::Empty);
             crate::spawn(
                 async move {
+                    // Sent however the task ends (a panic too), so the entry and its
+                    // place under the cap are freed.
+                    let _done = DoneGuard(done, src);
                     flow.run(rx).await;
-                    let _ = done.send(src);
                 }
                 .instrument(span),
             );
@@ -373,6 +264,19 @@ pub(crate) async fn run_listener(
         {
             tracing::trace!(%src, "udp flow queue full or closed; datagram dropped");
         }
+    }
+}
+
+/// How long a client flow the peer refused for its flow cap keeps its source's
+/// datagrams from opening another.
+const REFUSED_HOLD: Duration = Duration::from_secs(1);
+
+/// Tells the listener, when dropped, that the flow of this source has ended.
+struct DoneGuard(mpsc::UnboundedSender<SocketAddr>, SocketAddr);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        let _ = self.0.send(self.1);
     }
 }
 
@@ -454,6 +358,13 @@ impl ClientFlow {
                 }
                 if status == Status::TooManyFlows {
                     self.meter.flow_refused();
+                    // The flow's entry stays a while, so that this source's next
+                    // datagrams are dropped here instead of each opening a stream the
+                    // peer refuses again.
+                    tokio::select! {
+                        _ = tokio::time::sleep(REFUSED_HOLD) => {}
+                        _ = self.token.cancelled() => {}
+                    }
                 }
                 self.meter.failed();
                 return;
@@ -478,7 +389,7 @@ impl ClientFlow {
             self.meter.clone(),
             idle.clone(),
         );
-        insert_flow(&self.ctx.flows, id, sink.clone());
+        let own = insert_flow(&self.ctx.flows, id, sink.clone());
         let _ = self.open.set(OpenFlow {
             conn: conn.clone(),
             id,
@@ -514,10 +425,28 @@ impl ClientFlow {
             open.live.store(false, Ordering::Relaxed);
         }
         reader.abort();
-        remove_flow(&self.ctx.flows, id);
+        remove_flow(&self.ctx.flows, id, &own);
         let _ = send.finish();
         self.meter.closed();
     }
+}
+
+/// Server role: refuses a flow beyond `maxUdpFlowsPerClient`: counts it, logs it (at
+/// most once per [`Refusals::EVERY`]) and tells the client why.
+async fn refuse_flow(mut send: SendStream, header: &Header, meter: &Meter, ctx: &Ctx) {
+    meter.flow_refused();
+    meter.failed();
+    let note = lock(&ctx.flow_refusals).note();
+    if let Some(n) = note {
+        tracing::warn!(
+            target = %header.target, refused = n,
+            "udp flow refused: this client already has {} flows open \
+             (performance.maxUdpFlowsPerClient)",
+            ctx.perf.max_udp_flows_per_client
+        );
+    }
+    let _ = send.write_all(&[Status::TooManyFlows as u8]).await;
+    let _ = send.finish();
 }
 
 /// Server role: a UDP flow stream whose header has been read.
@@ -534,6 +463,12 @@ pub(crate) async fn serve_flow(
         let _ = send.write_all(&[Status::BadHeader as u8]).await;
         return;
     };
+    // Checked before any lookup or socket, and again when the flow is registered.
+    let cap = ctx.perf.max_udp_flows_per_client;
+    if table(&ctx.flows).len() >= cap {
+        refuse_flow(send, &header, &meter, &ctx).await;
+        return;
+    }
     let addr = match super::resolve_allowed(&ctx.allow, Proto::Udp, &header.target).await {
         Ok(a) => a,
         Err(status) => {
@@ -564,24 +499,22 @@ pub(crate) async fn serve_flow(
     let idle = IdleClock::new();
     let sink = FlowSink::new(socket.clone(), None, meter.clone(), idle.clone());
     // Registered before the client hears Ok: its first datagram may follow at once.
-    let cap = ctx.perf.max_udp_flows_per_client;
-    if !insert_flow_capped(&ctx.flows, id, sink.clone(), cap) {
-        meter.flow_refused();
-        meter.failed();
-        let note = lock(&ctx.flow_refusals).note();
-        if let Some(n) = note {
-            tracing::warn!(
-                target = %header.target, refused = n,
-                "udp flow refused: this client already has {cap} flows open \
-                 (performance.maxUdpFlowsPerClient)"
-            );
+    let own = match insert_flow_capped(&ctx.flows, id, sink.clone(), cap) {
+        Ok(own) => own,
+        Err(Refused::Full) => {
+            refuse_flow(send, &header, &meter, &ctx).await;
+            return;
         }
-        let _ = send.write_all(&[Status::TooManyFlows as u8]).await;
-        let _ = send.finish();
-        return;
-    }
+        Err(Refused::Duplicate) => {
+            tracing::debug!(id, "udp flow id already in use; refused");
+            meter.failed();
+            let _ = send.write_all(&[Status::BadHeader as u8]).await;
+            let _ = send.finish();
+            return;
+        }
+    };
     if send.write_all(&[Status::Ok as u8]).await.is_err() {
-        remove_flow(&ctx.flows, id);
+        remove_flow(&ctx.flows, id, &own);
         meter.failed();
         return;
     }
@@ -610,7 +543,7 @@ pub(crate) async fn serve_flow(
         }
     }
     reader.abort();
-    remove_flow(&ctx.flows, id);
+    remove_flow(&ctx.flows, id, &own);
     let _ = send.finish();
     meter.closed();
 }
