@@ -193,6 +193,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// (`performance.maxUdpFlowsPerClient`, 4,096 per client by default) and one per TCP
 /// connection, and the usual soft limit of 1,024 would refuse them long before the
 /// configured caps. A library cannot do this for its host; the CLI is its own host.
+#[cfg(target_os = "linux")]
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -206,6 +207,11 @@ fn raise_fd_limit() {
         }
     }
 }
+
+/// Elsewhere the limit stays as the system set it (macOS reports an unlimited hard
+/// limit that setrlimit refuses).
+#[cfg(not(target_os = "linux"))]
+fn raise_fd_limit() {}
 
 fn main() -> ExitCode {
     raise_fd_limit();
