@@ -54,6 +54,7 @@ pub(crate) async fn run_connected(
         }
         if shared.role == Role::Server {
             let (c, ctx, t) = (conn.clone(), shared.ctx.clone(), conn_token.clone());
+            let budget = tunnel::StreamBudget::new(conn.clone(), &shared.config.performance);
             crate::spawn(async move {
                 // The client reports connected only after this (see `await_welcome`).
                 if let Err(e) = tunnel::send_welcome(&c).await {
@@ -67,13 +68,18 @@ pub(crate) async fn run_connected(
                     };
                     match stream {
                         Ok((send, recv)) => {
-                            crate::spawn(forward::tcp::serve_stream(
+                            let open = budget.opened();
+                            let serve = forward::tcp::serve_stream(
                                 send,
                                 recv,
                                 c.clone(),
                                 ctx.clone(),
                                 t.clone(),
-                            ));
+                            );
+                            crate::spawn(async move {
+                                let _open = open;
+                                serve.await;
+                            });
                         }
                         Err(_) => return,
                     }

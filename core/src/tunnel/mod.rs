@@ -10,6 +10,7 @@ pub mod identity;
 
 pub use identity::{Fingerprint, Identity, PinnedPeer};
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use crate::config::Performance;
 use crate::error::{Error, Result};
+use crate::signal::proto::Role;
 
 /// ALPN of the stunfwd tunnel protocol, version 2 (version 1 had no welcome stream: a
 /// version-2 client would wait for a welcome that a version-1 server never sends, so
@@ -25,19 +27,30 @@ pub const ALPN: &[u8] = b"stunfwd/2";
 /// The server name both sides use (certificates are pinned, so it carries no meaning).
 pub const SERVER_NAME: &str = "stunfwd";
 
-/// Transport settings shared by both roles.
-pub(crate) fn transport_config(perf: &Performance) -> quinn::TransportConfig {
+/// Streams a peer may open to us at first. quinn keeps a table entry for every stream
+/// it allows the peer (two hash maps sized by the limit, from the handshake on), so the
+/// old fixed limit of 8,192 cost each connection about 700 KB idle: 70 MB of a server
+/// with 100 clients. The server starts here and raises the limit as its client's
+/// streams fill it ([`StreamBudget`]).
+pub(crate) const INITIAL_STREAMS: u32 = 128;
+
+/// Transport settings for `role` (the QUIC role: the stunfwd server accepts the
+/// streams, the client opens them).
+pub(crate) fn transport_config(perf: &Performance, role: Role) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(perf.keep_alive));
     // Idle timeouts beyond the VarInt range are impossible with validated configs.
     if let Ok(idle) = quinn::IdleTimeout::try_from(perf.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }
-    // Each TCP connection and each UDP flow is a stream the client opens: room for
-    // 4,096 connections beside the flows the server lets one client have.
-    let streams = 4096 + perf.max_udp_flows_per_client.min(65_536) as u32;
-    t.max_concurrent_bidi_streams(streams.into());
-    t.max_concurrent_uni_streams(256u32.into());
+    // Each TCP connection and each UDP flow is a bidirectional stream the client
+    // opens; the server opens only its welcome (one unidirectional stream).
+    let bidi = match role {
+        Role::Server => INITIAL_STREAMS.min(stream_cap(perf)),
+        Role::Client => 0,
+    };
+    t.max_concurrent_bidi_streams(bidi.into());
+    t.max_concurrent_uni_streams(8u32.into());
     t.datagram_receive_buffer_size(Some(4 << 20));
     t.datagram_send_buffer_size(4 << 20);
     t.stream_receive_window((8u32 << 20).into());
@@ -45,6 +58,69 @@ pub(crate) fn transport_config(perf: &Performance) -> quinn::TransportConfig {
     t.send_window(32 << 20);
     t.initial_rtt(Duration::from_millis(100));
     t
+}
+
+/// The most streams a server lets one client have open at once: room for 4,096 TCP
+/// connections beside the UDP flows it lets one client have.
+pub(crate) fn stream_cap(perf: &Performance) -> u32 {
+    4096 + perf.max_udp_flows_per_client.min(65_536) as u32
+}
+
+/// A server's stream limit for one client, raised as the client's streams fill it:
+/// doubled whenever the streams open pass half of it, up to [`stream_cap`]. A client
+/// that opens a stream past the limit waits a round trip for the raise (quinn's
+/// `open_bi` waits for the peer's MAX_STREAMS); the limit is never lowered, since
+/// quinn's tables do not shrink either.
+pub(crate) struct StreamBudget {
+    conn: quinn::Connection,
+    open: AtomicU32,
+    limit: AtomicU32,
+    cap: u32,
+}
+
+impl StreamBudget {
+    /// The budget of a server's connection `conn` (configured by [`transport_config`]).
+    pub(crate) fn new(conn: quinn::Connection, perf: &Performance) -> Arc<Self> {
+        let cap = stream_cap(perf);
+        Arc::new(Self {
+            conn,
+            open: AtomicU32::new(0),
+            limit: AtomicU32::new(INITIAL_STREAMS.min(cap)),
+            cap,
+        })
+    }
+
+    /// Counts a stream the client opened, until the guard is dropped.
+    pub(crate) fn opened(self: &Arc<Self>) -> StreamGuard {
+        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        let limit = self.limit.load(Ordering::Acquire);
+        if open.saturating_mul(2) >= limit && limit < self.cap {
+            let raised = limit.saturating_mul(2).min(self.cap);
+            if self
+                .limit
+                .compare_exchange(limit, raised, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.conn.set_max_concurrent_bi_streams(raised.into());
+            }
+        }
+        StreamGuard(self.clone())
+    }
+
+    /// The limit the client has now.
+    #[cfg(test)]
+    pub(crate) fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Acquire)
+    }
+}
+
+/// One open stream of a [`StreamBudget`].
+pub(crate) struct StreamGuard(Arc<StreamBudget>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Endpoint settings. QUIC-bit greasing (RFC 9287) is off: with it, peers may clear the
@@ -80,7 +156,7 @@ pub(crate) fn client_config(
     let quic = QuicClientConfig::try_from(tls)
         .map_err(|e| Error::Tunnel(format!("quic client config: {e}")))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config(perf)));
+    cfg.transport_config(Arc::new(transport_config(perf, Role::Client)));
     Ok(cfg)
 }
 
@@ -102,7 +178,7 @@ pub(crate) fn server_config(
     let quic = QuicServerConfig::try_from(tls)
         .map_err(|e| Error::Tunnel(format!("quic server config: {e}")))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config(perf)));
+    cfg.transport_config(Arc::new(transport_config(perf, Role::Server)));
     // Follow a client whose NAT re-mapped it, or that moved from the relay to a direct
     // path: peers are authenticated by certificate, not by address.
     cfg.migration(true);
