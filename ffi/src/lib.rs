@@ -24,6 +24,10 @@
 mod boundary;
 mod engine;
 mod log;
+// The in-process rendezvous server (default feature `server`): the embedded demo's
+// default. `--no-default-features` builds the lean library an app that only runs
+// peers links (issue #19's size row); its header still declares these functions.
+#[cfg(feature = "server")]
 mod signal;
 
 pub use boundary::{
@@ -31,4 +35,5 @@ pub use boundary::{
 };
 pub use engine::*;
 pub use log::{stunfwd_log_callback, stunfwd_log_level, stunfwd_set_log_callback};
+#[cfg(feature = "server")]
 pub use signal::*;
