@@ -174,7 +174,7 @@ impl fmt::Debug for Config {
 /// Default `maxClients`: a home server or a small game host serves a handful of
 /// devices; 32 covers that with room to spare, while a leaked secret cannot make the
 /// server open thousands of sockets and tunnels (each client costs one UDP socket, one
-/// QUIC endpoint and a few hundred KB).
+/// QUIC endpoint and about 150 KB: docs/benchmarks.md, 100 clients).
 pub const DEFAULT_MAX_CLIENTS: usize = 32;
 /// Largest `maxClients` accepted.
 pub const MAX_MAX_CLIENTS: usize = 1000;
