@@ -94,6 +94,7 @@ pub(crate) fn tcp_rows(
     };
     let (mut tun, mut dpr, mut soc, mut direct) = (vec![], vec![], vec![], vec![]);
     let (mut tun8, mut soc8, mut direct8) = (vec![], vec![], vec![]);
+    let hwm = |p: &Proc| Ok(p.hwm_kb() as f64 * 1024.0);
     for _ in 0..trials {
         direct.push(iperf3(t, iperf_port, secs, 1));
         if socat.is_ok() {
@@ -103,7 +104,6 @@ pub(crate) fn tcp_rows(
             reset_hwm(tu.client.pid());
             reset_hwm(tu.server.pid());
             tun.push(iperf3(t, tunnel_local, secs, 1));
-            let hwm = |p: &Proc| Ok(p.hwm_kb() as f64 * 1024.0);
             out.tunnel_rss.push(("client".into(), hwm(&tu.client)));
             out.tunnel_rss.push(("server".into(), hwm(&tu.server)));
         }
@@ -111,7 +111,6 @@ pub(crate) fn tcp_rows(
             reset_hwm(d.connect.pid());
             reset_hwm(d.listen.pid());
             dpr.push(iperf3(t, dp_local, secs, 1));
-            let hwm = |p: &Proc| Ok(p.hwm_kb() as f64 * 1024.0);
             out.dumbpipe_rss.push(("connect".into(), hwm(&d.connect)));
             out.dumbpipe_rss.push(("listen".into(), hwm(&d.listen)));
         }

@@ -72,12 +72,7 @@ fn stop_mid_transfer_returns_quickly_and_closes_local_connections() {
     let rv = Rendezvous::start();
     let echo = tcp_echo();
     let (server, client) = pair(&rv, &[format!("tcp:0:{}", echo.port())]);
-    let local = client
-        .mappings()
-        .into_iter()
-        .find(|m| m.mapping.proto == Proto::Tcp)
-        .unwrap()
-        .listen;
+    let local = mapping_addr(&client, Proto::Tcp);
     let mut s = connect(local);
     let mut w = s.try_clone().unwrap();
     let writer = std::thread::spawn(move || {

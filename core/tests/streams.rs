@@ -23,12 +23,7 @@ fn connections_past_the_first_stream_limit_all_work_while_held_open() {
     let rv = Rendezvous::start();
     let echo = tcp_echo();
     let (_server, client) = pair(&rv, &[format!("tcp:0:{}", echo.port())]);
-    let local = client
-        .mappings()
-        .into_iter()
-        .find(|m| m.mapping.proto == Proto::Tcp)
-        .unwrap()
-        .listen;
+    let local = mapping_addr(&client, Proto::Tcp);
     let all_open = Arc::new(Barrier::new(N));
     let handles: Vec<_> = (0..N)
         .map(|i| {
@@ -56,11 +51,7 @@ fn connections_past_the_first_stream_limit_all_work_while_held_open() {
             })
         })
         .collect();
-    let ok = handles
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .filter(|ok| *ok)
-        .count();
+    let ok = count_true(handles);
     assert_eq!(ok, N, "{ok} of {N} connections echoed twice");
     assert_eq!(
         client.stats().mappings[0].traffic.connections_opened,

@@ -5,22 +5,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Shutdown, TcpListener, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use sha2::{Digest, Sha256};
 use stunfwd_core::{Engine, Error, Mapping, PathKind, Proto, State};
-
-fn mapping_addr(engine: &Engine, proto: Proto) -> SocketAddr {
-    engine
-        .mappings()
-        .into_iter()
-        .find(|m| m.mapping.proto == proto)
-        .map(|m| m.listen)
-        .unwrap()
-}
 
 #[test]
 fn tcp_50_mb_each_way_arrives_intact() {
@@ -117,11 +108,7 @@ fn hundred_concurrent_connections_each_get_their_own_data() {
             })
         })
         .collect();
-    let ok = handles
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .filter(|ok| *ok)
-        .count();
+    let ok = count_true(handles);
     assert_eq!(ok, 100);
     assert_eq!(client.stats().mappings[0].traffic.connections_opened, 100);
 }

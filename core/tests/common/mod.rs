@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stunfwd_core::{Config, Engine, SignalServer, SignalServerConfig};
+use stunfwd_core::{Config, Engine, Proto, SignalServer, SignalServerConfig};
 
 /// A rendezvous + STUN server on its own small runtime.
 pub struct Rendezvous {
@@ -268,4 +268,23 @@ pub fn offer_with(
         client,
         refused: None,
     }
+}
+
+/// The local address of `engine`'s first mapping of `proto`.
+pub fn mapping_addr(engine: &Engine, proto: Proto) -> SocketAddr {
+    engine
+        .mappings()
+        .into_iter()
+        .find(|m| m.mapping.proto == proto)
+        .map(|m| m.listen)
+        .unwrap()
+}
+
+/// Joins `handles` and counts those that returned true.
+pub fn count_true(handles: Vec<std::thread::JoinHandle<bool>>) -> usize {
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|ok| *ok)
+        .count()
 }
