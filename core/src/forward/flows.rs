@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as StdInstant};
 
-use tokio::net::UdpSocket;
+use super::local::LocalUdp;
 
 use crate::stats::Meter;
 use crate::sync::lock;
@@ -16,7 +16,7 @@ use crate::sync::lock;
 /// Where datagrams of a flow go when they come out of the tunnel.
 #[derive(Debug, Clone)]
 pub(crate) struct FlowSink {
-    pub socket: Arc<UdpSocket>,
+    pub socket: Arc<LocalUdp>,
     /// Client role: the local source address; server role: `None` (connected socket).
     pub dest: Option<SocketAddr>,
     pub meter: Meter,
@@ -28,7 +28,7 @@ pub(crate) struct FlowSink {
 
 impl FlowSink {
     pub fn new(
-        socket: Arc<UdpSocket>,
+        socket: Arc<LocalUdp>,
         dest: Option<SocketAddr>,
         meter: Meter,
         idle: Arc<IdleClock>,
@@ -180,7 +180,8 @@ mod tests {
     use crate::stats::Counters;
 
     async fn sink() -> FlowSink {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let addr = "127.0.0.1:0".parse().expect("addr");
+        let socket = Arc::new(LocalUdp::bind(addr, 1 << 16).expect("bind"));
         let meter = Meter::new(None, Arc::new(Counters::default()));
         FlowSink::new(socket, None, meter, IdleClock::new())
     }

@@ -1,7 +1,9 @@
 //! The data plane: client-side listeners and server-side dialers for TCP and UDP
 //! (DESIGN §7). Framing lives in [`proto`].
 
+pub(crate) mod dispatch;
 pub(crate) mod flows;
+pub(crate) mod local;
 pub mod proto;
 pub(crate) mod tcp;
 pub(crate) mod udp;

@@ -3,76 +3,30 @@
 //! frames `[flow id varint][payload]` for everything that fits. Nothing is truncated.
 
 use std::collections::HashMap;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use quinn::udp::RecvMeta;
 use quinn::{RecvStream, SendStream};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::dispatch::deliver;
 use super::flows::{
-    insert_flow, insert_flow_capped, remove_flow, table, FlowSink, FlowTable, IdleClock, Refusals,
-    Refused,
+    insert_flow, insert_flow_capped, remove_flow, table, FlowSink, IdleClock, Refusals, Refused,
 };
+use super::local::{LocalUdp, RECV_BATCH};
 use super::proto::{self, Header, Kind, Status, MAX_DATAGRAM};
 use super::{Ctx, OpenError};
 use crate::config::{Mapping, Proto};
 use crate::stats::Meter;
 use crate::sync::lock;
-
-fn deliver(sink: &FlowSink, payload: &[u8]) {
-    sink.idle.touch();
-    // Counted as received from the tunnel before it is handed on (see tcp.rs).
-    sink.meter.datagram_received(payload.len());
-    // A direct non-blocking send: tokio's try_send* answers WouldBlock until its
-    // reactor has seen the socket writable once, which dropped the first datagrams
-    // of new flows. The kernel decides here; only a full socket buffer drops.
-    let sock = socket2::SockRef::from(sink.socket.as_ref());
-    let sent = match sink.dest {
-        Some(dest) => sock.send_to(payload, &dest.into()),
-        None => sock.send(payload),
-    };
-    if let Err(e) = sent {
-        tracing::trace!(error = %e, "udp datagram from the tunnel not delivered locally");
-    }
-}
-
-/// Reads DATAGRAM frames off `conn` and hands them to their flows, until it closes.
-pub(crate) async fn dispatch_datagrams(conn: quinn::Connection, flows: FlowTable) {
-    // The sinks of this connection's flows, looked up in the shared table once per
-    // flow rather than once per datagram (a lock and a clone each). The cache holds
-    // them weakly: a flow that leaves the table (its mapping removed, its idle timeout
-    // passed) closes its socket at once, not when the next datagram comes. A sink that
-    // has left is looked up again; dead entries are pruned at each look-up.
-    let mut sinks: HashMap<u64, Weak<FlowSink>> = HashMap::new();
-    while let Ok(frame) = conn.read_datagram().await {
-        let Some((id, payload)) = proto::decode_datagram(&frame) else {
-            continue;
-        };
-        let cached = sinks
-            .get(&id)
-            .and_then(Weak::upgrade)
-            .filter(|s| s.is_current());
-        let sink = match cached {
-            Some(sink) => sink,
-            None => {
-                sinks.retain(|_, s| s.strong_count() > 0);
-                let Some(sink) = table(&flows).get(&id).cloned() else {
-                    continue;
-                };
-                sinks.insert(id, Arc::downgrade(&sink));
-                sink
-            }
-        };
-        deliver(&sink, &payload);
-    }
-}
 
 /// Sends one datagram of flow `id` to the peer: as a DATAGRAM frame when it fits, else
 /// framed on the flow's stream.
@@ -122,7 +76,8 @@ thread_local! {
 
 /// Waits for a datagram on the connected `socket` and returns it encoded as flow `id`'s
 /// DATAGRAM frame, with the payload's length. Nothing is held while it waits.
-async fn recv_frame(socket: &UdpSocket, id: u64) -> std::io::Result<(Bytes, usize)> {
+async fn recv_frame(socket: &LocalUdp, id: u64) -> std::io::Result<(Bytes, usize)> {
+    let socket = socket.io();
     loop {
         socket.readable().await?;
         let got = FLOW_RECV.with(|buf| {
@@ -162,77 +117,134 @@ async fn read_stream_frames(mut recv: RecvStream, sink: FlowSink) {
     }
 }
 
-/// Binds a UDP socket with the configured kernel buffer sizes.
-pub(crate) fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
-    let domain = socket2::Domain::for_address(addr);
-    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    let _ = s.set_recv_buffer_size(buffer);
-    let _ = s.set_send_buffer_size(buffer);
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+thread_local! {
+    /// The receive buffers of the mappings' listeners: one set per runtime thread. A
+    /// datagram may be as large as 64 KiB, and a batch is [`RECV_BATCH`] of them; pages
+    /// are only touched as far as datagrams fill them.
+    static LISTEN_RECV: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; RECV_BATCH * 65_536].into_boxed_slice());
 }
 
 /// Client role: receives on the mapping's socket until `token` is cancelled.
 pub(crate) async fn run_listener(
-    socket: Arc<UdpSocket>,
+    socket: Arc<LocalUdp>,
     mapping: Mapping,
     meter: Meter,
     ctx: Arc<Ctx>,
     token: CancellationToken,
 ) {
-    let target = mapping.target();
-    let cap = ctx.perf.max_udp_flows_per_mapping;
-    let mut refusals = Refusals::default();
-    let mut flows: HashMap<SocketAddr, FlowEntry> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<SocketAddr>();
-    let mut buf = vec![0u8; 65_536];
+    let mut listener = Listener {
+        target: mapping.target(),
+        cap: ctx.perf.max_udp_flows_per_mapping,
+        refusals: Refusals::default(),
+        flows: HashMap::new(),
+        done_tx,
+        socket,
+        meter,
+        ctx,
+        token,
+    };
+    let mut meta = [RecvMeta::default(); RECV_BATCH];
     loop {
-        let (n, src) = tokio::select! {
-            _ = token.cancelled() => return,
+        tokio::select! {
+            _ = listener.token.cancelled() => return,
             Some(src) = done_rx.recv() => {
-                if flows.get(&src).is_some_and(|f| f.tx.is_closed()) {
-                    flows.remove(&src);
+                if listener.flows.get(&src).is_some_and(|f| f.tx.is_closed()) {
+                    listener.flows.remove(&src);
                 }
                 continue;
             }
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::trace!(error = %e, "udp recv");
-                    continue;
-                }
+            r = listener.socket.io().readable() => if let Err(e) = r {
+                tracing::trace!(error = %e, "udp recv");
+                continue;
             },
         };
-        if flows.len() >= cap && !flows.contains_key(&src) {
-            // Counted once per source per refusal period, not per datagram.
-            if !refusals.is_new(src) {
-                continue;
+        // Everything queued, RECV_BATCH datagrams per system call, handed on without
+        // waiting: nothing here awaits.
+        LISTEN_RECV.with(|storage| {
+            let mut storage = storage.borrow_mut();
+            loop {
+                let mut bufs: Vec<IoSliceMut<'_>> =
+                    storage.chunks_mut(65_536).map(IoSliceMut::new).collect();
+                let n = match listener.socket.try_recv_batch(&mut bufs, &mut meta) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        tracing::trace!(error = %e, "udp recv");
+                        return;
+                    }
+                };
+                for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
+                    // One datagram per buffer (no GRO on this socket), but a stride is
+                    // honoured should the kernel run several together.
+                    let stride = m.stride.clamp(1, m.len.max(1));
+                    if m.len == 0 {
+                        listener.on_datagram(m.addr, &[]);
+                    }
+                    for d in buf[..m.len].chunks(stride) {
+                        listener.on_datagram(m.addr, d);
+                    }
+                }
+                if n < RECV_BATCH {
+                    return;
+                }
             }
-            meter.flow_refused();
-            if let Some(n) = refusals.note() {
+        });
+        // A read of the socket's readiness costs the task nothing of tokio's budget: under
+        // a steady stream this loop would never yield, and the tunnel's connection driver
+        // (woken on this thread) would wait.
+        tokio::task::consume_budget().await;
+    }
+}
+
+/// A UDP mapping's listener: its flows by source address.
+struct Listener {
+    target: String,
+    cap: usize,
+    refusals: Refusals,
+    flows: HashMap<SocketAddr, FlowEntry>,
+    done_tx: mpsc::UnboundedSender<SocketAddr>,
+    socket: Arc<LocalUdp>,
+    meter: Meter,
+    ctx: Arc<Ctx>,
+    token: CancellationToken,
+}
+
+impl Listener {
+    /// One datagram from the local source `src`: into its flow, opened if new.
+    fn on_datagram(&mut self, src: SocketAddr, data: &[u8]) {
+        let n = data.len();
+        if self.flows.len() >= self.cap && !self.flows.contains_key(&src) {
+            // Counted once per source per refusal period, not per datagram.
+            if !self.refusals.is_new(src) {
+                return;
+            }
+            self.meter.flow_refused();
+            if let Some(refused) = self.refusals.note() {
+                let (cap, target) = (self.cap, &self.target);
                 tracing::warn!(
-                    %src, %target, refused = n,
+                    %src, %target, refused,
                     "udp flow refused: this mapping already carries {cap} flows \
                      (performance.maxUdpFlowsPerMapping); its datagrams are dropped until one \
                      goes idle for udpFlowTimeout"
                 );
             }
-            continue;
+            return;
         }
-        let entry = flows.entry(src).or_insert_with(|| {
+        let entry = self.flows.entry(src).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(1024);
             let open = Arc::new(OnceLock::new());
             let flow = ClientFlow {
                 src,
-                socket: socket.clone(),
-                target: target.clone(),
-                meter: meter.clone(),
-                ctx: ctx.clone(),
-                token: token.clone(),
+                socket: self.socket.clone(),
+                target: self.target.clone(),
+                meter: self.meter.clone(),
+                ctx: self.ctx.clone(),
+                token: self.token.clone(),
                 open: open.clone(),
             };
-            let done = done_tx.clone();
+            let done = self.done_tx.clone();
             // `peer` is filled in once the flow has a tunnel to go through.
             let span = tracing::debug_span!("flow", %src, peer = tracing::field::Empty);
             crate::spawn(
@@ -252,16 +264,12 @@ pub(crate) async fn run_listener(
         // opened are not overtaken.
         let queued = entry.tx.capacity() < entry.tx.max_capacity();
         if let Some(open) = entry.open.get().filter(|_| !queued) {
-            if open.send(&buf[..n]) {
-                meter.datagram_sent(n);
-                continue;
+            if open.send(data) {
+                self.meter.datagram_sent(n);
+                return;
             }
         }
-        if entry
-            .tx
-            .try_send(Bytes::copy_from_slice(&buf[..n]))
-            .is_err()
-        {
+        if entry.tx.try_send(Bytes::copy_from_slice(data)).is_err() {
             tracing::trace!(%src, "udp flow queue full or closed; datagram dropped");
         }
     }
@@ -320,7 +328,7 @@ impl OpenFlow {
 
 struct ClientFlow {
     src: SocketAddr,
-    socket: Arc<UdpSocket>,
+    socket: Arc<LocalUdp>,
     target: String,
     meter: Meter,
     ctx: Arc<Ctx>,
@@ -487,7 +495,7 @@ pub(crate) async fn serve_flow(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let socket = match bind_udp(bind, ctx.perf.udp_buffer_size) {
+    let socket = match LocalUdp::bind(bind, ctx.perf.udp_buffer_size) {
         Ok(s) if s.connect(addr).await.is_ok() => Arc::new(s),
         _ => {
             meter.failed();
