@@ -55,9 +55,11 @@ pub(crate) async fn add_mapping(shared: Arc<Shared>, mapping: Mapping) -> Result
             listen
         }
         Proto::Udp => {
-            let socket =
-                forward::udp::bind_udp(mapping.listen, shared.config.performance.udp_buffer_size)
-                    .map_err(|e| Error::bind(what, mapping.listen, &e))?;
+            let socket = forward::local::LocalUdp::bind(
+                mapping.listen,
+                shared.config.performance.udp_buffer_size,
+            )
+            .map_err(|e| Error::bind(what, mapping.listen, &e))?;
             let listen = socket
                 .local_addr()
                 .map_err(|e| Error::io("mapping socket", &e))?;

@@ -41,7 +41,7 @@ pub(crate) async fn run_connected(
             technique: technique(path, found),
         });
         let conn_token = shared.root.child_token();
-        let datagrams = crate::spawn(forward::udp::dispatch_datagrams(
+        let datagrams = crate::spawn(forward::dispatch::dispatch_datagrams(
             conn.clone(),
             shared.ctx.flows.clone(),
         ));
