@@ -14,7 +14,7 @@ use stunfwd_core::{Config, Engine};
 use super::{median, pct, start_unlimited_signal, step, tcp_echo, Better, Proc, Res, Table, Tools};
 
 /// CPU time (user + system) of process `pid` so far, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
