@@ -399,7 +399,9 @@ mod tests {
         let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("b");
         b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("timeout");
-        a.connect(b.local_addr().expect("addr")).await.expect("connect");
+        a.connect(b.local_addr().expect("addr"))
+            .await
+            .expect("connect");
         assert!(a.batches(100));
         let contents: Vec<u8> = (0..200u8).flat_map(|i| [i; 100]).collect();
         a.send_batch(&contents, 100, None).expect("sent one by one");
