@@ -12,13 +12,18 @@ use super::proto;
 
 /// Delivers one datagram of a flow to its local socket.
 pub(super) fn deliver(sink: &FlowSink, payload: &[u8]) {
-    sink.idle.touch();
-    // Counted as received from the tunnel before it is handed on (see tcp.rs).
-    sink.meter.datagram_received(payload.len());
+    arrived(sink, payload.len());
     // The kernel decides here; only a full socket buffer drops.
     if let Err(e) = sink.socket.send_one(payload, sink.dest) {
         tracing::trace!(error = %e, "udp datagram from the tunnel not delivered locally");
     }
+}
+
+/// Notes a datagram of `len` bytes from the tunnel for `sink`: the flow is not idle,
+/// and the datagram is counted as received before it is handed on (see tcp.rs).
+fn arrived(sink: &FlowSink, len: usize) {
+    sink.idle.touch();
+    sink.meter.datagram_received(len);
 }
 
 /// Datagrams the dispatcher takes off the connection at a time: what has arrived
@@ -110,8 +115,7 @@ impl Outbox {
             }
             self.to = Some((sink.clone(), payload.len()));
         }
-        sink.idle.touch();
-        sink.meter.datagram_received(payload.len());
+        arrived(&sink, payload.len());
         self.buf.extend_from_slice(payload);
         self.count += 1;
     }

@@ -18,7 +18,7 @@ use quinn::udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-/// Datagrams read by one [`LocalUdp::recv_batch`] at most.
+/// Datagrams read by one [`LocalUdp::try_recv_batch`] at most.
 pub(crate) const RECV_BATCH: usize = if BATCH_SIZE < 16 { BATCH_SIZE } else { 16 };
 
 /// Largest datagram sent in a GSO batch: one that fits a 1,500-byte path over IPv6.
