@@ -203,7 +203,7 @@ fn nat_cli_reports_port_mapping() {
     run(async {
         ensure!(
             stunfwd_bin().is_file(),
-            "build the CLI first: cargo build -p stunfwd"
+            "build the CLI first: cargo build -p stunfwd-cli"
         );
         let world = World::new(WorldOptions::default()).await?;
         let plain = world

@@ -187,7 +187,17 @@ async fn hold(
             }
             _ = tokio::time::sleep(every) => {}
         }
-        match lease.renew().await {
+        // Raced with stop, so a router slow to answer does not hold up the engine's stop,
+        // and bounded, so it does not hold up the next renewal either.
+        let renewed = tokio::select! {
+            _ = stop.cancelled() => continue,
+            r = tokio::time::timeout(portmap::PROBE_TIMEOUT, lease.renew()) => {
+                r.unwrap_or_else(|_| {
+                    Err(format!("no answer within {:?}", portmap::PROBE_TIMEOUT))
+                })
+            }
+        };
+        match renewed {
             Ok(()) => {
                 tracing::debug!(protocol = %lease.protocol, external = %lease.external, "port mapping renewed");
                 set(lease.status());

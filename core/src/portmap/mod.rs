@@ -9,6 +9,7 @@
 //! gives us) have unit tests; the protocols are tested against miniupnpd in the lab.
 
 mod gateway;
+mod upnp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::num::NonZeroU16;
@@ -31,9 +32,9 @@ const DESCRIPTION: &str = "stunfwd";
 const PMP_FIRST_WAIT: Duration = Duration::from_millis(250);
 
 /// The budget of one attempt to map a port, all protocols together: a UPnP device may
-/// delay its answer to a search by up to the search's MX, 3 s in igd-next's (against
-/// miniupnpd in the lab the UPnP mapping took over 500 ms in 16 runs of 20), and two
-/// HTTP requests follow.
+/// delay its answer to a search by up to the search's MX (1 s in ours; igd-next's, used
+/// before, said 3 s, and against miniupnpd the UPnP mapping then took over 500 ms in 16
+/// runs of 20), and three HTTP requests follow.
 /// Attempts wait for this only behind a symmetric NAT without a relay; otherwise they
 /// offer what they have after `PORTMAP_GATHER_WAIT` (behind a known cone NAT at once),
 /// and a mapping that arrives later
@@ -146,7 +147,7 @@ pub struct Lease {
 
 enum Inner {
     Pmp(crab_nat::PortMapping),
-    Upnp(igd_next::aio::Gateway<igd_next::aio::tokio::Tokio>),
+    Upnp(upnp::Igd),
 }
 
 impl std::fmt::Debug for Lease {
@@ -183,9 +184,8 @@ impl Lease {
             }
             Inner::Upnp(g) => {
                 g.add_port(
-                    igd_next::PortMappingProtocol::UDP,
                     self.external.port(),
-                    self.internal.into(),
+                    self.internal,
                     LEASE_SECONDS,
                     DESCRIPTION,
                 )
@@ -201,7 +201,7 @@ impl Lease {
         match self.inner {
             Inner::Pmp(m) => m.try_drop().await.map_err(|(e, _)| e.to_string()),
             Inner::Upnp(g) => g
-                .remove_port(igd_next::PortMappingProtocol::UDP, self.external.port())
+                .remove_port(self.external.port())
                 .await
                 .map_err(|e| e.to_string()),
         }
@@ -228,7 +228,7 @@ pub async fn map_udp(gateway: Ipv4Addr, port: u16, budget: Duration) -> Result<L
             Some(PMP_FIRST_WAIT * 3),
         );
         let upnp = or_absent(
-            search_upnp(gateway, local, budget),
+            search_upnp(gateway, local),
             gateway,
             SSDP_PORT,
             SSDP_SEARCH,
@@ -271,8 +271,9 @@ pub async fn map_udp(gateway: Ipv4Addr, port: u16, budget: Duration) -> Result<L
 const PMP_PORT: u16 = 5351;
 /// UPnP's search port on the gateway.
 const SSDP_PORT: u16 = 1900;
-/// A search for an IGD with an MX of 1 s: its answer comes within 1 s, where igd-next's
-/// own search (MX 3) may wait 3 s for the answer that tells whether UPnP is there.
+/// A search for an IGD with an MX of 1 s: its answer comes within 1 s (igd-next's, used
+/// before, said 3 s, and could wait that long for the answer that tells whether UPnP is
+/// there).
 const SSDP_SEARCH: &[u8] = b"M-SEARCH * HTTP/1.1\r\nHost:239.255.255.250:1900\r\n\
     ST:urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nMan:\"ssdp:discover\"\r\nMX:1\r\n\r\n";
 /// How long [`SSDP_SEARCH`] may go unanswered before UPnP counts as absent.
@@ -406,52 +407,23 @@ async fn map_pmp(gateway: Ipv4Addr, local: Ipv4Addr, port: NonZeroU16) -> Result
     })
 }
 
-type UpnpGateway = igd_next::aio::Gateway<igd_next::aio::tokio::Tokio>;
-
-async fn search_upnp(
-    gateway: Ipv4Addr,
-    local: Ipv4Addr,
-    budget: Duration,
-) -> Result<UpnpGateway, String> {
-    let options = igd_next::SearchOptions {
-        bind_addr: SocketAddr::new(local.into(), 0),
-        broadcast_address: SocketAddr::new(gateway.into(), 1900),
-        timeout: Some(budget),
-        single_search_timeout: Some(budget),
-    };
-    let found = igd_next::aio::tokio::search_gateway(options)
-        .await
-        .map_err(|e| e.to_string())?;
-    if found.addr.ip() != IpAddr::V4(gateway) {
-        return Err(format!(
-            "the answer points at {}, not at the gateway",
-            found.addr
-        ));
-    }
-    Ok(found)
+async fn search_upnp(gateway: Ipv4Addr, local: Ipv4Addr) -> Result<(upnp::Igd, IpAddr), String> {
+    upnp::search(gateway, local, SSDP_SEARCH).await
 }
 
 async fn add_upnp(
-    g: UpnpGateway,
+    (g, external_ip): (upnp::Igd, IpAddr),
     gateway: Ipv4Addr,
     internal: SocketAddrV4,
 ) -> Result<Lease, String> {
-    let external_ip = g.get_external_ip().await.map_err(|e| e.to_string())?;
-    let proto = igd_next::PortMappingProtocol::UDP;
     let port = match g
-        .add_port(
-            proto,
-            internal.port(),
-            internal.into(),
-            LEASE_SECONDS,
-            DESCRIPTION,
-        )
+        .add_port(internal.port(), internal, LEASE_SECONDS, DESCRIPTION)
         .await
     {
         Ok(()) => internal.port(),
-        // Taken by someone else: any free port.
+        // Taken by someone else (or refused for this port): any free port.
         Err(_) => g
-            .add_any_port(proto, internal.into(), LEASE_SECONDS, DESCRIPTION)
+            .add_any_port(internal, LEASE_SECONDS, DESCRIPTION)
             .await
             .map_err(|e| e.to_string())?,
     };
