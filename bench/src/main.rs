@@ -4,6 +4,7 @@
 //! Usage: stunfwd-bench --stunfwd PATH --lib PATH [--lib-lean PATH]
 //!        [--dumbpipe PATH | --no-dumbpipe WHY]
 //!        [--iperf3 PATH] [--socat PATH] [--wrk PATH] [--quick]
+//!        [--python PATH | --no-python WHY]   (a Python with the `stunfwd` package)
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -302,6 +303,8 @@ struct Tools {
     /// `libstunfwd.so` built with `--no-default-features` (no rendezvous server).
     lib_lean: Result<PathBuf, String>,
     dumbpipe: Result<PathBuf, String>,
+    /// A Python interpreter that imports `stunfwd` (the burst rows under the binding).
+    python: Result<PathBuf, String>,
     iperf3: Result<PathBuf, String>,
     socat: Result<PathBuf, String>,
     wrk: Result<PathBuf, String>,
@@ -386,6 +389,20 @@ fn start_tunnel(t: &Tools, sig: &Signal, mappings: &[String], wait: bool) -> Res
     start_tunnel_with(t, sig, mappings, wait, serde_json::Value::Null)
 }
 
+/// What runs each peer of a tunnel.
+#[derive(Clone, Copy)]
+enum Peers<'a> {
+    /// `stunfwd run CONFIG`.
+    Cli,
+    /// `bench/py_peer.py CONFIG` under this Python: the library under the binding.
+    Python(&'a Path),
+}
+
+/// [`start_tunnel`] with its peers run by `peers`.
+fn start_tunnel_by(t: &Tools, sig: &Signal, mappings: &[String], peers: Peers<'_>) -> Res<Tunnel> {
+    start_tunnel_full(t, sig, mappings, true, serde_json::Value::Null, peers)
+}
+
 /// [`start_tunnel`] with a `performance` object in both configs (`Null`: none).
 fn start_tunnel_with(
     t: &Tools,
@@ -393,6 +410,17 @@ fn start_tunnel_with(
     mappings: &[String],
     wait: bool,
     performance: serde_json::Value,
+) -> Res<Tunnel> {
+    start_tunnel_full(t, sig, mappings, wait, performance, Peers::Cli)
+}
+
+fn start_tunnel_full(
+    t: &Tools,
+    sig: &Signal,
+    mappings: &[String],
+    wait: bool,
+    performance: serde_json::Value,
+    peers: Peers<'_>,
 ) -> Res<Tunnel> {
     let room = format!(
         "bench-{}-{}",
@@ -415,10 +443,18 @@ fn start_tunnel_with(
     let (sp, cp) = (write("server", &[])?, write("client", mappings)?);
     // STUNFWD_BENCH_LOG=info (or debug) to see more of the peers when a row fails.
     let level = std::env::var("STUNFWD_BENCH_LOG").unwrap_or_else(|_| "warn".into());
-    let run = |p: &Path| {
-        let mut c = Command::new(&t.stunfwd);
-        c.args(["--log", &level, "run"]).arg(p);
-        c
+    let run = |p: &Path| match peers {
+        Peers::Cli => {
+            let mut c = Command::new(&t.stunfwd);
+            c.args(["--log", &level, "run"]).arg(p);
+            c
+        }
+        Peers::Python(python) => {
+            let mut c = Command::new(python);
+            c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("py_peer.py"))
+                .arg(p);
+            c
+        }
     };
     let started = Instant::now();
     let server = Proc::spawn("stunfwd server", &mut run(&sp))?;
@@ -984,6 +1020,7 @@ fn main() {
             .map(PathBuf::from)
             .ok_or_else(|| "no --lib-lean (bench/run builds it)".to_owned()),
         dumbpipe: tool(&args, "dumbpipe", ""),
+        python: tool(&args, "python", ""),
         iperf3: tool(&args, "iperf3", "/usr/bin/iperf3"),
         socat: tool(&args, "socat", "/usr/bin/socat"),
         wrk: tool(&args, "wrk", "/usr/bin/wrk"),
