@@ -4,6 +4,19 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// An error and its sources, `: `-separated (reqwest's Display omits the cause: refused,
+/// timed out...).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Result alias used throughout `stunfwd-core`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -228,7 +228,7 @@ pub async fn map_udp(gateway: Ipv4Addr, port: u16, budget: Duration) -> Result<L
             Some(PMP_FIRST_WAIT * 3),
         );
         let upnp = or_absent(
-            search_upnp(gateway, local),
+            upnp::search(gateway, local, SSDP_SEARCH),
             gateway,
             SSDP_PORT,
             SSDP_SEARCH,
@@ -405,10 +405,6 @@ async fn map_pmp(gateway: Ipv4Addr, local: Ipv4Addr, port: NonZeroU16) -> Result
         lifetime: Duration::from_secs(mapping.lifetime().into()),
         inner: Inner::Pmp(mapping),
     })
-}
-
-async fn search_upnp(gateway: Ipv4Addr, local: Ipv4Addr) -> Result<(upnp::Igd, IpAddr), String> {
-    upnp::search(gateway, local, SSDP_SEARCH).await
 }
 
 async fn add_upnp(

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::error::chain;
+
 /// The services that map ports, in the order we take them when a device offers more
 /// than one. IGDv2's WANIPConnection:2 also knows `AddAnyPortMapping`.
 const SERVICES: [&str; 3] = [
@@ -281,18 +283,6 @@ impl Igd {
             Err(UpnpError::Other(format!("{action}: HTTP {status}")))
         }
     }
-}
-
-/// A reqwest error with its causes (its own text leaves out why: refused, timed out).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The arguments of `AddPortMapping` and `AddAnyPortMapping`: public UDP port

@@ -364,7 +364,7 @@ impl SignalClient {
             } else {
                 "failed"
             };
-            let chain = crate::redact::in_text(&error_chain(&e), self.url.as_str());
+            let chain = crate::redact::in_text(&crate::error::chain(&e), self.url.as_str());
             Error::Signal(format!("{method} {} {what}: {chain}", self.shown))
         })
     }
@@ -401,7 +401,7 @@ fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>> {
     };
     let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot be read ({e})")))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| invalid(format!("is not PEM ({})", error_chain(&e))))?;
+        .map_err(|e| invalid(format!("is not PEM ({})", crate::error::chain(&e))))?;
     if certs.is_empty() {
         return Err(invalid("holds no CERTIFICATE block".into()));
     }
@@ -421,7 +421,7 @@ async fn read_body(mut resp: reqwest::Response) -> Result<String> {
     while let Some(chunk) = resp.chunk().await.map_err(|e| {
         Error::Signal(format!(
             "reading the rendezvous response: {}",
-            error_chain(&e.without_url())
+            crate::error::chain(&e.without_url())
         ))
     })? {
         if body.len() + chunk.len() > MAX_RESPONSE {
@@ -459,18 +459,6 @@ fn snippet(text: &str) -> String {
         Some((i, _)) => format!("{}…", &t[..i]),
         None => t.to_owned(),
     }
-}
-
-/// An error and its sources, `: `-separated (reqwest's Display omits the cause).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
