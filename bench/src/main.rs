@@ -169,7 +169,7 @@ fn wait_tcp(port: u16, timeout: Duration) -> Res<()> {
 
 /// A TCP echo service (thread per connection).
 fn tcp_echo() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("echo listener");
+    let l = listener("echo");
     let port = l.local_addr().expect("echo addr").port();
     thread::spawn(move || {
         for s in l.incoming().flatten() {
@@ -188,7 +188,24 @@ fn tcp_echo() -> u16 {
     port
 }
 
+/// A loopback listener with the accept queue the engine's listeners have (4,096, as
+/// `stunfwd_core`'s `LISTEN_BACKLOG`): std asks for 128, which a burst of 300
+/// connections overflows, and the kernel then resets some of them (SYN cookies).
+fn listener(what: &str) -> TcpListener {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{what} listener: {e}"));
+    // SAFETY: listen(2) on a socket this function owns; calling it again on a
+    // listening socket only changes its backlog.
+    if unsafe { listen(l.as_raw_fd(), 4096) } != 0 {
+        panic!(
+            "{what} listener: listen: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    l
+}
+
 extern "C" {
+    fn listen(fd: i32, backlog: i32) -> i32;
     fn setsockopt(fd: i32, level: i32, name: i32, value: *const std::ffi::c_void, len: u32) -> i32;
     fn getrlimit(resource: i32, rlim: *mut [u64; 2]) -> i32;
     fn setrlimit(resource: i32, rlim: *const [u64; 2]) -> i32;
@@ -251,7 +268,7 @@ fn udp_sink() -> (u16, Arc<AtomicU64>) {
 /// The floor of HTTP/1.1 on this machine: answers every request `200 {"status":"ok"}`
 /// with keep-alive, reading the body by Content-Length; no store behind it.
 fn http_floor() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("http floor");
+    let l = listener("http floor");
     let port = l.local_addr().expect("addr").port();
     thread::spawn(move || {
         for s in l.incoming().flatten() {

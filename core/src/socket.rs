@@ -42,9 +42,7 @@ mod routes;
 mod side;
 mod ttl;
 
-#[cfg(feature = "server")]
-pub(crate) use addr::bind_tcp;
-pub(crate) use addr::{bind_udp, host_candidates, peer_addr, reaches};
+pub(crate) use addr::{bind_tcp, bind_udp, host_candidates, peer_addr, reaches};
 pub use addr::{canonical, is_global_v6};
 pub(crate) use batch::drain;
 

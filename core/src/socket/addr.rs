@@ -42,9 +42,16 @@ pub(crate) fn bind_udp(addr: SocketAddr, buffer: Option<usize>) -> io::Result<st
     Ok(s.into())
 }
 
-/// A non-blocking TCP listener on `addr`, dual-stack on the IPv6 unspecified address
-/// (see [`bind_udp`]).
-#[cfg(feature = "server")]
+/// The accept queue a TCP listener asks for (Linux caps it at `net.core.somaxconn`,
+/// 4,096 by default). std and tokio ask for 128: a burst of 300 connections into a
+/// mapping overflowed that, the kernel answered with SYN cookies, and a client whose
+/// handshake ACK was dropped had its next segments fail the cookie check and got a
+/// reset the engine never saw (`TcpExtSyncookiesFailed`, #19's lost burst
+/// connections).
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking TCP listener on `addr` with a [`LISTEN_BACKLOG`] accept queue,
+/// dual-stack on the IPv6 unspecified address (see [`bind_udp`]).
 pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
@@ -53,7 +60,7 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     }
     s.set_reuse_address(true)?;
     s.bind(&addr.into())?;
-    s.listen(1024)?;
+    s.listen(LISTEN_BACKLOG)?;
     s.set_nonblocking(true)?;
     Ok(s.into())
 }
@@ -179,5 +186,46 @@ mod tests {
             host_candidates(addr("[::ffff:127.0.0.1]:9")),
             [addr("127.0.0.1:9")]
         );
+    }
+
+    /// 300 connections at once into a listener nobody accepts from yet (a mapping's
+    /// listener under a burst, its engine busy) all complete their handshake: the
+    /// accept queue holds them. With std's or tokio's 128, the 129th and later SYNs
+    /// are dropped (`ListenOverflows`) and those connects hang or are later reset.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_burst_of_connections_fits_the_accept_queue() {
+        const CONNS: usize = 300;
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        if somaxconn <= CONNS {
+            eprintln!(
+                "skipped: net.core.somaxconn is {somaxconn}, which caps any backlog below {CONNS}"
+            );
+            return;
+        }
+        let listener = bind_tcp(addr("127.0.0.1:0")).expect("listener");
+        let to = listener.local_addr().expect("addr");
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..CONNS {
+            set.spawn(async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(3),
+                    tokio::net::TcpStream::connect(to),
+                )
+                .await
+            });
+        }
+        let mut open = Vec::new();
+        let mut failed = 0;
+        while let Some(r) = set.join_next().await {
+            match r.expect("task") {
+                Ok(Ok(s)) => open.push(s),
+                _ => failed += 1,
+            }
+        }
+        assert_eq!(failed, 0, "{failed} of {CONNS} connects did not complete");
+        drop(listener);
     }
 }
