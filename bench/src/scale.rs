@@ -208,6 +208,17 @@ pub(crate) fn run_scale(t: &Tools, n: usize, soak: Option<u64>) -> Table {
                 Some(("≤ 1.05× (no growth)", base * 1.05, Better::Lower)),
             );
         }
+        // Every tunnel should have lived through the run: a reconnect here is a live
+        // tunnel taken for dead (#19 found idle tunnels closed as "path silent").
+        let reconnects: u64 = peers.clients.iter().map(|c| c.stats().reconnects).sum();
+        table.row(
+            &format!("{label}: tunnels lost and re-made during the run (clients' reconnects)"),
+            &Ok(reconnects as f64),
+            "reconnects",
+            "-",
+            &Err(String::new()),
+            Some(("0", 0.0, Better::Lower)),
+        );
         let clients = std::mem::take(&mut peers.clients);
         thread::scope(|s| {
             for chunk in clients.chunks(50) {

@@ -645,8 +645,7 @@ impl DemuxSocket {
 mod tests {
     use super::routes::MAX_RELAYED_PEERS;
     use super::*;
-    use crate::config::Performance;
-    use crate::tunnel::{client_config, endpoint_config, server_config, Identity, PinnedPeer};
+    use crate::tunnel::{endpoint_config, pinned_configs};
     use quinn::Runtime as _;
     use std::time::Duration;
 
@@ -662,22 +661,6 @@ mod tests {
         let ep = quinn::Endpoint::new_with_abstract_socket(config, server, demux, runtime)
             .expect("endpoint");
         (ep, rx)
-    }
-
-    /// A server and a client config that trust each other (pinned fingerprints).
-    fn pinned_configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
-        let (ids, idc) = (
-            Identity::generate().expect("id"),
-            Identity::generate().expect("id"),
-        );
-        let (ps, pc) = (PinnedPeer::new(), PinnedPeer::new());
-        ps.set(Some(idc.fingerprint()));
-        pc.set(Some(ids.fingerprint()));
-        let perf = Performance::default();
-        (
-            server_config(&ids, ps, &perf).expect("server config"),
-            client_config(&idc, pc, &perf).expect("client config"),
-        )
     }
 
     /// Birthday punching (#17): a side socket that joins the tunnel socket carries one

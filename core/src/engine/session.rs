@@ -109,13 +109,13 @@ pub(crate) async fn run_connected(
                 e = conn.closed() => break Err(format!("tunnel to {peer} lost: {e}")),
                 c = &mut replaced => break Ok(c),
                 _ = tick.tick() => {
-                    if let Some(silent) = liveness.dead(&conn) {
+                    if let Some(waited) = liveness.dead(&conn) {
                         // Our packets go unanswered: a NAT on the way forgot us (it
                         // rebooted, or moved us to another port). Waiting for the idle
                         // timeout would leave the tunnel dead for seconds more.
                         conn.close(0u32.into(), b"path silent");
                         break Err(format!(
-                            "tunnel to {peer} lost: nothing heard for {silent:?} while sending (a NAT on the path forgot the mapping?)"
+                            "tunnel to {peer} lost: no answer for {waited:?} to what we sent (a NAT on the path forgot the mapping?)"
                         ));
                     }
                     // quinn follows a peer whose NAT mapping changed (QUIC migration);
@@ -347,43 +347,249 @@ pub(crate) fn switch_to_direct(
     });
 }
 
-/// Declares a tunnel dead when it has heard nothing for [`SILENT_LIMIT`] (or four
-/// round trips, if longer) although it has sent since it last heard something: QUIC
-/// answers every ack-eliciting packet within a round trip plus its ACK delay, so a
-/// live path is never that quiet while we send. An idle tunnel sends only its
-/// keep-alives, so it is judged at the next one. Faster than the idle timeout (15 s)
-/// after a NAT reboot that changed our public port.
+/// Declares a tunnel dead when something we sent that the peer must acknowledge has
+/// gone unanswered for [`SILENT_LIMIT`] (or four round trips, if longer): QUIC answers
+/// every ack-eliciting packet within a round trip plus its ACK delay, and a retransmit
+/// after that, so a live path is never that quiet after a question. An idle tunnel
+/// asks only with its keep-alives, so it is judged at the next one. Faster than the
+/// idle timeout (15 s) after a NAT reboot that changed our public port.
+///
+/// Two mistakes, fixed, closed idle tunnels that were alive (with 100 idle clients,
+/// about 30 "path silent" reconnects in 80 s):
+/// * The ACK we send for the peer's keep-alive, 25 ms after it, counted as a
+///   question, and nothing answers an ACK. Only ack-eliciting frames count now.
+/// * The silence was timed from the last datagram heard, not from the question: a
+///   keep-alive sent 5 s after the peer's last packet was taken for 5 s unanswered.
+///   The wait is now timed from the first look that saw a question outstanding.
 pub(crate) struct Liveness {
-    rx: u64,
-    tx_when_heard: u64,
-    heard_at: tokio::time::Instant,
+    heard: u64,
+    asked_when_heard: u64,
+    waiting_since: Option<tokio::time::Instant>,
 }
 
 /// Silence, while sending, after which a tunnel is taken for dead.
 pub(crate) const SILENT_LIMIT: Duration = Duration::from_secs(2);
 
+/// What [`Liveness`] reads of a connection: datagrams received, and frames sent that
+/// the peer must acknowledge.
+#[derive(Clone, Copy, Debug)]
+struct Counts {
+    heard: u64,
+    asked: u64,
+}
+
+impl Counts {
+    fn of(stats: &quinn::ConnectionStats) -> Counts {
+        Counts {
+            heard: stats.udp_rx.datagrams,
+            asked: ack_eliciting(&stats.frame_tx),
+        }
+    }
+}
+
+/// Frames sent that make the peer answer with an ACK: all but ACK, PADDING (not
+/// counted by quinn) and CONNECTION_CLOSE (RFC 9002, section 2).
+fn ack_eliciting(f: &quinn::FrameStats) -> u64 {
+    f.ack_frequency
+        + f.crypto
+        + f.data_blocked
+        + f.datagram
+        + u64::from(f.handshake_done)
+        + f.immediate_ack
+        + f.max_data
+        + f.max_stream_data
+        + f.max_streams_bidi
+        + f.max_streams_uni
+        + f.new_connection_id
+        + f.new_token
+        + f.path_challenge
+        + f.path_response
+        + f.ping
+        + f.reset_stream
+        + f.retire_connection_id
+        + f.stream_data_blocked
+        + f.streams_blocked_bidi
+        + f.streams_blocked_uni
+        + f.stop_sending
+        + f.stream
+}
+
 impl Liveness {
     pub(crate) fn new(conn: &quinn::Connection) -> Liveness {
-        let s = conn.stats();
+        Liveness::starting(Counts::of(&conn.stats()))
+    }
+
+    fn starting(c: Counts) -> Liveness {
         Liveness {
-            rx: s.udp_rx.datagrams,
-            tx_when_heard: s.udp_tx.datagrams,
-            heard_at: tokio::time::Instant::now(),
+            heard: c.heard,
+            asked_when_heard: c.asked,
+            waiting_since: None,
         }
     }
 
-    /// How long the tunnel has been silent while sending, once that is too long.
+    /// How long a question of ours has gone unanswered, once that is too long. Called
+    /// about once a second, so the wait is counted from the look that first saw the
+    /// question (up to a second after it was sent).
     pub(crate) fn dead(&mut self, conn: &quinn::Connection) -> Option<Duration> {
-        let s = conn.stats();
-        let now = tokio::time::Instant::now();
-        if s.udp_rx.datagrams != self.rx {
-            self.rx = s.udp_rx.datagrams;
-            self.tx_when_heard = s.udp_tx.datagrams;
-            self.heard_at = now;
+        let limit = SILENT_LIMIT.max(conn.rtt() * 4);
+        self.observe(
+            Counts::of(&conn.stats()),
+            tokio::time::Instant::now(),
+            limit,
+        )
+    }
+
+    fn observe(
+        &mut self,
+        c: Counts,
+        now: tokio::time::Instant,
+        limit: Duration,
+    ) -> Option<Duration> {
+        if c.heard != self.heard {
+            *self = Liveness::starting(c);
             return None;
         }
-        let silent = now.duration_since(self.heard_at);
-        let limit = SILENT_LIMIT.max(conn.rtt() * 4);
-        (s.udp_tx.datagrams > self.tx_when_heard && silent >= limit).then_some(silent)
+        if c.asked > self.asked_when_heard && self.waiting_since.is_none() {
+            self.waiting_since = Some(now);
+        }
+        let waited = now.duration_since(self.waiting_since?);
+        (waited >= limit).then_some(waited)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    fn counts(heard: u64, asked: u64) -> Counts {
+        Counts { heard, asked }
+    }
+
+    /// What counts is a question left unanswered: not our ACKs, and not the quiet
+    /// before the question.
+    #[test]
+    fn only_an_unanswered_question_counts() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut l = Liveness::starting(counts(10, 5));
+        // Nothing asked: any silence is fine (an idle tunnel between keep-alives).
+        assert_eq!(l.observe(counts(10, 5), at(4_000), SILENT_LIMIT), None);
+        // A keep-alive after 4.5 s of quiet: the wait starts now, not at the last
+        // datagram heard.
+        assert_eq!(l.observe(counts(10, 6), at(4_500), SILENT_LIMIT), None);
+        assert_eq!(l.observe(counts(10, 7), at(6_400), SILENT_LIMIT), None);
+        // Unanswered for 2 s: dead, and how long it waited.
+        assert_eq!(
+            l.observe(counts(10, 7), at(6_500), SILENT_LIMIT),
+            Some(Duration::from_secs(2))
+        );
+        // Heard something: nothing is outstanding any more.
+        assert_eq!(l.observe(counts(11, 7), at(7_000), SILENT_LIMIT), None);
+        assert_eq!(l.observe(counts(11, 7), at(20_000), SILENT_LIMIT), None);
+        assert_eq!(l.observe(counts(11, 8), at(21_000), SILENT_LIMIT), None);
+        // A longer limit (four round trips on a slow path) is honoured.
+        assert_eq!(
+            l.observe(counts(11, 8), at(23_500), Duration::from_secs(3)),
+            None
+        );
+        assert_eq!(
+            l.observe(counts(11, 8), at(24_000), Duration::from_secs(3)),
+            Some(Duration::from_secs(3))
+        );
+    }
+
+    /// On a real connection: a peer that receives an ack-eliciting frame answers with
+    /// an ACK that grows its datagrams sent but not what [`Counts`] calls asking, so
+    /// that peer's [`Liveness`] does not wait for an answer to its ACK.
+    #[tokio::test(flavor = "current_thread")]
+    async fn answering_with_an_ack_is_not_asking() {
+        let (server_config, client_config) = crate::tunnel::pinned_configs();
+        let loopback = "127.0.0.1:0".parse().expect("addr");
+        let server = quinn::Endpoint::server(server_config, loopback).expect("server endpoint");
+        let mut client = quinn::Endpoint::client(loopback).expect("client endpoint");
+        client.set_default_client_config(client_config);
+        let to = server.local_addr().expect("addr");
+        let (accepted, connected) = tokio::join!(
+            async {
+                server
+                    .accept()
+                    .await
+                    .expect("incoming")
+                    .await
+                    .expect("accept")
+            },
+            async {
+                client
+                    .connect(to, crate::tunnel::SERVER_NAME)
+                    .expect("connect")
+                    .await
+                    .expect("handshake")
+            },
+        );
+        // Let the handshake's last frames (HANDSHAKE_DONE, connection IDs) and their
+        // ACKs settle: until the server has sent nothing new for 200 ms.
+        let settled = |c: &quinn::Connection| c.stats().udp_tx.datagrams;
+        let mut last = settled(&accepted);
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = settled(&accepted);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let before = accepted.stats();
+        let mut liveness = Liveness::starting(Counts::of(&before));
+        connected
+            .send_datagram(bytes::Bytes::from_static(b"ack me"))
+            .expect("datagram");
+        let got = tokio::time::timeout(Duration::from_secs(5), accepted.read_datagram())
+            .await
+            .expect("datagram within 5 s")
+            .expect("datagram");
+        assert_eq!(&got[..], b"ack me");
+        // The server's ACK goes out within its ACK delay (25 ms).
+        let mut after = accepted.stats();
+        for _ in 0..100 {
+            if after.udp_tx.datagrams > before.udp_tx.datagrams {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            after = accepted.stats();
+        }
+        assert!(
+            after.udp_tx.datagrams > before.udp_tx.datagrams,
+            "the server acknowledged the datagram"
+        );
+        assert!(
+            after.frame_tx.acks > before.frame_tx.acks,
+            "with an ACK frame"
+        );
+        assert_eq!(
+            Counts::of(&after).asked,
+            Counts::of(&before).asked,
+            "an ACK alone is not asking"
+        );
+        // The race that closed idle tunnels: the once-a-second look falls after the
+        // datagram arrived and before the ACK left. However long the silence after,
+        // the server is not waiting for anything.
+        let t = Instant::now();
+        let between = Counts {
+            heard: Counts::of(&after).heard,
+            asked: Counts::of(&before).asked,
+        };
+        assert_eq!(liveness.observe(between, t, SILENT_LIMIT), None);
+        assert_eq!(
+            liveness.observe(
+                Counts::of(&after),
+                t + Duration::from_secs(10),
+                SILENT_LIMIT
+            ),
+            None,
+            "an idle tunnel that answered with an ACK is not dead"
+        );
+        connected.close(0u32.into(), b"done");
+        server.wait_idle().await;
     }
 }

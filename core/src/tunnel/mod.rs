@@ -290,6 +290,24 @@ pub(crate) fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> 
     certs.first().map(|c| Fingerprint::of(c))
 }
 
+/// For tests: a server and a client config that trust each other (each pins the
+/// other's fingerprint), with default performance settings.
+#[cfg(test)]
+pub(crate) fn pinned_configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
+    let (ids, idc) = (
+        Identity::generate().expect("id"),
+        Identity::generate().expect("id"),
+    );
+    let (ps, pc) = (PinnedPeer::new(), PinnedPeer::new());
+    ps.set(Some(idc.fingerprint()));
+    pc.set(Some(ids.fingerprint()));
+    let perf = Performance::default();
+    (
+        server_config(&ids, ps, &perf).expect("server config"),
+        client_config(&idc, pc, &perf).expect("client config"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_welcome;
