@@ -36,7 +36,7 @@ pub(crate) async fn add_mapping(shared: Arc<Shared>, mapping: Mapping) -> Result
     let span = tracing::info_span!("mapping", id, mapping = %mapping);
     let listen = match mapping.proto {
         Proto::Tcp => {
-            let listener = crate::socket::bind_tcp(mapping.listen)
+            let listener = crate::socket::bind_tcp(mapping.listen, false)
                 .and_then(TcpListener::from_std)
                 .map_err(|e| Error::bind(what, mapping.listen, &e))?;
             let listen = listener

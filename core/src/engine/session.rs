@@ -365,7 +365,13 @@ pub(crate) struct Liveness {
     heard: u64,
     asked_when_heard: u64,
     waiting_since: Option<tokio::time::Instant>,
+    last_look: Option<tokio::time::Instant>,
 }
+
+/// A look this long after the one before came late: the process was stalled (CPU
+/// starvation, SIGSTOP, a debugger), and the answer may be waiting unread in the
+/// socket. Such a look restarts the wait instead of judging it.
+const LATE_LOOK: Duration = Duration::from_millis(1500);
 
 /// Silence, while sending, after which a tunnel is taken for dead.
 pub(crate) const SILENT_LIMIT: Duration = Duration::from_secs(2);
@@ -424,6 +430,7 @@ impl Liveness {
             heard: c.heard,
             asked_when_heard: c.asked,
             waiting_since: None,
+            last_look: None,
         }
     }
 
@@ -445,11 +452,16 @@ impl Liveness {
         now: tokio::time::Instant,
         limit: Duration,
     ) -> Option<Duration> {
+        let late = self
+            .last_look
+            .is_some_and(|t| now.duration_since(t) >= LATE_LOOK);
         if c.heard != self.heard {
             *self = Liveness::starting(c);
+            self.last_look = Some(now);
             return None;
         }
-        if c.asked > self.asked_when_heard && self.waiting_since.is_none() {
+        self.last_look = Some(now);
+        if c.asked > self.asked_when_heard && (late || self.waiting_since.is_none()) {
             self.waiting_since = Some(now);
         }
         let waited = now.duration_since(self.waiting_since?);
@@ -474,28 +486,39 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut l = Liveness::starting(counts(10, 5));
         // Nothing asked: any silence is fine (an idle tunnel between keep-alives).
-        assert_eq!(l.observe(counts(10, 5), at(4_000), SILENT_LIMIT), None);
-        // A keep-alive after 4.5 s of quiet: the wait starts now, not at the last
+        for ms in [1_000, 2_000, 3_000, 4_000] {
+            assert_eq!(l.observe(counts(10, 5), at(ms), SILENT_LIMIT), None);
+        }
+        // A keep-alive after 4 s of quiet: the wait starts now, not at the last
         // datagram heard.
-        assert_eq!(l.observe(counts(10, 6), at(4_500), SILENT_LIMIT), None);
-        assert_eq!(l.observe(counts(10, 7), at(6_400), SILENT_LIMIT), None);
+        assert_eq!(l.observe(counts(10, 6), at(5_000), SILENT_LIMIT), None);
+        assert_eq!(l.observe(counts(10, 7), at(6_000), SILENT_LIMIT), None);
+        assert_eq!(l.observe(counts(10, 7), at(6_900), SILENT_LIMIT), None);
         // Unanswered for 2 s: dead, and how long it waited.
         assert_eq!(
-            l.observe(counts(10, 7), at(6_500), SILENT_LIMIT),
+            l.observe(counts(10, 7), at(7_000), SILENT_LIMIT),
             Some(Duration::from_secs(2))
         );
         // Heard something: nothing is outstanding any more.
-        assert_eq!(l.observe(counts(11, 7), at(7_000), SILENT_LIMIT), None);
-        assert_eq!(l.observe(counts(11, 7), at(20_000), SILENT_LIMIT), None);
-        assert_eq!(l.observe(counts(11, 8), at(21_000), SILENT_LIMIT), None);
+        for ms in (8_000..=20_000).step_by(1_000) {
+            assert_eq!(l.observe(counts(11, 7), at(ms), SILENT_LIMIT), None);
+        }
         // A longer limit (four round trips on a slow path) is honoured.
+        let slow = Duration::from_secs(3);
+        for ms in [21_000, 22_000, 23_000, 23_900] {
+            assert_eq!(l.observe(counts(11, 8), at(ms), slow), None);
+        }
+        assert_eq!(l.observe(counts(11, 8), at(24_000), slow), Some(slow));
+        // A look that comes late (the process stalled) restarts the wait: the answer
+        // may be in the socket, unread.
+        let mut l = Liveness::starting(counts(20, 1));
+        assert_eq!(l.observe(counts(20, 2), at(1_000), SILENT_LIMIT), None);
+        assert_eq!(l.observe(counts(20, 2), at(2_000), SILENT_LIMIT), None);
+        assert_eq!(l.observe(counts(20, 2), at(6_000), SILENT_LIMIT), None);
+        assert_eq!(l.observe(counts(20, 2), at(7_000), SILENT_LIMIT), None);
         assert_eq!(
-            l.observe(counts(11, 8), at(23_500), Duration::from_secs(3)),
-            None
-        );
-        assert_eq!(
-            l.observe(counts(11, 8), at(24_000), Duration::from_secs(3)),
-            Some(Duration::from_secs(3))
+            l.observe(counts(20, 2), at(8_000), SILENT_LIMIT),
+            Some(Duration::from_secs(2))
         );
     }
 

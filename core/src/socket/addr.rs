@@ -50,14 +50,19 @@ pub(crate) fn bind_udp(addr: SocketAddr, buffer: Option<usize>) -> io::Result<st
 /// connections).
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 
-/// A non-blocking TCP listener on `addr` with a [`LISTEN_BACKLOG`] accept queue,
-/// dual-stack on the IPv6 unspecified address (see [`bind_udp`]).
-pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// A non-blocking TCP listener on `addr` with a [`LISTEN_BACKLOG`] accept queue.
+/// `dual_stack`: on the IPv6 unspecified address, take IPv4 connections too (the
+/// rendezvous, see [`bind_udp`]); otherwise the system's default applies, as with
+/// std's and tokio's listeners (mappings).
+pub(crate) fn bind_tcp(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    if addr.is_ipv6() && addr.ip().is_unspecified() {
+    if dual_stack && addr.is_ipv6() && addr.ip().is_unspecified() {
         s.set_only_v6(false)?;
     }
+    // As std and mio do: rebinding a port whose old connections linger in TIME_WAIT.
+    // Not on Windows, where it would let us bind a port another program listens on.
+    #[cfg(not(windows))]
     s.set_reuse_address(true)?;
     s.bind(&addr.into())?;
     s.listen(LISTEN_BACKLOG)?;
@@ -192,6 +197,7 @@ mod tests {
     /// listener under a burst, its engine busy) all complete their handshake: the
     /// accept queue holds them. With std's or tokio's 128, the 129th and later SYNs
     /// are dropped (`ListenOverflows`) and those connects hang or are later reset.
+    #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "current_thread")]
     async fn a_burst_of_connections_fits_the_accept_queue() {
         const CONNS: usize = 300;
@@ -205,7 +211,7 @@ mod tests {
             );
             return;
         }
-        let listener = bind_tcp(addr("127.0.0.1:0")).expect("listener");
+        let listener = bind_tcp(addr("127.0.0.1:0"), false).expect("listener");
         let to = listener.local_addr().expect("addr");
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..CONNS {

@@ -82,7 +82,7 @@ impl SignalServer {
         let notifier = Arc::new(Notifier::default());
         let store = open_store(&config, notifier.clone()).await?;
 
-        let listener = crate::socket::bind_tcp(config.http)
+        let listener = crate::socket::bind_tcp(config.http, true)
             .and_then(tokio::net::TcpListener::from_std)
             .map_err(|e| Error::bind("rendezvous http", config.http, &e))?;
         let http_addr = listener
