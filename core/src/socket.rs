@@ -495,6 +495,8 @@ impl AsyncUdpSocket for DemuxSocket {
         // Registered before `has_side` is read: a side socket that joins after this
         // read wakes this task, which then polls it too.
         self.recv_waker.register(cx.waker());
+        let slots = bufs.len().min(meta.len()).min(batch::RECV_SLOTS);
+        let (bufs, meta) = (&mut bufs[..slots], &mut meta[..slots]);
         loop {
             if self.has_unwrapped.load(Ordering::Acquire) {
                 let n = self.take_held(bufs, meta);
@@ -661,6 +663,45 @@ mod tests {
         let ep = quinn::Endpoint::new_with_abstract_socket(config, server, demux, runtime)
             .expect("endpoint");
         (ep, rx)
+    }
+
+    /// quinn reads into 32 slots of 3 MB in all per endpoint, and pages a read touches
+    /// stay resident (#19): one read fills at most `RECV_SLOTS` of them, and what did
+    /// not fit comes with the next, in order, none lost.
+    #[tokio::test]
+    async fn a_read_fills_at_most_recv_slots_of_quinns_buffer() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+        sock.set_nonblocking(true).expect("non-blocking");
+        let to = sock.local_addr().expect("addr");
+        let inner = quinn::TokioRuntime.wrap_udp_socket(sock).expect("wrap");
+        let (demux, _rx) = DemuxSocket::new(inner);
+        // Queued before the first read, each of its own size (no GRO coalescing).
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+        let sent: Vec<usize> = (100..120).collect();
+        for len in &sent {
+            sender.send_to(&vec![0x40; *len], to).expect("send");
+        }
+        let mut storage = vec![[0u8; 2048]; quinn::udp::BATCH_SIZE];
+        let mut got = Vec::new();
+        let mut most = 0;
+        while got.len() < sent.len() {
+            let mut bufs: Vec<IoSliceMut> =
+                storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut meta = vec![RecvMeta::default(); bufs.len()];
+            let read = poll_fn(|cx| demux.poll_recv(cx, &mut bufs, &mut meta));
+            let n = tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .expect("the queued datagrams are read")
+                .expect("read");
+            most = most.max(n);
+            got.extend(meta[..n].iter().map(|m| m.len));
+        }
+        assert!(
+            most <= batch::RECV_SLOTS,
+            "one read filled {most} slots; at most {} wanted",
+            batch::RECV_SLOTS
+        );
+        assert_eq!(got, sent, "every datagram, in order");
     }
 
     /// Birthday punching (#17): a side socket that joins the tunnel socket carries one

@@ -12,6 +12,17 @@ use quinn::udp::RecvMeta;
 use super::DemuxSocket;
 use crate::stun::message::is_stun_first_byte;
 
+/// Most slots of quinn's receive buffer one read of the socket fills.
+///
+/// quinn gives `poll_recv` 32 slots (`BATCH_SIZE`), each as large as 64 GRO segments
+/// of its largest UDP payload: 3 MB per endpoint, and a server peer has an endpoint per
+/// client. A read of k datagrams writes into the first k slots, and the pages it
+/// touches stay resident, so after bulk traffic each client could hold up to 3 MB of
+/// the server's memory. Eight slots bound that at a quarter and still take up to
+/// 8 × 64 datagrams per system call with GRO (docs/benchmarks.md, "Speed work, round
+/// two": server RSS after the burst rows 16–19 → 13 MB).
+pub(super) const RECV_SLOTS: usize = 8;
+
 impl DemuxSocket {
     /// Diverts the STUN segments of datagram `m` (in `buf`) to the STUN channel; true
     /// when nothing else is left in it.
