@@ -101,7 +101,7 @@ pub(crate) async fn run_connected(
             }
         };
         let mut replaced = std::pin::pin!(replaced);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = every_second();
         let mut current = peer;
         let mut liveness = Liveness::new(&conn);
         let outcome = loop {
@@ -368,6 +368,19 @@ pub(crate) struct Liveness {
     last_look: Option<tokio::time::Instant>,
 }
 
+/// A session's once-a-second look, on the same phase in every session of the process:
+/// a server peer wakes once a second for all its clients, not once per client at a
+/// phase of its own (#19, idle CPU with 100 clients). The first look comes within 1 s.
+fn every_second() -> tokio::time::Interval {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let into_second = EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .subsec_nanos();
+    let first = Duration::from_secs(1) - Duration::from_nanos(u64::from(into_second));
+    tokio::time::interval_at(tokio::time::Instant::now() + first, Duration::from_secs(1))
+}
+
 /// A look this long after the one before came late: the process was stalled (CPU
 /// starvation, SIGSTOP, a debugger), and the answer may be waiting unread in the
 /// socket. Such a look restarts the wait instead of judging it.
@@ -476,6 +489,22 @@ mod tests {
 
     fn counts(heard: u64, asked: u64) -> Counts {
         Counts { heard, asked }
+    }
+
+    /// Sessions started at different moments look at the same phase of the second, so
+    /// a server with many clients wakes once for all of them.
+    #[tokio::test]
+    async fn every_session_looks_on_the_same_phase() {
+        let mut first = every_second();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut second = every_second();
+        let (a, b) = (first.tick().await, second.tick().await);
+        let apart = b.duration_since(a).as_nanos() % 1_000_000_000;
+        let off = Duration::from_nanos(apart.min(1_000_000_000 - apart) as u64);
+        assert!(
+            off < Duration::from_millis(10),
+            "the two sessions' looks are {off:?} out of phase"
+        );
     }
 
     /// What counts is a question left unanswered: not our ACKs, and not the quiet
