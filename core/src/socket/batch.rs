@@ -18,7 +18,8 @@ use crate::stun::message::is_stun_first_byte;
 /// of its largest UDP payload: 3 MB per endpoint, and a server peer has an endpoint per
 /// client. A read of k datagrams writes into the first k slots, and the pages it
 /// touches stay resident, so after bulk traffic each client could hold up to 3 MB of
-/// the server's memory. Eight slots bound that at a quarter and still take up to
+/// the server's memory. Eight slots bound that at a quarter (while glibc hands the
+/// buffer out fresh from `mmap`; a reused heap chunk is zeroed whole) and still take up to
 /// 8 × 64 datagrams per system call with GRO (docs/benchmarks.md, "Speed work, round
 /// two": server RSS after the burst rows 16–19 → 13 MB).
 pub(super) const RECV_SLOTS: usize = 8;
