@@ -5,10 +5,13 @@
 //! 60-110 MB that nothing used, and kept it for good (`malloc_trim(0)` gave it back).
 //! A library cannot choose its host's allocator, so every engine looks, every
 //! [`EVERY`], at how much glibc holds free, and asks glibc to return it
-//! (`malloc_trim`) when more than [`SLACK`] is free and the process's resident memory
-//! grew by more than [`SLACK`] since the last trim. glibc still counts trimmed pages
-//! as free, so the free pool alone cannot tell a heap already trimmed from one that
-//! filled up again; resident memory can. A fragmented heap is trimmed once per burst,
+//! (`malloc_trim`) when more than [`SLACK`] is free and, since the last trim, either
+//! the process's resident memory or the free pool grew by more than [`SLACK`]. glibc
+//! still counts trimmed pages as free, so the free pool alone cannot tell a heap
+//! already trimmed from one that filled up again; resident memory can. Resident memory
+//! alone misses a trim that came in the middle of a burst, while the memory was still
+//! in use: the burst's end frees it without the resident set growing any further, and
+//! only the free pool shows it. A fragmented heap is trimmed once or twice per burst,
 //! not every 10 s, and under steady load nothing is trimmed.
 //!
 //! `mallinfo2` appeared in glibc 2.33; it is looked up when the process runs, so the
@@ -26,7 +29,7 @@ pub(crate) const SLACK: usize = 8 << 20;
 
 /// Runs until its runtime stops.
 pub(crate) async fn run() {
-    let mut base = 0usize;
+    let mut base = Base::default();
     loop {
         tokio::time::sleep(EVERY).await;
         // mallinfo2 and malloc_trim walk the arenas under their locks: not on a worker.
@@ -39,22 +42,38 @@ pub(crate) async fn run() {
     }
 }
 
-/// One look: trims when more than [`SLACK`] is free and the resident memory is more
-/// than [`SLACK`] above `base` (the resident memory after the last trim). Returns the
-/// next base: the resident memory after a trim, else the lower of `base` and now
-/// (memory given back otherwise counts from there). `None` without `mallinfo2`.
-fn look(base: usize) -> Option<usize> {
+/// What the next trim is measured from.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Base {
+    /// Resident memory after the last trim, or lower since.
+    resident: usize,
+    /// glibc's free pool just after the last trim.
+    free: usize,
+}
+
+/// One look: trims when more than [`SLACK`] is free and the resident memory or the
+/// free pool is more than [`SLACK`] above `base`. Returns the next base: the figures
+/// after a trim, else `base` with the lower resident memory of the two (memory given
+/// back otherwise counts from there). `None` without `mallinfo2`.
+fn look(base: Base) -> Option<Base> {
     let free = free_bytes()?;
     let rss = resident_bytes()?;
-    if free <= SLACK || rss <= base.saturating_add(SLACK) {
-        return Some(base.min(rss));
+    let grown = rss > base.resident.saturating_add(SLACK) || free > base.free.saturating_add(SLACK);
+    if free <= SLACK || !grown {
+        return Some(Base {
+            resident: base.resident.min(rss),
+            ..base
+        });
     }
     trim();
-    let after = resident_bytes().unwrap_or(rss);
+    let after = Base {
+        resident: resident_bytes().unwrap_or(rss),
+        free: free_bytes().unwrap_or(free),
+    };
     tracing::debug!(
         free,
         resident_before = rss,
-        resident_after = after,
+        resident_after = after.resident,
         "returned freed memory to the system"
     );
     Some(after)
@@ -104,6 +123,8 @@ fn trim() {}
 
 #[cfg(test)]
 mod tests {
+    use super::Base;
+
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn a_grown_heap_is_trimmed_once_and_not_again() {
@@ -120,10 +141,40 @@ mod tests {
         assert!(free > super::SLACK, "free {free}");
         // From a base of 0 the heap has grown: trimmed, and about 60 MB of the 64 MB
         // freed leave the resident set (other tests run alongside, hence the margin).
-        let after = super::look(0).expect("mallinfo2");
-        assert!(after + (32 << 20) < before, "resident {before} -> {after}");
+        let after = super::look(Base::default()).expect("mallinfo2");
+        assert!(
+            after.resident + (32 << 20) < before,
+            "resident {before} -> {after:?}"
+        );
         // From there nothing has grown: the next look keeps the base, no trim.
-        assert!(super::look(after).is_some_and(|b| b <= after));
+        assert!(super::look(after).is_some_and(|b| b.resident <= after.resident));
+        assert!(keep.iter().all(|b| b.iter().all(|&x| x == 1)));
+    }
+
+    /// A trim in the middle of a burst, while its memory is in use, sets a high base;
+    /// when the burst ends the memory is freed but stays resident, and the resident
+    /// set does not grow any further. The free pool's growth still trims it.
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn memory_freed_after_a_trim_mid_burst_is_trimmed() {
+        // The burst: blocks in use (below the mmap threshold, so in the heap), one in
+        // 16 kept to pin the heap.
+        let blocks: Vec<Vec<u8>> = (0..1024).map(|_| vec![1u8; 64 * 1024]).collect();
+        let mid_burst = Base {
+            resident: super::resident_bytes().expect("/proc/self/statm"),
+            free: super::free_bytes().expect("glibc 2.33 or later has mallinfo2"),
+        };
+        let keep: Vec<Vec<u8>> = blocks
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, b)| (i % 16 == 15).then_some(b))
+            .collect();
+        let before = super::resident_bytes().expect("/proc/self/statm");
+        let after = super::look(mid_burst).expect("mallinfo2");
+        assert!(
+            after.resident + (32 << 20) < before,
+            "resident {before} -> {after:?} (base {mid_burst:?})"
+        );
         assert!(keep.iter().all(|b| b.iter().all(|&x| x == 1)));
     }
 }
