@@ -43,7 +43,7 @@ pub(crate) async fn run() {
 }
 
 /// What the next trim is measured from.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Base {
     /// Resident memory after the last trim, or lower since.
     resident: usize,
@@ -122,32 +122,54 @@ fn trim() {
 fn trim() {}
 
 #[cfg(test)]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod tests {
-    use super::Base;
+    use super::{free_bytes, look, resident_bytes, Base, SLACK};
 
-    #[test]
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn a_grown_heap_is_trimmed_once_and_not_again() {
-        // Many mid-sized blocks (below the mmap threshold, so they live in the heap),
-        // all freed but one in 16, which pins the heap so it cannot just shrink.
-        let blocks: Vec<Vec<u8>> = (0..1024).map(|_| vec![1u8; 64 * 1024]).collect();
-        let before = super::resident_bytes().expect("/proc/self/statm");
-        let keep: Vec<Vec<u8>> = blocks
+    /// A burst's memory: many mid-sized blocks in use (below the mmap threshold, so
+    /// they live in the heap).
+    fn burst() -> Vec<Vec<u8>> {
+        (0..1024).map(|_| vec![1u8; 64 * 1024]).collect()
+    }
+
+    /// The burst's end: all freed but one block in 16, which pins the heap so it
+    /// cannot just shrink. Returns what is kept.
+    fn end(blocks: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        blocks
             .into_iter()
             .enumerate()
             .filter_map(|(i, b)| (i % 16 == 15).then_some(b))
-            .collect();
-        let free = super::free_bytes().expect("glibc 2.33 or later has mallinfo2");
-        assert!(free > super::SLACK, "free {free}");
+            .collect()
+    }
+
+    fn resident() -> usize {
+        resident_bytes().expect("/proc/self/statm")
+    }
+
+    fn free() -> usize {
+        free_bytes().expect("glibc 2.33 or later has mallinfo2")
+    }
+
+    #[test]
+    fn a_grown_heap_is_trimmed_once_and_not_again() {
+        let blocks = burst();
+        let before = resident();
+        let keep = end(blocks);
+        assert!(free() > SLACK, "free {}", free());
         // From a base of 0 the heap has grown: trimmed, and about 60 MB of the 64 MB
         // freed leave the resident set (other tests run alongside, hence the margin).
-        let after = super::look(Base::default()).expect("mallinfo2");
+        let after = look(Base::default()).expect("mallinfo2");
         assert!(
             after.resident + (32 << 20) < before,
             "resident {before} -> {after:?}"
         );
-        // From there nothing has grown: the next look keeps the base, no trim.
-        assert!(super::look(after).is_some_and(|b| b.resident <= after.resident));
+        // From there nothing has grown: the next look keeps the base (a trim would
+        // have taken the free pool afresh), no trim.
+        let next = look(after).expect("mallinfo2");
+        assert!(
+            next.resident <= after.resident && next.free == after.free,
+            "{after:?} -> {next:?}"
+        );
         assert!(keep.iter().all(|b| b.iter().all(|&x| x == 1)));
     }
 
@@ -155,22 +177,15 @@ mod tests {
     /// when the burst ends the memory is freed but stays resident, and the resident
     /// set does not grow any further. The free pool's growth still trims it.
     #[test]
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn memory_freed_after_a_trim_mid_burst_is_trimmed() {
-        // The burst: blocks in use (below the mmap threshold, so in the heap), one in
-        // 16 kept to pin the heap.
-        let blocks: Vec<Vec<u8>> = (0..1024).map(|_| vec![1u8; 64 * 1024]).collect();
+        let blocks = burst();
         let mid_burst = Base {
-            resident: super::resident_bytes().expect("/proc/self/statm"),
-            free: super::free_bytes().expect("glibc 2.33 or later has mallinfo2"),
+            resident: resident(),
+            free: free(),
         };
-        let keep: Vec<Vec<u8>> = blocks
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, b)| (i % 16 == 15).then_some(b))
-            .collect();
-        let before = super::resident_bytes().expect("/proc/self/statm");
-        let after = super::look(mid_burst).expect("mallinfo2");
+        let keep = end(blocks);
+        let before = resident();
+        let after = look(mid_burst).expect("mallinfo2");
         assert!(
             after.resident + (32 << 20) < before,
             "resident {before} -> {after:?} (base {mid_burst:?})"
