@@ -125,6 +125,11 @@ fn trim() {}
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod tests {
     use super::{free_bytes, look, resident_bytes, Base, SLACK};
+    use std::sync::Mutex;
+
+    /// The two tests free 60 MB each: run alongside, one's burst would be the other's
+    /// growth. They take turns.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
     /// A burst's memory: many mid-sized blocks in use (below the mmap threshold, so
     /// they live in the heap).
@@ -152,6 +157,7 @@ mod tests {
 
     #[test]
     fn a_grown_heap_is_trimmed_once_and_not_again() {
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let blocks = burst();
         let before = resident();
         let keep = end(blocks);
@@ -178,6 +184,7 @@ mod tests {
     /// set does not grow any further. The free pool's growth still trims it.
     #[test]
     fn memory_freed_after_a_trim_mid_burst_is_trimmed() {
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let blocks = burst();
         let mid_burst = Base {
             resident: resident(),
