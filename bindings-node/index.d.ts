@@ -189,16 +189,21 @@ export interface ConnectTimings {
 
 /**
  * One engine event, as passed to the callback of `Engine.start(config, onEvent)`;
- * `type` says which of `state`, `mapping` or `error` is set: `state` when the state
- * changed, `mapping` when a mapping was added or removed, `error` when a peer offer
- * was rejected (`ERR_PEER_AUTH`: wrong secret or tampering; the engine keeps waiting
- * for a valid one) or the engine gave up for good (state `failed`; e.g. `ERR_NO_PATH`
- * when the two NAT types make punching hopeless).
+ * `type` says which of `state`, `mapping`, `error`, `warning` or `client` is set:
+ * `state` when the state changed, `mapping` when a mapping was added or removed,
+ * `error` when a peer offer was rejected (`ERR_PEER_AUTH`: wrong secret or
+ * tampering; the engine keeps waiting for a valid one) or the engine gave up for
+ * good (state `failed`; e.g. `ERR_NO_PATH` when the two NAT types make punching
+ * hopeless), `warning` for something to know that is not a failure, and `client`
+ * (server side) when one client's tunnel changed state.
  */
 export type EngineEvent =
   | { type: 'state'; state: EngineState }
   | { type: 'mapping'; mapping: MappingEvent }
-  | { type: 'error'; error: Error & { code: string } }
+  | { type: 'error'; error: Error & {
+      /** The stable error code, e.g. `ERR_PEER_AUTH`. */
+      code: string
+  } }
   | { type: 'warning'; warning: string }
   | { type: 'client'; client: ClientEvent }
 
@@ -212,7 +217,10 @@ export interface EngineEvents {
    * A peer offer was rejected (`ERR_PEER_AUTH`) or the engine gave up for good
    * (state `failed`; e.g. `ERR_NO_PATH`).
    */
-  error: Error & { code: string }
+  error: Error & {
+    /** The stable error code, e.g. `ERR_PEER_AUTH`. */
+    code: string
+  }
   /**
    * Something to know that is not a failure (an engine without a `secret` says so
    * once, at start).
@@ -407,3 +415,10 @@ export interface TrafficStats {
    */
   flowsRefused: number
 }
+
+/**
+ * The version of stunfwd this addon was built from, e.g. `'0.1.0'`: the Rust
+ * workspace's version, which the `stunfwd` npm package and its per-platform
+ * packages (`stunfwd-linux-x64-gnu`, ...) carry too.
+ */
+export declare function version(): string

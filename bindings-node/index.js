@@ -838,3 +838,4 @@ module.exports = nativeBinding
 module.exports.Engine = nativeBinding.Engine
 module.exports.SignalServer = nativeBinding.SignalServer
 module.exports.setLogger = nativeBinding.setLogger
+module.exports.version = nativeBinding.version

@@ -35,7 +35,7 @@ test('every class, function, method and getter in index.d.ts exists at runtime, 
   const classes = declaredClasses()
   assert.deepEqual(Object.keys(classes).sort(), ['Engine', 'SignalServer'])
   const functions = declaredFunctions()
-  assert.deepEqual(functions, ['setLogger'])
+  assert.deepEqual(functions, ['setLogger', 'version'])
   for (const f of functions) assert.equal(typeof binding[f], 'function', f)
   const exported = Object.keys(binding).filter((k) => !k.startsWith('__')).sort()
   assert.deepEqual(exported, [...Object.keys(classes), ...functions].sort())
@@ -56,6 +56,7 @@ test('ESM named imports work (CommonJS loader, detected exports)', () => {
   assert.equal(esm.Engine, binding.Engine)
   assert.equal(esm.SignalServer, binding.SignalServer)
   assert.equal(esm.setLogger, binding.setLogger)
+  assert.equal(esm.version, binding.version)
 })
 
 test('Engine cannot be constructed with new', () => {

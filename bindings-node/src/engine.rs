@@ -480,7 +480,9 @@ pub struct EngineEvents {
     pub mapping: crate::types::MappingEvent,
     /// A peer offer was rejected (`ERR_PEER_AUTH`) or the engine gave up for good
     /// (state `failed`; e.g. `ERR_NO_PATH`).
-    #[napi(ts_type = "Error & { code: string }")]
+    #[napi(
+        ts_type = "Error & {\n/** The stable error code, e.g. `ERR_PEER_AUTH`. */\ncode: string\n}"
+    )]
     pub error: Failure,
     /// Something to know that is not a failure (an engine without a `secret` says so
     /// once, at start).

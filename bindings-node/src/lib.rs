@@ -11,6 +11,8 @@
 //! stopped engine never keeps the process alive. Log records reach `setLogger`'s
 //! function the same way, through a weak threadsafe function.
 
+use napi_derive::napi;
+
 mod abort;
 mod args;
 pub mod engine;
@@ -19,3 +21,11 @@ pub mod log;
 mod settle;
 pub mod signal;
 pub mod types;
+
+/// The version of stunfwd this addon was built from, e.g. `'0.1.0'`: the Rust
+/// workspace's version, which the `stunfwd` npm package and its per-platform
+/// packages (`stunfwd-linux-x64-gnu`, ...) carry too.
+#[napi]
+pub fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}

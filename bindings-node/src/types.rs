@@ -115,11 +115,13 @@ impl From<&core::MappingInfo> for MappingInfo {
 }
 
 /// One engine event, as passed to the callback of `Engine.start(config, onEvent)`;
-/// `type` says which of `state`, `mapping` or `error` is set: `state` when the state
-/// changed, `mapping` when a mapping was added or removed, `error` when a peer offer
-/// was rejected (`ERR_PEER_AUTH`: wrong secret or tampering; the engine keeps waiting
-/// for a valid one) or the engine gave up for good (state `failed`; e.g. `ERR_NO_PATH`
-/// when the two NAT types make punching hopeless).
+/// `type` says which of `state`, `mapping`, `error`, `warning` or `client` is set:
+/// `state` when the state changed, `mapping` when a mapping was added or removed,
+/// `error` when a peer offer was rejected (`ERR_PEER_AUTH`: wrong secret or
+/// tampering; the engine keeps waiting for a valid one) or the engine gave up for
+/// good (state `failed`; e.g. `ERR_NO_PATH` when the two NAT types make punching
+/// hopeless), `warning` for something to know that is not a failure, and `client`
+/// (server side) when one client's tunnel changed state.
 #[napi(
     discriminant = "type",
     discriminant_case = "lowercase",
@@ -139,7 +141,9 @@ pub enum EngineEvent {
     /// `ERR_NO_PATH`).
     #[allow(missing_docs)]
     Error {
-        #[napi(ts_type = "Error & { code: string }")]
+        #[napi(
+            ts_type = "Error & {\n/** The stable error code, e.g. `ERR_PEER_AUTH`. */\ncode: string\n}"
+        )]
         error: Failure,
     },
     /// Something to know that is not a failure: `warning` says what (an engine without
