@@ -154,8 +154,12 @@ fn bad_log_filter_is_refused_with_a_clear_error() {
 /// (`ffi/tests/version.rs` checks the others).
 #[test]
 fn version_is_the_workspace_version() {
-    let toml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml")).unwrap();
-    let table = toml.split("\n[").find(|t| t.starts_with("workspace.package]")).unwrap();
+    let toml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml")).unwrap();
+    let table = toml
+        .split("\n[")
+        .find(|t| t.starts_with("workspace.package]"))
+        .unwrap();
     let version = table
         .lines()
         .find_map(|l| l.strip_prefix("version = "))
@@ -163,5 +167,8 @@ fn version_is_the_workspace_version() {
         .trim_matches('"');
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success(), "stunfwd --version: {out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("stunfwd {version}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("stunfwd {version}")
+    );
 }

@@ -30,7 +30,9 @@ fn workspace_version() -> String {
         .lines()
         .find(|l| l.starts_with("version = "))
         .expect("[workspace.package] has a version");
-    line.trim_start_matches("version = ").trim_matches('"').to_string()
+    line.trim_start_matches("version = ")
+        .trim_matches('"')
+        .to_string()
 }
 
 fn header_define(header: &str, name: &str) -> String {
@@ -48,7 +50,14 @@ fn header_define(header: &str, name: &str) -> String {
 fn every_crate_takes_the_workspace_version() {
     let version = workspace_version();
     assert_eq!(env!("CARGO_PKG_VERSION"), version, "stunfwd-ffi");
-    for krate in ["core", "ffi", "cli", "bindings-python", "bindings-node", "lab"] {
+    for krate in [
+        "core",
+        "ffi",
+        "cli",
+        "bindings-python",
+        "bindings-node",
+        "lab",
+    ] {
         let manifest = read(&format!("{krate}/Cargo.toml"));
         assert!(
             manifest.contains("\nversion.workspace = true"),
@@ -79,7 +88,11 @@ fn the_npm_packages_say_the_workspace_version() {
     let version = workspace_version();
     let main: serde_json::Value =
         serde_json::from_str(&read("bindings-node/package.json")).expect("package.json");
-    assert_eq!(main["version"], version.as_str(), "bindings-node/package.json");
+    assert_eq!(
+        main["version"],
+        version.as_str(),
+        "bindings-node/package.json"
+    );
     if let Some(optional) = main["optionalDependencies"].as_object() {
         for (name, want) in optional {
             assert_eq!(want, version.as_str(), "optionalDependencies.{name}");
