@@ -27,6 +27,21 @@ const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 /// A rendezvous server (HTTP mailbox and, optionally, a STUN responder) running on a
 /// one-worker runtime of its own, driven from plain threads. Every method may be
 /// called from any thread, also concurrently; dropping it stops it.
+///
+/// ```
+/// use std::time::Duration;
+/// use stunfwd_core::BlockingSignalServer;
+///
+/// let server = BlockingSignalServer::start_on("127.0.0.1:0", Some("127.0.0.1:0"))?;
+/// println!("signalUrl {}, STUN on {:?}", server.url(), server.stun_addr());
+/// server.stop(Duration::from_secs(1));
+/// assert!(server.is_stopped());
+///
+/// // An address that does not parse names its key.
+/// let err = BlockingSignalServer::start_on("localhost:80", None).unwrap_err();
+/// assert!(err.to_string().starts_with("invalid config `http`"), "{err}");
+/// # Ok::<(), stunfwd_core::Error>(())
+/// ```
 pub struct BlockingSignalServer {
     /// The server and its runtime until stopped. Held for the whole of `stop`, so a
     /// second `stop` returns once the first is done.

@@ -22,6 +22,42 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in stunfwd, by kind. Messages say what was wrong and
 /// what would be valid, so they can be shown to a user as they are.
+///
+/// Match on the variant for its details, or on [`Error::kind`] (and [`Error::code`],
+/// the code every binding uses) for what kind of failure it is.
+///
+/// # Example
+///
+/// ```
+/// use std::net::TcpListener;
+/// use stunfwd_core::{Config, Engine, Error, ErrorKind};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // A bad value: the error names the key.
+/// let err = Config::from_json(r#"{"mode": "client", "room": "r", "signalUrl": "ftp://x"}"#)
+///     .unwrap_err();
+/// let Error::Config { key, .. } = &err else {
+///     panic!("not a config error: {err}");
+/// };
+/// assert_eq!(key, "signalUrl");
+/// assert_eq!(err.code(), "ERR_CONFIG");
+///
+/// // A mapping's port in use: the engine does not start, and names the port.
+/// let busy = TcpListener::bind("127.0.0.1:0")?;
+/// let port = busy.local_addr()?.port();
+/// let config = Config::from_value(serde_json::json!({
+///     "mode": "client",
+///     "room": "r",
+///     "signalUrl": "http://127.0.0.1:9/",
+///     "bind": "127.0.0.1:0",
+///     "mappings": [format!("tcp:{port}:22")],
+/// }))?;
+/// let err = Engine::start(config).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::AddrInUse);
+/// assert!(err.to_string().contains(&format!("port {port}")), "{err}");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {

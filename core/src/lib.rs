@@ -10,7 +10,15 @@
 //! Features (none by default): `server` adds the rendezvous server with rooms in memory
 //! (the C, Python and Node packages enable it for their in-process `SignalServer`);
 //! `redis` adds its Redis store (the stunfwd CLI enables it).
+//!
+//! # Examples
+//!
+//! Each main type has one that runs as a doc-test, on loopback only: [`Engine`] (a
+//! rendezvous server and two peers tunnelling a byte), [`Config`], [`Mapping::parse`],
+//! [`Error`] and, with `server`, `SignalServer` and `BlockingSignalServer`.
+//! `cargo run -p stunfwd-cli -- demo` runs the same on a larger scale.
 
+#![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod agent;

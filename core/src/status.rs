@@ -93,7 +93,7 @@ pub enum State {
         /// Why: what failed last.
         reason: String,
     },
-    /// Stopped by [`Engine::stop`] (or drop).
+    /// Stopped by [`Engine::stop`](crate::Engine::stop) (or drop).
     Stopped,
     /// Gave up for good.
     Failed {
@@ -150,7 +150,7 @@ impl fmt::Display for State {
     }
 }
 
-/// Something that happened, delivered to [`Engine::subscribe`] callbacks.
+/// Something that happened, delivered to [`Engine::subscribe`](crate::Engine::subscribe) callbacks.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 
-from ._engine import ConfigSource, Engine, EventCallback
+from . import _engine, _types
+from ._engine import Engine
 from ._errors import (
     AddressInUseError,
     ConfigError,
@@ -42,12 +43,10 @@ from ._errors import (
     TunnelError,
 )
 from ._signal import SignalServer
-from ._stunfwd import __version__
+from ._stunfwd import __version__ as _native_version
 from ._types import (
-    Address,
     ClientStateChanged,
     EngineWarning,
-    Event,
     MappingAdded,
     MappingInfo,
     MappingRemoved,
@@ -57,6 +56,31 @@ from ._types import (
     StateChanged,
     StateInfo,
 )
+
+__version__: str = _native_version
+"""The version of this package: the version of the stunfwd workspace it was built
+from, the same as the C library's and the command line's."""
+
+# The type aliases are bound here again so that their docstrings are on the names the
+# package exports (a docstring documents an assignment; pdoc reads this module's).
+ConfigSource = _engine.ConfigSource
+"""A config for :class:`Engine`: a dict of config keys (the project README lists
+them), a JSON document (a string that starts with ``{``), or the path of a JSON or YAML
+file (``.yaml``/``.yml``)."""
+
+EventCallback = _engine.EventCallback
+"""A function that receives each :data:`Event`, on the engine's event thread; what it
+returns is ignored, and an exception it raises is logged."""
+
+Address = _types.Address
+"""A socket address as ``(host, port)``, the form :mod:`socket` takes. IPv6 hosts come
+without brackets."""
+
+Event = _types.Event
+"""What :meth:`Engine.on_event` callbacks receive: a :class:`StateChanged`,
+:class:`MappingAdded`, :class:`MappingRemoved`, :class:`PeerRejected`,
+:class:`EngineWarning` or :class:`ClientStateChanged`. Match on the class; a kind of
+event this version does not know is not delivered."""
 
 __all__ = [
     "__version__",

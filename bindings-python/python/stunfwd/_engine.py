@@ -22,12 +22,9 @@ __all__ = ["Engine", "ConfigSource", "EventCallback"]
 
 _log = logging.getLogger("stunfwd")
 
+# Documented where the package exports them (__init__.py).
 ConfigSource = Union[Mapping[str, Any], str, "os.PathLike[str]"]
-"""A config: a dict of config keys, a JSON document, or the path of a JSON or YAML
-file."""
-
 EventCallback = Callable[[Event], object]
-"""A function that receives :data:`Event` objects."""
 
 _C = TypeVar("_C", bound=EventCallback)
 
@@ -251,8 +248,9 @@ class Engine:
         ``callback`` (so it also works as a decorator).
 
         Events are :class:`StateChanged`, :class:`MappingAdded`,
-        :class:`MappingRemoved`, :class:`PeerRejected` and :class:`EngineWarning`
-        (an engine without a ``secret`` says so at start). Callbacks run one at a time
+        :class:`MappingRemoved`, :class:`PeerRejected`, :class:`EngineWarning` (an
+        engine without a ``secret`` says so at start) and, on a server,
+        :class:`ClientStateChanged`. Callbacks run one at a time
         on the engine's event thread, in the order the events happened, and may call
         any method of the engine, including :meth:`stop`. An exception raised by a
         callback is logged on the ``stunfwd`` logger with its traceback; the callback

@@ -36,38 +36,43 @@ class StunfwdError(Exception):
     """
 
     code: str = "ERR_STUNFWD"
+    """The core's stable code for this kind of error (``ERR_CONFIG``, ``ERR_TIMEOUT``...);
+    a code this version does not know comes as a plain :class:`StunfwdError`."""
 
 
 class ConfigError(StunfwdError, ValueError):
-    """A configuration value (or a mapping spec, or an address) is invalid.
-
-    ``key`` names it in JSON-path style (``signalUrl``, ``mappings[1]``,
-    ``performance.stunCache``; ``(document)`` when the document itself is not valid
-    JSON); ``value`` is the value as given, ``problem`` what is wrong with it and
-    ``expected`` what would be valid.
-    """
+    """A configuration value (or a mapping spec, or an address) is invalid. Also a
+    :class:`ValueError`."""
 
     code = "ERR_CONFIG"
     key: str = ""
+    """The key, in JSON-path style: ``signalUrl``, ``mappings[1]``,
+    ``performance.stunCache``; ``(document)`` when the document itself is not valid
+    JSON; ``mapping`` for a spec given to :meth:`Engine.add_mapping`."""
     value: str = ""
+    """The offending value, as given."""
     problem: str = ""
+    """What is wrong with it."""
     expected: str = ""
+    """What would be valid."""
 
 
 class AddressInUseError(StunfwdError, OSError):
     """A local address (a mapping's listener, the tunnel socket, a server port) is
-    already taken. ``address`` is ``"IP:PORT"``, ``port`` its port and ``what`` says
-    what was being bound."""
+    already taken. Also an :class:`OSError`."""
 
     code = "ERR_ADDR_IN_USE"
     what: str = ""
+    """What was being bound, e.g. a mapping's listener."""
     address: str = ""
+    """The address, ``"IP:PORT"``."""
     port: int = 0
+    """Its port."""
 
 
 class IoError(StunfwdError, OSError):
     """Any other I/O failure (a config file that cannot be read, a socket error), with
-    what was being done."""
+    what was being done. Also an :class:`OSError`."""
 
     code = "ERR_IO"
 
@@ -99,10 +104,11 @@ class TimeoutError(StunfwdError, builtins.TimeoutError):
 
 
 class NoSuchMappingError(StunfwdError, LookupError):
-    """No mapping has this id (``mapping_id``)."""
+    """No mapping has this id. Also a :class:`LookupError`."""
 
     code = "ERR_NO_SUCH_MAPPING"
     mapping_id: int = 0
+    """The id asked for."""
 
 
 class StoppedError(StunfwdError):
@@ -118,12 +124,14 @@ class TunnelError(StunfwdError):
 
 
 class NoPathError(StunfwdError):
-    """No direct path can be punched between the two NAT types (``local_nat``,
-    ``peer_nat``) and no TURN relay is configured: configure ``relay``."""
+    """No direct path can be punched between the two NAT types and no TURN relay is
+    configured: configure ``relay``."""
 
     code = "ERR_NO_PATH"
     local_nat: str = ""
+    """Our NAT's type."""
     peer_nat: str = ""
+    """The peer's NAT's type."""
 
 
 class RelayError(StunfwdError):

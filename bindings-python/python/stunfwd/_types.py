@@ -21,9 +21,8 @@ __all__ = [
     "Event",
 ]
 
+# Documented where the package exports it (__init__.py), like `Event`.
 Address = Tuple[str, int]
-"""A socket address as ``(host, port)``, the form :mod:`socket` takes. IPv6 hosts come
-without brackets."""
 
 
 class State(enum.Enum):
@@ -78,20 +77,26 @@ def _address(text: str) -> Address:
 class StateInfo:
     """A state with its details.
 
-    ``path``, ``peer`` and ``technique`` (``"checks"``, ``"birthday"``, ``"prediction"`` or ``"relay"``:
-    how the path was found) are set when connected; ``attempt`` and ``reason`` when
-    reconnecting (``attempt`` counts consecutive failures, 0 right after a tunnel was
-    lost); ``reason`` when failed. ``str()`` gives the core's one-line description, e.g.
-    ``connected (lan to 127.0.0.1:40000, found by checks)``.
+    ``path``, ``peer`` and ``technique`` are set when connected; ``attempt`` and
+    ``reason`` when reconnecting; ``reason`` when failed. ``str()`` gives the core's
+    one-line description, e.g. ``connected (lan to 127.0.0.1:40000, found by checks)``.
     """
 
     state: State
+    """The state."""
     path: Optional[PathKind] = None
+    """Connected: the path the tunnel takes."""
     peer: Optional[Address] = None
+    """Connected: the peer's address on that path."""
     technique: Optional[str] = None
+    """Connected: how the path was found, ``"checks"``, ``"birthday"``,
+    ``"prediction"`` or ``"relay"``."""
     attempt: Optional[int] = None
+    """Reconnecting: consecutive failed attempts (0 right after a tunnel was lost)."""
     reason: Optional[str] = None
+    """Reconnecting or failed: what failed last."""
     description: str = field(default="", repr=False, compare=False)
+    """The core's one-line description, what ``str()`` returns."""
 
     @property
     def is_connected(self) -> bool:
@@ -143,6 +148,7 @@ class StateChanged:
     """The engine's state changed."""
 
     info: StateInfo
+    """The new state with its details."""
 
     @property
     def state(self) -> State:
@@ -155,8 +161,11 @@ class MappingAdded:
     """A mapping started listening."""
 
     id: int
+    """Its id, as returned by :meth:`Engine.add_mapping`."""
     spec: str
+    """Canonical spec, e.g. ``tcp:127.0.0.1:8080:127.0.0.1:22``."""
     listen: Address
+    """The local address it listens on (a port 0 in the spec is resolved)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,7 @@ class MappingRemoved:
     """A mapping was removed; its listener and connections are closed."""
 
     id: int
+    """Its id."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,7 @@ class PeerRejected:
     """A peer's offer was rejected (wrong secret, tampering, malformed)."""
 
     reason: str
+    """Why, as the core words it."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +190,7 @@ class EngineWarning:
     once, at start."""
 
     message: str
+    """The warning, for a human."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +200,7 @@ class ClientStateChanged:
     client: str
     """The client's id: 32 hex characters it chose at start (its ``stats()["client_id"]``)."""
     info: StateInfo
+    """The client's new state with its details."""
 
     @property
     def state(self) -> State:
@@ -198,7 +211,6 @@ class ClientStateChanged:
 Event = Union[
     StateChanged, MappingAdded, MappingRemoved, PeerRejected, EngineWarning, ClientStateChanged
 ]
-"""What :meth:`Engine.on_event` callbacks receive."""
 
 
 def _event_from_native(document: str, description: str) -> Optional[Event]:

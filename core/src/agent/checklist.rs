@@ -1,8 +1,8 @@
 //! The connectivity-check list (DESIGN §4 steps 1–3), without I/O.
 //!
 //! Both peers first send each candidate of the other one *opener*: a check with a
-//! small IP TTL ([`ChecklistConfig::opener_ttl`]) that opens our own NAT's mapping
-//! toward it and expires before the peer's router. Full checks start
+//! small IP TTL ([`Opener::ttl`], in [`ChecklistConfig::opener`]) that opens our own
+//! NAT's mapping toward it and expires before the peer's router. Full checks start
 //! [`OPENER_LEAD`] later, by when the peer has sent its openers too, so no check of
 //! ours reaches the peer's router before the peer has sent toward us. (A check that
 //! did would be delivered to that router itself; a Linux router without an input

@@ -89,6 +89,18 @@ impl Mapping {
     /// The protocol is `tcp` or `udp` (any case). `LOCAL` may be 0, `REMOTE` is 1-65535,
     /// `BIND` is an IP literal and `HOST` an IP literal or a DNS name; IPv6 addresses
     /// go in brackets. Errors use the key `mapping` and name the part that is wrong.
+    ///
+    /// ```
+    /// use stunfwd_core::{Mapping, Proto};
+    ///
+    /// let m = Mapping::parse("udp:5353:10.0.0.2:53")?;
+    /// assert_eq!(m.proto, Proto::Udp);
+    /// assert_eq!(m.listen.to_string(), "127.0.0.1:5353");
+    /// assert_eq!(m.target(), "10.0.0.2:53");
+    /// assert_eq!(m.to_string(), "udp:127.0.0.1:5353:10.0.0.2:53");
+    /// assert!(Mapping::parse("tcp:8080").is_err());
+    /// # Ok::<(), stunfwd_core::Error>(())
+    /// ```
     pub fn parse(spec: &str) -> Result<Mapping> {
         parse_mapping_str("mapping", spec)
     }

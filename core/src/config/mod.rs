@@ -96,6 +96,35 @@ impl fmt::Display for Mode {
 /// Build it with [`Config::from_json`], [`Config::from_yaml`], [`Config::from_value`] or
 /// [`Config::from_path`]; a `Config` changed in code can be re-checked with
 /// [`Config::validate`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use stunfwd_core::{Config, Mode};
+///
+/// # fn main() -> stunfwd_core::Result<()> {
+/// let config = Config::from_json(
+///     r#"{
+///         "mode": "client",
+///         "room": "my-home-box",
+///         "secret": "a long random string both sides share",
+///         "signalUrl": "http://rendezvous.example.org:8080/",
+///         "stunServers": ["rendezvous.example.org:3478"],
+///         "mappings": ["tcp:2222:22"]
+///     }"#,
+/// )?;
+/// assert_eq!(config.mode, Mode::Client);
+/// assert_eq!(config.mappings[0].to_string(), "tcp:127.0.0.1:2222:127.0.0.1:22");
+/// // What the document leaves out has its default.
+/// assert_eq!(config.punch_timeout, Duration::from_secs(10));
+///
+/// // The same keys in YAML; an error names the key and what would be valid.
+/// let err = Config::from_yaml("mode: client\nroom: r\nsignalUrl: ftp://x\n").unwrap_err();
+/// assert!(err.to_string().starts_with("invalid config `signalUrl`"), "{err}");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     /// `mode` (alias `role`): `client`/`sender` or `server`/`receiver`. Required.

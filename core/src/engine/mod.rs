@@ -7,19 +7,19 @@
 //! The pieces, one concern per file:
 //! - this file: the [`Engine`] handle and its lifecycle (start, stop, what is kept
 //!   after stop);
-//! - [`wait`]: waiting for the tunnel, and cancelling such a wait;
-//! - [`shared`]: the state every task of the engine shares;
-//! - [`setup`]: binding the tunnel socket and building the QUIC endpoint;
-//! - [`mappings`]: the mapping registry;
-//! - [`responder`]: answering connectivity checks and routing STUN answers (the
+//! - `wait`: waiting for the tunnel, and cancelling such a wait;
+//! - `shared`: the state every task of the engine shares;
+//! - `setup`: binding the tunnel socket and building the QUIC endpoint;
+//! - `mappings`: the mapping registry;
+//! - `responder`: answering connectivity checks and routing STUN answers (the
 //!   socket unwraps what our TURN server relays);
-//! - [`accept`]: the server's incoming handshakes;
-//! - [`driver`]: the connect/reconnect loop, which carries out the decisions of
+//! - `accept`: the server's incoming handshakes;
+//! - `driver`: the connect/reconnect loop, which carries out the decisions of
 //!   [`crate::agent`];
-//! - [`attempt`]: one connect attempt (discover, signal, punch, handshake; our TURN
-//!   allocation is [`crate::turn::allocation`]'s);
-//! - [`session`]: a connected tunnel, and its upgrade from relay to direct;
-//! - [`snapshot`]: the stats snapshot and graceful shutdown.
+//! - `attempt`: one connect attempt (discover, signal, punch, handshake; our TURN
+//!   allocation is `turn::allocation`'s);
+//! - `session`: a connected tunnel, and its upgrade from relay to direct;
+//! - `snapshot`: the stats snapshot and graceful shutdown.
 
 mod accept;
 mod attempt;
@@ -68,6 +68,69 @@ use snapshot::{shutdown, snapshot};
 const STOP_MARGIN: Duration = Duration::from_secs(1);
 
 /// A running stunfwd peer. All methods are thread-safe; dropping it stops it.
+///
+/// Start one with [`Engine::start`] and a [`Config`]; it connects in the background on
+/// a runtime of its own, so the caller needs no async runtime.
+///
+/// # Example
+///
+/// A whole tunnel on loopback: a rendezvous server, a server peer and a client peer
+/// whose mapping forwards a local port to a TCP echo service beside the server.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::net::{TcpListener, TcpStream};
+/// use std::time::Duration;
+/// use stunfwd_core::{BlockingSignalServer, Config, Engine, State};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // The rendezvous (HTTP mailbox and STUN responder) both peers meet on.
+/// let rendezvous = BlockingSignalServer::start_on("127.0.0.1:0", Some("127.0.0.1:0"))?;
+/// let stun = rendezvous.stun_addr().expect("a STUN responder");
+///
+/// // The service behind the server peer: echoes one byte.
+/// let echo = TcpListener::bind("127.0.0.1:0")?;
+/// let target = echo.local_addr()?;
+/// std::thread::spawn(move || -> std::io::Result<()> {
+///     let (mut conn, _) = echo.accept()?;
+///     let mut byte = [0];
+///     conn.read_exact(&mut byte)?;
+///     conn.write_all(&byte)
+/// });
+///
+/// let config = |mode: &str| {
+///     Config::from_value(serde_json::json!({
+///         "mode": mode,
+///         "room": "doc-example",
+///         "secret": "a secret both peers share",
+///         "signalUrl": rendezvous.url(),
+///         "stunServers": [stun.to_string()],
+///         "bind": "127.0.0.1:0",
+///     }))
+/// };
+/// let server = Engine::start(config("server")?)?;
+/// let client = Engine::start(config("client")?)?;
+/// // The client listens on a free local port and forwards it to the echo service.
+/// let id = client.add_mapping_str(&format!("tcp:0:{target}"))?;
+/// let local = client.mapping_addr(id).expect("a mapping's listener");
+///
+/// let state = client.wait_connected(Duration::from_secs(10))?;
+/// assert!(matches!(state, State::Connected { .. }), "{state}");
+/// let mut conn = TcpStream::connect(local)?;
+/// conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// conn.write_all(b"!")?;
+/// let mut byte = [0];
+/// conn.read_exact(&mut byte)?;
+/// assert_eq!(&byte, b"!");
+///
+/// client.stop(Duration::from_secs(1));
+/// server.stop(Duration::from_secs(1));
+/// let stats = client.stats();
+/// assert_eq!(stats.state, State::Stopped);
+/// assert_eq!(stats.mappings[0].traffic.connections_opened, 1);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Engine {
     /// The state the engine's tasks share while it runs; what `stop` kept of it
     /// afterwards.

@@ -56,6 +56,39 @@ const REDIS_COUNT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A running rendezvous server. Stop it with [`SignalServer::stop`]; dropping it
 /// aborts its tasks.
+///
+/// It runs on the tokio runtime it was started on; a host without one uses
+/// [`BlockingSignalServer`](crate::BlockingSignalServer). Engines take its
+/// [`url`](SignalServer::url) as `signalUrl` and its [`stun_addr`](SignalServer::stun_addr)
+/// in `stunServers` ([`Engine`](crate::Engine)'s example runs a tunnel through one).
+///
+/// # Example
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::net::TcpStream;
+/// use std::time::Duration;
+/// use stunfwd_core::{SignalServer, SignalServerConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = tokio::runtime::Runtime::new()?;
+/// // The defaults: loopback, free ports, rooms in memory, a STUN responder.
+/// let server = rt.block_on(SignalServer::start(SignalServerConfig::default()))?;
+/// assert!(server.url().starts_with("http://127.0.0.1:"));
+/// assert!(server.stun_addr().is_some());
+///
+/// // It serves from the runtime's worker threads meanwhile.
+/// let mut conn = TcpStream::connect(server.http_addr())?;
+/// conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+/// conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+/// let mut reply = String::new();
+/// conn.read_to_string(&mut reply)?;
+/// assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+///
+/// rt.block_on(server.stop(Duration::from_secs(1)));
+/// # Ok(())
+/// # }
+/// ```
 pub struct SignalServer {
     http_addr: SocketAddr,
     stun_addr: Option<SocketAddr>,
