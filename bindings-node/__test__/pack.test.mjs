@@ -119,9 +119,9 @@ test('npm pack of the main and the platform package -> npm install --offline wit
   const { main, native } = packageNode(work)
   t.diagnostic(`${main.filename}: ${main.size} bytes: ${main.paths.join(', ')}`)
   t.diagnostic(`${native.filename}: ${(native.size / 1e6).toFixed(1)} MB: ${native.paths.join(', ')}`)
-  assert.deepEqual(main.paths, ['README.md', 'index.d.ts', 'index.js', 'package.json'], 'the main package: loader, types, README')
+  assert.deepEqual(main.paths, ['LICENSE-APACHE', 'LICENSE-MIT', 'README.md', 'index.d.ts', 'index.js', 'package.json'], 'the main package: loader, types, README, licences')
   assert.ok(!main.paths.some((f) => f.endsWith('.node')), 'no addon in the main package')
-  assert.deepEqual(native.paths, ['README.md', nodeFile, 'package.json'].sort(), 'the platform package: its addon, package.json, README')
+  assert.deepEqual(native.paths, ['LICENSE-APACHE', 'LICENSE-MIT', 'README.md', nodeFile, 'package.json'].sort(), 'the platform package: its addon, package.json, README, licences')
   assert.equal(native.name, platformName)
   assert.equal(native.version, PKG.version)
   // The main package as published names every platform package at its own version.
