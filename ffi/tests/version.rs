@@ -129,3 +129,19 @@ fn the_python_package_takes_its_version_from_cargo() {
         "pyproject.toml spells no version of its own"
     );
 }
+
+#[test]
+fn the_bench_and_fuzz_workspaces_lock_the_workspace_version() {
+    // bench/ and fuzz/ are workspaces of their own that depend on stunfwd-core by path;
+    // their `--locked` builds break when their lock files name another version.
+    let version = workspace_version();
+    for lock in ["bench/Cargo.lock", "fuzz/Cargo.lock"] {
+        let text = read(lock);
+        let locked = text
+            .split("[[package]]")
+            .find(|p| p.contains("\nname = \"stunfwd-core\"\n"))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+            .unwrap_or_else(|| panic!("{lock} locks stunfwd-core"));
+        assert_eq!(locked.trim_matches('"'), version, "{lock}");
+    }
+}
